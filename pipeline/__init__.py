@@ -1,0 +1,1 @@
+"""LIO train-then-export pipeline: prepare -> train -> strip -> export -> engine -> report."""

@@ -1,0 +1,219 @@
+"""The typed configuration: built once from params.yaml, validated with clear errors.
+
+Every stage reads its own section; an unknown key, a wrong type or a bad value raises
+ConfigError naming the file, the dotted field and what to write instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from pipeline.lio.model import ARCHS, STAGES
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class SyntheticConfig:
+    classes: int = 6
+    images_per_class: int = 140
+    test_fraction: float = 0.3
+    image_size: int = 64
+
+
+@dataclass
+class TransformConfig:
+    resize: int = 72  # shorter side before cropping (paper: 512)
+    crop: int = 64  # network input (paper: 448)
+    rotation: float = 15.0  # random rotation in degrees, training only
+    hflip: bool = True
+
+
+@dataclass
+class DataConfig:
+    format: Literal["synthetic", "cub", "cars", "aircraft", "imagefolder"] = "synthetic"
+    root: str = ""
+    val_fraction: float = 0.15
+    on_bad_image: Literal["fail", "skip"] = "fail"
+    workers: int = 2
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    transforms: TransformConfig = field(default_factory=TransformConfig)
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet50"
+    pretrained: str = "none"  # none | imagenet | path to a state dict
+
+
+@dataclass
+class LIOConfig:
+    stages: list[str] = field(default_factory=lambda: ["layer2", "layer3", "layer4"])
+    P: int = 3
+    alpha: float = 0.1
+    beta: float = 0.1
+    pool: int = 1
+    scl_channels: int = 512
+    oel: bool = True
+    scl: bool = True
+
+
+@dataclass
+class TrainConfig:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    epochs: int = 14
+    batch_size: int = 24  # images per step on each rank, a multiple of P+1
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr: float = 1e-3
+    head_lr_mult: float = 1.0  # learning-rate multiplier for the new layers (heads and fc)
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    schedule: Literal["cosine", "step"] = "cosine"
+    warmup_epochs: float = 1.0
+    step_epochs: list[int] = field(default_factory=list)
+    step_gamma: float = 0.1
+    ema_decay: float = 0.0  # 0 disables the weight EMA
+    amp: bool = True  # bf16 autocast on CUDA (fp16 where bf16 is unsupported)
+    channels_last: bool = True  # on CUDA
+    eval_batch_size: int = 64
+
+
+@dataclass
+class ExportConfig:
+    opset: int = 17
+    precisions: list[str] = field(default_factory=lambda: ["fp32", "fp16", "int8"])
+    calib_images: int = 64
+
+
+@dataclass
+class EngineConfig:
+    required: Literal["auto", "true", "false"] = "auto"
+    precision: Literal["fp32", "fp16", "int8"] = "fp16"
+    min_batch: int = 1
+    opt_batch: int = 8
+    max_batch: int = 32
+    workspace_mib: int = 4096
+    optimization_level: int = 3
+
+
+@dataclass
+class ReportConfig:
+    warmup: int = 5
+    iters: int = 30
+    throughput_iters: int = 5
+    mask_images: int = 6
+    mask_threshold: float = 0.5
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lio: LIOConfig = field(default_factory=LIOConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    def validate(self, where: str = "params.yaml") -> Config:
+        def check(ok: bool, name: str, fix: str) -> None:
+            if not ok:
+                raise ConfigError(f"{where}: {name}: {fix}")
+
+        check(self.model.arch in ARCHS, "model.arch", f"{self.model.arch!r} is unknown; use one of {', '.join(ARCHS)}")
+        bad = [s for s in self.lio.stages if s not in STAGES]
+        check(not bad, "lio.stages", f"unknown stage(s) {bad}; use a subset of {list(STAGES)} ([] is the baseline)")
+        check(len(set(self.lio.stages)) == len(self.lio.stages), "lio.stages", "a stage is listed twice")
+        check(self.lio.P >= 1, "lio.P", f"must be >= 1, got {self.lio.P}")
+        check(self.lio.pool >= 1, "lio.pool", f"must be >= 1, got {self.lio.pool}")
+        group = self.lio.P + 1
+        check(
+            self.train.batch_size >= group and self.train.batch_size % group == 0,
+            "train.batch_size",
+            f"{self.train.batch_size} is not a multiple of lio.P+1={group}; use e.g. {group * max(1, self.train.batch_size // group)}",
+        )
+        check(self.train.epochs >= 1, "train.epochs", "must be >= 1")
+        check(self.train.lr > 0, "train.lr", "must be > 0")
+        check(0 <= self.train.ema_decay < 1, "train.ema_decay", "must be in [0, 1); 0 disables the EMA")
+        check(0 < self.data.val_fraction < 1, "data.val_fraction", "must be in (0, 1)")
+        check(self.data.transforms.crop <= self.data.transforms.resize, "data.transforms.crop", "must not exceed data.transforms.resize")
+        check(self.data.format == "synthetic" or bool(self.data.root), "data.root", f"set the dataset folder for format {self.data.format!r}")
+        unknown = [p for p in self.export.precisions if p not in ("fp32", "fp16", "int8")]
+        check(not unknown and "fp32" in self.export.precisions, "export.precisions", "a list of fp32, fp16, int8 that includes fp32")
+        check(self.engine.precision in self.export.precisions, "engine.precision", f"{self.engine.precision!r} must be one of export.precisions")
+        e = self.engine
+        check(1 <= e.min_batch <= e.opt_batch <= e.max_batch, "engine.min_batch/opt_batch/max_batch", "need 1 <= min <= opt <= max")
+        check(self.export.opset >= 17, "export.opset", "must be >= 17")
+        return self
+
+
+def _build(cls, data, where: str, path: str):
+    """Dataclass `cls` from a mapping, checking keys and value types recursively."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: {path or 'top level'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        dotted = ", ".join(f"{path}.{k}" if path else k for k in unknown)
+        raise ConfigError(f"{where}: unknown field(s) {dotted}; known: {', '.join(sorted(names))}")
+    values = {}
+    for key, value in data.items():
+        name = f"{path}.{key}" if path else key
+        values[key] = _coerce(hints[key], value, where, name)
+    return cls(**values)
+
+
+def _coerce(hint, value, where: str, name: str):
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where, name)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if isinstance(value, bool) and all(isinstance(c, str) for c in choices):
+            value = str(value).lower()
+        if value not in choices:
+            raise ConfigError(f"{where}: {name}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: {name}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_coerce(item, v, where, f"{name}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"unsupported config type {hint}")
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, (str, int, float)) and not isinstance(value, bool),
+    }[hint]
+    if not ok:
+        raise ConfigError(f"{where}: {name}: expected {hint.__name__}, got {value!r}")
+    return hint(value)
+
+
+def load_config(path: str | Path = "params.yaml") -> Config:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: not found; pass --params FILE or run from the repository root")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    return _build(Config, data, str(path), "").validate(str(path))
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)

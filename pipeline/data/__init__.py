@@ -1,0 +1,1 @@
+"""Datasets: the embedded synthetic set, readers for the official layouts, transforms."""

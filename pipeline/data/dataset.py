@@ -1,0 +1,52 @@
+"""Image loading (torchvision.io) and a Dataset over the prepared manifest."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_image
+
+
+class ImageError(ValueError):
+    pass
+
+
+def load_image(path: str | Path, crop_bottom: int = 0) -> Tensor:
+    """uint8 [3, H, W] RGB; a clear error naming the file if it cannot be decoded."""
+    try:
+        data = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
+        image = decode_image(data, mode=ImageReadMode.RGB)
+    except FileNotFoundError as e:
+        raise ImageError(f"{path}: no such image") from e
+    except (RuntimeError, ValueError) as e:
+        raise ImageError(f"{path}: cannot decode image ({str(e).splitlines()[-1][:120]})") from e
+    return image[:, : image.shape[1] - crop_bottom] if crop_bottom else image
+
+
+def load_mask(path: str | Path) -> Tensor:
+    """bool [1, H, W] object mask."""
+    data = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
+    return decode_image(data, mode=ImageReadMode.GRAY) > 127
+
+
+class ManifestDataset(Dataset):
+    """The manifest rows of one split: (transformed image, label)."""
+
+    def __init__(self, rows: list[dict], split: str, transform):
+        self.rows = [r for r in rows if r["split"] == split]
+        self.transform = transform
+        self.labels = [r["label"] for r in self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        row = self.rows[i]
+        return self.transform(load_image(row["path"], row["crop_bottom"])), row["label"]
+
+
+def stack_images(rows: list[dict], transform) -> Tensor:
+    """The transformed images of `rows` as one float batch (for checks and reports)."""
+    return torch.stack([transform(load_image(r["path"], r["crop_bottom"])) for r in rows])

@@ -1,0 +1,121 @@
+"""The prepare stage: read a dataset, check every image, carve a validation split, and
+write `manifest.csv` and `classes.json` (whole folder swapped in atomically)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_image
+from tqdm import tqdm
+
+from pipeline.config import Config
+from pipeline.data import synthetic
+from pipeline.data.readers import DatasetError, Record, read_dataset, validate
+from pipeline.io import atomic_dir, write_json
+
+MANIFEST = "manifest.csv"
+CLASSES = "classes.json"
+BAD_IMAGES = "bad_images.txt"
+COLUMNS = ("path", "label", "split", "bbox", "mask", "crop_bottom")
+
+
+def check_image(path: Path) -> str | None:
+    """None if the image decodes, else why not."""
+    try:
+        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+        decode_image(data, mode=ImageReadMode.RGB)
+    except FileNotFoundError:
+        return "missing"
+    except (RuntimeError, ValueError, OSError) as e:
+        return str(e).splitlines()[-1][:200] or type(e).__name__
+    return None
+
+
+def carve_val(records: list[Record], fraction: float, seed: int) -> list[str]:
+    """Splits per record: each class's training images lose `fraction` to `val` (at least
+    one while the class keeps one for training), chosen with a seeded shuffle."""
+    splits = [r.split for r in records]
+    by_class: dict[int, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        if r.split == "train":
+            by_class[r.label].append(i)
+    rng = np.random.default_rng(seed)
+    for label in sorted(by_class):
+        idx = by_class[label]
+        n_val = min(len(idx) - 1, max(1, round(len(idx) * fraction)))
+        for i in rng.permutation(idx)[:n_val]:
+            splits[i] = "val"
+    return splits
+
+
+def _stored(path: Path, folder: Path) -> str:
+    """Paths inside the output folder are stored relative to it (so it can move), others absolute."""
+    path = path.resolve()
+    try:
+        return path.relative_to(folder.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def prepare(cfg: Config, out: Path) -> dict:
+    """Build `out` (e.g. data/prepared); returns a summary for the log."""
+    data = cfg.data
+    with atomic_dir(out) as tmp:
+        root = Path(data.root)
+        if data.format == "synthetic":
+            synthetic.generate(tmp / "synthetic", data.synthetic, cfg.seed)
+            root = tmp / "synthetic"
+        records, names = read_dataset(data.format, root)
+
+        bad = []
+        for r in tqdm(records, desc="checking images", unit="img", mininterval=2):
+            reason = check_image(r.path)
+            if reason:
+                bad.append((r, reason))
+        if bad:
+            listing = "\n".join(f"{r.path}: {why}" for r, why in bad)
+            if data.on_bad_image == "fail":
+                raise DatasetError(
+                    f"{data.format}: {len(bad)} image(s) cannot be decoded:\n{listing}\n"
+                    "fix or remove them, or set data.on_bad_image: skip in params.yaml"
+                )
+            (tmp / BAD_IMAGES).write_text(listing + "\n")
+            skipped = {id(r) for r, _ in bad}
+            records = [r for r in records if id(r) not in skipped]
+            validate(records, names, data.format)
+
+        splits = carve_val(records, data.val_fraction, cfg.seed)
+        with open(tmp / MANIFEST, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(COLUMNS)
+            for r, split in zip(records, splits):
+                mask = "" if r.mask is None else _stored(r.mask, tmp)
+                bbox = "" if r.bbox is None else " ".join(f"{v:g}" for v in r.bbox)
+                writer.writerow([_stored(r.path, tmp), r.label, split, bbox, mask, r.crop_bottom])
+        write_json(tmp / CLASSES, {str(i): n for i, n in enumerate(names)})
+    counts = {s: splits.count(s) for s in ("train", "val", "test")}
+    return {"classes": len(names), "images": len(records), "skipped": len(bad), **counts}
+
+
+def read_manifest(prepared: Path) -> tuple[list[dict], list[str]]:
+    """Rows with absolute paths, and the class names; clear errors if the stage did not run."""
+    manifest, classes = Path(prepared) / MANIFEST, Path(prepared) / CLASSES
+    for p in (manifest, classes):
+        if not p.exists():
+            raise DatasetError(f"{p} not found: run `lio prepare` (or `dvc repro prepare`) first")
+    names_by_index = json.loads(classes.read_text())
+    names = [names_by_index[str(i)] for i in range(len(names_by_index))]
+    rows = []
+    with open(manifest, newline="") as f:
+        for row in csv.DictReader(f):
+            row["path"] = os.path.join(prepared, row["path"])
+            row["mask"] = os.path.join(prepared, row["mask"]) if row["mask"] else ""
+            row["label"] = int(row["label"])
+            row["crop_bottom"] = int(row["crop_bottom"] or 0)
+            rows.append(row)
+    return rows, names

@@ -1,0 +1,130 @@
+"""TensorRT engine build and load, kept thin (SPEC section 7).
+
+The build is strongly typed: precision comes from the ONNX variant, not builder flags
+(TensorRT 11 has none; 10.x deprecates them). Written for the Python API shared by
+TensorRT 10.12+ and 11.x. TensorRT needs an NVIDIA GPU: where it or the GPU is missing,
+`tensorrt_or_reason` says why, and the stage records that instead of building.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.io import atomic_path, sha256, write_json
+
+
+class EngineError(RuntimeError):
+    pass
+
+
+def tensorrt_or_reason():
+    """(tensorrt module, None) when a build can run here, else (None, why not)."""
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        return None, f"TensorRT is not installed ({e}); on a machine with an NVIDIA GPU run pip install '.[tensorrt]'"
+    import torch
+
+    if not torch.cuda.is_available():
+        return None, "no CUDA GPU is visible, and TensorRT builds for the GPU it runs on"
+    return trt, None
+
+
+def gpu_info() -> dict:
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    return {"name": props.name, "compute_capability": f"{props.major}.{props.minor}"}
+
+
+def build(trt, onnx_path: Path, engine_path: Path, cache_path: Path, cfg, meta: dict) -> dict:
+    """Parse, configure (profile, workspace, optimisation level, timing cache), build, save."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):  # always on, and deprecated, in TensorRT 11
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(Path(onnx_path).read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineError(f"{onnx_path}: TensorRT cannot parse it: {errors}")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_mib << 20)
+    config.builder_optimization_level = cfg.optimization_level
+    inp, out = network.get_input(0), network.get_output(0)
+    chw = tuple(inp.shape)[1:]
+    shapes = {k: (b, *chw) for k, b in (("min", cfg.min_batch), ("opt", cfg.opt_batch), ("max", cfg.max_batch))}
+    profile = builder.create_optimization_profile()
+    profile.set_shape(inp.name, shapes["min"], shapes["opt"], shapes["max"])
+    config.add_optimization_profile(profile)
+    cache = config.create_timing_cache(Path(cache_path).read_bytes() if Path(cache_path).exists() else b"")
+    config.set_timing_cache(cache, False)
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineError(f"TensorRT could not build an engine from {onnx_path} (see its log above)")
+    with atomic_path(engine_path) as tmp:
+        tmp.write_bytes(bytes(serialized))
+    with atomic_path(cache_path) as tmp:
+        tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+    return {
+        "built": True,
+        "tensorrt": trt.__version__,
+        "gpu": gpu_info(),
+        "precision": cfg.precision,
+        "profile": {k: list(v) for k, v in shapes.items()},
+        "input": {"name": inp.name, "shape": list(inp.shape)},
+        "output": {"name": out.name, "shape": list(out.shape)},
+        "onnx": str(onnx_path),
+        "onnx_sha256": sha256(onnx_path),
+        "engine": str(engine_path),
+        **meta,
+    }
+
+
+def write_info(path: Path, info: dict) -> None:
+    write_json(path, info)
+
+
+class EngineRunner:
+    """Runs a built engine on torch CUDA buffers; refuses an engine built for another setup."""
+
+    def __init__(self, engine_path: Path, info_path: Path):
+        trt, reason = tensorrt_or_reason()
+        if trt is None:
+            raise EngineError(f"{engine_path}: cannot run it here: {reason}")
+        info = json.loads(Path(info_path).read_text())
+        here = {"tensorrt": trt.__version__, **gpu_info()}
+        built = {"tensorrt": info.get("tensorrt"), **info.get("gpu", {})}
+        for key in ("tensorrt", "name", "compute_capability"):
+            if built.get(key) != here.get(key):
+                raise EngineError(
+                    f"{engine_path} was built for {key} {built.get(key)!r} but this machine has {here.get(key)!r}: "
+                    "rebuild it here with `lio engine` (or `dvc repro engine`)"
+                )
+        import torch
+
+        self.torch, self.trt = torch, trt
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+        if self.engine is None:
+            raise EngineError(f"{engine_path}: TensorRT cannot deserialize it (corrupt or truncated file?)")
+        self.context = self.engine.create_execution_context()
+        self.input, self.output = info["input"]["name"], info["output"]["name"]
+        self.stream = torch.cuda.Stream()
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).cuda()
+        self.context.set_input_shape(self.input, tuple(x.shape))
+        y = torch.empty(tuple(self.context.get_tensor_shape(self.output)), dtype=torch.float32, device="cuda")
+        self.context.set_tensor_address(self.input, x.data_ptr())
+        self.context.set_tensor_address(self.output, y.data_ptr())
+        with torch.cuda.stream(self.stream):
+            self.context.execute_async_v3(self.stream.cuda_stream)
+        self.stream.synchronize()
+        return y.cpu().numpy()

@@ -1,0 +1,53 @@
+"""ONNX Runtime sessions that say which provider really runs them.
+
+onnxruntime-gpu lists CUDA and TensorRT providers even without a GPU, and a CUDA session
+silently falls back to the CPU; so the provider reported is `session.get_providers()[0]`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+META_KEY = "lio"
+
+
+def session(path: str | Path, device: str = "cpu") -> ort.InferenceSession:
+    """A session on the CPU, or on CUDA when asked and present (checked after creation)."""
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as e:  # ORT raises several private exception types for bad files
+        raise ValueError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0][:200]})") from e
+
+
+def provider(sess: ort.InferenceSession) -> str:
+    return sess.get_providers()[0]
+
+
+def run(sess: ort.InferenceSession, images: np.ndarray) -> np.ndarray:
+    name = sess.get_inputs()[0].name
+    return np.asarray(sess.run(None, {name: images.astype(np.float32)})[0], dtype=np.float32)
+
+
+def write_meta(model: onnx.ModelProto, meta: dict) -> None:
+    """Class names and preprocessing travel inside the ONNX file."""
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps(meta)
+
+
+def read_meta(path: str | Path) -> dict:
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable ONNX file ({str(e).splitlines()[0][:200]})") from e
+    for entry in model.metadata_props:
+        if entry.key == META_KEY:
+            return json.loads(entry.value)
+    raise ValueError(f"{path}: has no '{META_KEY}' metadata (class names, preprocessing); export it with `lio export`")

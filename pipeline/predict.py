@@ -1,0 +1,75 @@
+"""Top-k predictions from any deployable artifact: .pt, .onnx or .engine.
+
+Each artifact carries its class names and preprocessing: the .pt in the .json beside it,
+the .onnx in its metadata, the .engine in the engine.json beside it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.config import TransformConfig
+from pipeline.data.dataset import load_image
+from pipeline.data.readers import IMAGE_SUFFIXES
+from pipeline.data.transforms import ClassificationPresetEval
+
+
+def load_predictor(path: Path):
+    """(run(np)->logits, metadata) for a model file, by its suffix."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such model file")
+    if path.suffix == ".pt":
+        from pipeline.deploy import load_deployable
+
+        model, meta = load_deployable(path)
+
+        def run(x):
+            with torch.no_grad():
+                return model(torch.from_numpy(x)).numpy()
+
+        return run, meta
+    if path.suffix == ".onnx":
+        from pipeline import onnx_runtime
+
+        meta = onnx_runtime.read_meta(path)
+        sess = onnx_runtime.session(path, "cuda" if torch.cuda.is_available() else "cpu")
+        return (lambda x: onnx_runtime.run(sess, x)), meta
+    if path.suffix == ".engine":
+        from pipeline.engine import EngineRunner
+
+        info = path.with_name("engine.json")
+        if not info.exists():
+            raise FileNotFoundError(f"{info} not found: an engine needs the engine.json written beside it by `lio engine`")
+        return EngineRunner(path, info), json.loads(info.read_text())
+    raise ValueError(f"{path}: unknown model type {path.suffix!r}; use a .pt, .onnx or .engine file")
+
+
+def image_paths(inputs: list[Path]) -> list[Path]:
+    """Files as given; folders expanded to the images inside them (sorted)."""
+    out = []
+    for p in map(Path, inputs):
+        if p.is_dir():
+            out += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            out.append(p)
+    if not out:
+        raise ValueError(f"no images found in {', '.join(map(str, inputs))}")
+    return out
+
+
+def predict(model_path: Path, inputs: list[Path], k: int = 5) -> list[dict]:
+    run, meta = load_predictor(model_path)
+    pre = meta["preprocess"]
+    preset = ClassificationPresetEval(TransformConfig(resize=pre["resize"], crop=pre["crop"]))
+    results = []
+    for path in image_paths(inputs):
+        x = preset(load_image(path))[None].numpy()
+        probs = torch.softmax(torch.from_numpy(np.asarray(run(x), dtype=np.float32)), dim=1)[0]
+        top = probs.topk(min(k, len(probs)))
+        results.append({"image": str(path), "top": [{"class": meta["classes"][i], "probability": float(p)}
+                                                    for p, i in zip(top.values.tolist(), top.indices.tolist())]})
+    return results

@@ -1,0 +1,348 @@
+"""LIO training: one readable loop (train_one_epoch, evaluate, train), after torchvision's
+references/classification/train.py.
+
+Runs on a CPU for the embedded default and on GPUs at speed (bf16 autocast, channels_last,
+DistributedDataParallel under torchrun). Model selection uses the validation split only;
+the test split is evaluated once, at the end. A checkpoint is written atomically after
+every epoch, and an unfinished run with the same settings resumes from it exactly: every
+epoch reseeds all randomness from (seed, epoch), so resuming gives the same weights.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pipeline.config import Config, to_dict
+from pipeline.data.dataset import ManifestDataset
+from pipeline.data.prepare import read_manifest
+from pipeline.data.transforms import ClassificationPresetEval, ClassificationPresetTrain, preprocessing
+from pipeline.io import atomic_path, sha256
+from pipeline.lio import GroupBatchSampler, LIOModel, group_positives
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------- setup
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"train.device is {name!r} but no CUDA GPU is visible; use auto or cpu")
+    return device
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, 0
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def build_model(cfg: Config, num_classes: int) -> LIOModel:
+    lio = cfg.lio
+    model = LIOModel(
+        cfg.model.arch, num_classes, lio.stages, lio.alpha, lio.beta, lio.pool, lio.scl_channels, lio.oel, lio.scl
+    )
+    if cfg.model.pretrained != "none":
+        load_pretrained(model.backbone, cfg.model.arch, cfg.model.pretrained)
+    return model
+
+
+def pretrained_path(arch: str, pretrained: str) -> Path:
+    """Where the weights must be: torchvision's file in the local hub cache, or a path."""
+    if pretrained != "imagenet":
+        return Path(pretrained)
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(arch).DEFAULT
+    return Path(torch.hub.get_dir()) / "checkpoints" / weights.url.rsplit("/", 1)[-1]
+
+
+def load_pretrained(backbone: nn.Module, arch: str, pretrained: str) -> None:
+    """Backbone weights from a local file; the classifier is kept only if its shape fits."""
+    path = pretrained_path(arch, pretrained)
+    if not path.exists():
+        if pretrained == "imagenet":
+            raise TrainingError(
+                f"model.pretrained: imagenet needs torchvision's {arch} weights at {path} and nothing can be "
+                f"downloaded here; copy the file {path.name} into {path.parent} (or set model.pretrained to a path)"
+            )
+        raise TrainingError(f"model.pretrained: {path} not found")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state)
+    own = backbone.state_dict()
+    for key in ("fc.weight", "fc.bias"):
+        if key in state and key in own and state[key].shape != own[key].shape:
+            del state[key]  # another class count: fine-tuning starts a new classifier
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    wrong = [k for k in missing if not k.startswith("fc.")] + list(unexpected)
+    shapes = [k for k in state if k in own and state[k].shape != own[k].shape]
+    if wrong or shapes:
+        raise TrainingError(
+            f"model.pretrained: {path} does not fit {arch}: "
+            f"{len(wrong)} missing/unexpected keys (e.g. {wrong[:3]}), {len(shapes)} shape mismatches (e.g. {shapes[:3]})"
+        )
+
+
+def build_optimizer(cfg: Config, model: LIOModel) -> torch.optim.Optimizer:
+    """Backbone at train.lr; new layers (heads, classifier) at lr * head_lr_mult; no decay on norms and biases."""
+    t = cfg.train
+    new = {id(p) for p in [*model.head_parameters(), *model.backbone.fc.parameters()]}
+    groups: dict[tuple[bool, bool], list] = {}
+    for p in model.parameters():
+        groups.setdefault((id(p) in new, p.ndim <= 1), []).append(p)
+    param_groups = [
+        {"params": ps, "lr": t.lr * (t.head_lr_mult if is_new else 1.0), "weight_decay": 0.0 if flat else t.weight_decay}
+        for (is_new, flat), ps in sorted(groups.items())
+    ]
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=t.lr, momentum=t.momentum, nesterov=True)
+    return torch.optim.AdamW(param_groups, lr=t.lr)
+
+
+def lr_lambda(cfg: Config, steps_per_epoch: int):
+    """Linear warm-up, then cosine decay to zero or step decay at train.step_epochs."""
+    t = cfg.train
+    warmup = t.warmup_epochs * steps_per_epoch
+    total = t.epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if t.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+        return t.step_gamma ** sum(step >= m * steps_per_epoch for m in t.step_epochs)
+
+    return factor
+
+
+def fingerprint(cfg: Config, manifest: Path) -> str:
+    settings = {k: v for k, v in to_dict(cfg).items() if k in ("seed", "data", "model", "lio", "train")}
+    blob = json.dumps(settings, sort_keys=True) + sha256(manifest)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+# ---------------------------------------------------------------- loops
+def autocast(device: torch.device, enabled: bool):
+    if device.type != "cuda" or not enabled:
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, ema, device, cfg: Config, epoch: int, show: bool) -> dict:
+    model.train()
+    P = cfg.lio.P
+    sums: dict[str, float] = {}
+    correct = seen = 0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch", disable=not show, leave=False)
+    for step, (images, labels) in enumerate(bar):
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        if cfg.train.channels_last and device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        positives = group_positives(len(labels) // (P + 1), P).to(device)
+        with autocast(device, cfg.train.amp):
+            out = model(images, labels, positives)
+        if not torch.isfinite(out.loss):
+            parts = ", ".join(f"{k}={v.item():.4g}" for k, v in out.parts.items())
+            raise TrainingError(
+                f"non-finite loss at epoch {epoch + 1}, step {step + 1} ({parts}); training stopped and the last "
+                "good checkpoint was kept. Lower train.lr or check the data."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model.module if isinstance(model, DistributedDataParallel) else model)
+        for k, v in {"loss": out.loss, **out.parts}.items():
+            sums[k] = sums.get(k, 0.0) + v.item() * len(labels)
+        correct += (out.logits.argmax(1) == labels).sum().item()
+        seen += len(labels)
+        bar.set_postfix(loss=f"{out.loss.item():.3f}")
+    stats = {k: v / seen for k, v in sums.items()}
+    stats["top1"] = correct / seen
+    return stats
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device, amp: bool = False, desc: str = "eval", show: bool = True) -> dict:
+    """Top-1, top-5 and loss of the classification path (the backbone alone)."""
+    model.eval()
+    correct1 = correct5 = seen = 0
+    loss = 0.0
+    for images, labels in tqdm(loader, desc=desc, unit="batch", disable=not show, leave=False):
+        images, labels = images.to(device), labels.to(device)
+        with autocast(device, amp):
+            logits = model(images).float()
+        loss += F.cross_entropy(logits, labels, reduction="sum").item()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        correct1 += (top[:, 0] == labels).sum().item()
+        correct5 += (top == labels[:, None]).any(1).sum().item()
+        seen += len(labels)
+    return {"top1": correct1 / seen, "top5": correct5 / seen, "loss": loss / seen}
+
+
+# ---------------------------------------------------------------- main
+def train(cfg: Config, prepared: Path, out_model: Path, checkpoints: Path, live_dir: Path) -> dict:
+    """Train, keep the best epoch by validation top-1, evaluate the test split once."""
+    rank, world, local_rank = init_distributed()
+    main = rank == 0
+    device = resolve_device(cfg.train.device, local_rank)
+    rows, classes = read_manifest(prepared)
+    tf = cfg.data.transforms
+    train_set = ManifestDataset(rows, "train", ClassificationPresetTrain(tf))
+    val_set = ManifestDataset(rows, "val", ClassificationPresetEval(tf))
+    test_set = ManifestDataset(rows, "test", ClassificationPresetEval(tf))
+    present = set(train_set.labels)
+    empty = [c for i, c in enumerate(classes) if i not in present]
+    if empty:
+        raise TrainingError(f"{prepared}/manifest.csv: class(es) with no training images: {', '.join(empty[:10])}")
+
+    P = cfg.lio.P
+    sampler = GroupBatchSampler(train_set.labels, P, cfg.train.batch_size // (P + 1), cfg.seed, rank, world, classes)
+    loader_gen = torch.Generator()
+    workers = cfg.data.workers
+    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=workers, generator=loader_gen,
+                        pin_memory=device.type == "cuda", persistent_workers=False)
+
+    def eval_loader(ds):
+        return DataLoader(ds, batch_size=cfg.train.eval_batch_size, num_workers=workers)
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, len(classes)).to(device)
+    if cfg.train.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, len(sampler)))
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True) \
+        if cfg.train.ema_decay > 0 else None
+
+    checkpoint = checkpoints / "last.pt"
+    settings = {k: v for k, v in to_dict(cfg).items() if k in ("seed", "data", "model", "lio", "train")}
+    stamp = fingerprint(cfg, prepared / "manifest.csv")
+    start, best = 0, {"epoch": -1, "val_top1": -1.0, "state": None}
+    if checkpoint.exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        unfinished = state["epoch"] < state["settings"]["train"]["epochs"]
+        if unfinished and state["fingerprint"] != stamp:
+            changes = "; ".join(_diff(state["settings"], settings)) or "the prepared data changed"
+            raise TrainingError(
+                f"{checkpoint} holds an unfinished run with other settings ({changes}). "
+                "Restore those settings to resume it, or delete the file to start over."
+            )
+        if unfinished:  # a finished run's checkpoint is only history: train afresh
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if ema is not None:
+                ema.load_state_dict(state["ema"])
+            start, best = state["epoch"], state["best"]
+            if main:
+                print(f"resuming from {checkpoint} after epoch {start}")
+
+    net = model
+    if world > 1:
+        find_unused = cfg.lio.scl and not cfg.lio.oel and bool(cfg.lio.stages)
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                      find_unused_parameters=find_unused)
+
+    live = None
+    if main:
+        from dvclive import Live
+
+        live = Live(str(live_dir), resume=start > 0, dvcyaml=None, save_dvc_exp=False)
+    scored = ema.module if ema is not None else model
+    for epoch in range(start, cfg.train.epochs):
+        torch.manual_seed(cfg.seed * 1000 + epoch)
+        loader_gen.manual_seed(cfg.seed * 1000 + epoch)
+        sampler.set_epoch(epoch)
+        stats = train_one_epoch(net, loader, optimizer, scheduler, ema, device, cfg, epoch, main)
+        val = evaluate(scored, eval_loader(val_set), device, cfg.train.amp, "val", main)
+        if val["top1"] > best["val_top1"]:
+            best = {"epoch": epoch + 1, "val_top1": val["top1"],
+                    "state": {k: v.detach().cpu().clone() for k, v in scored.state_dict().items()}}
+        if main:
+            for k, v in stats.items():
+                live.log_metric(f"train/{k}", v)
+            live.log_metric("val/top1", val["top1"])
+            live.log_metric("val/loss", val["loss"])
+            live.log_metric("lr", optimizer.param_groups[0]["lr"])
+            live.next_step()
+            print(f"epoch {epoch + 1}/{cfg.train.epochs}: loss {stats['loss']:.4f} train top1 {stats['top1']:.3f} "
+                  f"val top1 {val['top1']:.3f}")
+            with atomic_path(checkpoint) as tmp:
+                torch.save({
+                    "epoch": epoch + 1, "fingerprint": stamp, "settings": settings,
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                    "best": best,
+                }, tmp)
+    if world > 1:
+        dist.barrier()
+    if not main:
+        dist.destroy_process_group()
+        return {}
+
+    scored.load_state_dict(best["state"])
+    test = evaluate(scored, eval_loader(test_set), device, cfg.train.amp, "test", True)
+    summary = {"best_epoch": best["epoch"], "val/top1": best["val_top1"], "test/top1": test["top1"],
+               "test/top5": test["top5"], "chance": 1 / len(classes)}
+    for k, v in summary.items():
+        live.summary[k] = v
+    live.end()
+    with atomic_path(out_model) as tmp:
+        torch.save({
+            "state_dict": {k: v.cpu() for k, v in scored.state_dict().items()},
+            "model": {"num_classes": len(classes), **dataclasses.asdict(cfg.model), **dataclasses.asdict(cfg.lio)},
+            "classes": classes,
+            "preprocess": preprocessing(tf),
+            "metrics": summary,
+        }, tmp)
+    if world > 1:
+        dist.destroy_process_group()
+    return summary
+
+
+def load_trained(path: Path) -> tuple[LIOModel, dict]:
+    """The trained LIOModel (heads included) and its metadata, from `lio train`'s output."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path} not found: run `lio train` (or `dvc repro train`) first")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    m = blob["model"]
+    model = LIOModel(m["arch"], m["num_classes"], m["stages"], m["alpha"], m["beta"], m["pool"],
+                     m["scl_channels"], m["oel"], m["scl"])
+    model.load_state_dict(blob["state_dict"])
+    return model.eval(), blob

@@ -1,0 +1,1 @@
+"""DVC-facing stage commands: thin click glue over `pipeline`, one module per stage."""

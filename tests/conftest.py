@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny configs and datasets, and DVC kept out of the home folder."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.config import Config, SyntheticConfig, TransformConfig
+from pipeline.data.prepare import prepare
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _dvc_env(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("dvc-cache")
+    os.environ.update(DVC_NO_ANALYTICS="1", DVC_SITE_CACHE_DIR=str(cache / "site"), XDG_CACHE_HOME=str(cache / "xdg"))
+
+
+def tiny_config(**overrides) -> Config:
+    """resnet18 at 32 px on 3 classes: seconds per epoch on a CPU."""
+    cfg = Config()
+    cfg.data.synthetic = SyntheticConfig(classes=3, images_per_class=16, test_fraction=0.25, image_size=32)
+    cfg.data.transforms = TransformConfig(resize=36, crop=32, rotation=15, hflip=True)
+    cfg.data.workers = 0
+    cfg.model.arch = "resnet18"
+    cfg.train.epochs = 2
+    cfg.train.batch_size = 8
+    cfg.lio.scl_channels = 32
+    cfg.export.calib_images = 8
+    cfg.engine.max_batch = 8
+    cfg.report.iters = 3
+    cfg.report.warmup = 1
+    cfg.report.throughput_iters = 1
+    cfg.report.mask_images = 3
+    for key, value in overrides.items():
+        section, _, field = key.rpartition(".")
+        setattr(_resolve(cfg, section), field, value)
+    return cfg.validate("tiny_config")
+
+
+def _resolve(cfg, dotted: str):
+    obj = cfg
+    for part in filter(None, dotted.split(".")):
+        obj = getattr(obj, part)
+    return obj
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory) -> Path:
+    """A prepared tiny synthetic dataset (data/prepared layout), shared read-only."""
+    out = tmp_path_factory.mktemp("tiny") / "data" / "prepared"
+    prepare(tiny_config(), out)
+    return out

@@ -1,0 +1,271 @@
+"""The synthetic generator, the readers on fixtures in the official layouts, and bad input."""
+import csv
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.config import SyntheticConfig
+from pipeline.data import synthetic
+from pipeline.data.dataset import ImageError, ManifestDataset, load_image
+from pipeline.data.prepare import BAD_IMAGES, prepare, read_manifest
+from pipeline.data.readers import AIRCRAFT_BANNER, DatasetError, read_dataset
+from pipeline.data.transforms import ClassificationPresetEval, ClassificationPresetTrain
+from tests.conftest import tiny_config
+
+
+def tree_digest(root):
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------ generator
+def test_generator_is_deterministic(tmp_path):
+    cfg = SyntheticConfig(classes=3, images_per_class=4, image_size=32)
+    synthetic.generate(tmp_path / "a", cfg, seed=7)
+    synthetic.generate(tmp_path / "b", cfg, seed=7)
+    synthetic.generate(tmp_path / "c", cfg, seed=8)
+    assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b") != tree_digest(tmp_path / "c")
+
+
+def test_no_class_is_a_rotation_or_mirror_of_another():
+    layouts = synthetic.arrangements(8, np.random.default_rng(0))
+    sigs = []
+    for pts in layouts:
+        d = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
+        sigs.append(d / d.mean())
+    for i in range(8):
+        for j in range(i):
+            assert np.abs(sigs[i] - sigs[j]).max() >= synthetic.MIN_SHAPE_DIFF
+    # a rotated, mirrored, scaled copy has the same signature, so it would be refused
+    rot = np.array([[0.6, -0.8], [0.8, 0.6]]) @ np.diag([1, -1])
+    copy = layouts[0] @ rot.T * 1.7
+    d = np.linalg.norm(copy[:, None] - copy[None], axis=-1)
+    assert np.allclose(d / d.mean(), sigs[0])
+
+
+def test_masks_cover_the_objects(tmp_path):
+    synthetic.generate(tmp_path, SyntheticConfig(classes=2, images_per_class=5, image_size=64), seed=0)
+    colours = np.array([rgb for _, rgb in synthetic.PARTS], dtype=float)
+    for rel in (tmp_path / "images.txt").read_text().split()[1::2]:
+        image = np.asarray(Image.open(tmp_path / "images" / rel), dtype=float)
+        mask = np.asarray(Image.open(tmp_path / "segmentations" / rel)) > 127
+        assert 0.03 < mask.mean() < 0.4
+        # inside the mask the pixels are part colours; outside mostly background
+        dist = np.abs(image[..., None, :] - colours).sum(-1).min(-1)
+        assert np.median(dist[mask]) < 60 < np.median(dist[~mask])
+
+
+def test_colour_histograms_alone_stay_near_chance(tmp_path):
+    cfg = SyntheticConfig(classes=6, images_per_class=60, image_size=64)
+    synthetic.generate(tmp_path, cfg, seed=0)
+    feats, labels, train = [], [], []
+    split = dict(line.split() for line in (tmp_path / "train_test_split.txt").read_text().splitlines())
+    lab = dict(line.split() for line in (tmp_path / "image_class_labels.txt").read_text().splitlines())
+    for line in (tmp_path / "images.txt").read_text().splitlines():
+        key, rel = line.split()
+        image = np.asarray(Image.open(tmp_path / "images" / rel)) // 32  # 8 levels per channel
+        hist = np.concatenate([np.bincount(image[..., c].ravel(), minlength=8) for c in range(3)])
+        feats.append(hist / hist.sum())
+        labels.append(int(lab[key]))
+        train.append(split[key] == "1")
+    x, y, t = torch.tensor(np.array(feats)).float(), torch.tensor(labels), torch.tensor(train)
+    x = (x - x[t].mean(0)) / (x[t].std(0) + 1e-6)
+    # logistic regression on the histograms
+    w = torch.zeros(x.shape[1], 7, requires_grad=True)
+    opt = torch.optim.Adam([w], lr=0.05)
+    for _ in range(300):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(x[t] @ w, y[t]).backward()
+        opt.step()
+    acc = ((x[~t] @ w).argmax(1) == y[~t]).float().mean().item()
+    assert acc < 1 / 6 + 0.12, f"colour histograms reach {acc:.2f}: colour must not give the class away"
+
+
+# ------------------------------------------------------------ fixtures in the official layouts
+def save_image(path, size=(40, 30), colour=(10, 200, 30)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+
+
+def make_cub(root):
+    lines = {"images.txt": [], "image_class_labels.txt": [], "train_test_split.txt": [], "bounding_boxes.txt": []}
+    k = 0
+    for c, name in [(1, "001.Albatross"), (2, "002.Auklet")]:
+        for i in range(3):
+            k += 1
+            rel = f"{name}/{name}_{i}.jpg"
+            save_image(root / "images" / rel)
+            if i == 0:
+                save_image(root / "segmentations" / rel.replace(".jpg", ".png"))
+            lines["images.txt"].append(f"{k} {rel}")
+            lines["image_class_labels.txt"].append(f"{k} {c}")
+            lines["train_test_split.txt"].append(f"{k} {int(i < 2)}")
+            lines["bounding_boxes.txt"].append(f"{k} 1.0 2.0 10.0 12.0")
+    (root / "classes.txt").write_text("1 001.Albatross\n2 002.Auklet\n")
+    for name, rows in lines.items():
+        (root / name).write_text("\n".join(rows) + "\n")
+
+
+def annotations(rows):
+    """A MATLAB struct array, as scipy.io.savemat writes the official .mat files."""
+    dtype = [(k, "O") for k in rows[0]]
+    arr = np.zeros((1, len(rows)), dtype=dtype)
+    for i, r in enumerate(rows):
+        for k, v in r.items():
+            arr[0, i][k] = v
+    return arr
+
+
+def make_cars_devkit(root):
+    from scipy.io import savemat
+
+    (root / "devkit").mkdir(parents=True)
+    savemat(root / "devkit" / "cars_meta.mat", {"class_names": np.array([["Audi A4"], ["BMW M3"]], dtype=object).T})
+    for split, mat, folder in [("train", "cars_train_annos.mat", "cars_train"), ("test", "cars_test_annos_withlabels.mat", "cars_test")]:
+        rows = []
+        for i in range(4):
+            fname = f"{split}_{i:05d}.jpg"
+            save_image(root / folder / fname)
+            rows.append({"bbox_x1": 1, "bbox_y1": 2, "bbox_x2": 30, "bbox_y2": 20, "class": i % 2 + 1, "fname": fname})
+        target = root / "devkit" / mat if split == "train" else root / mat  # the reader looks in both
+        savemat(target, {"annotations": annotations(rows)})
+
+
+def make_cars_annos(root):
+    from scipy.io import savemat
+
+    rows = []
+    for i in range(6):
+        rel = f"car_ims/{i:06d}.jpg"
+        save_image(root / rel)
+        rows.append({"relative_im_path": rel, "bbox_x1": 1, "bbox_y1": 2, "bbox_x2": 30, "bbox_y2": 20,
+                     "class": i % 2 + 1, "test": int(i >= 4)})
+    savemat(root / "cars_annos.mat", {"annotations": annotations(rows),
+                                      "class_names": np.array([["Audi A4"], ["BMW M3"]], dtype=object).T})
+
+
+def make_aircraft(root):
+    data = root / "data"
+    data.mkdir(parents=True)
+    (data / "variants.txt").write_text("707-320\nA300B4\n")
+    for split, ids in [("trainval", ["0001", "0002", "0003", "0004"]), ("test", ["0005", "0006"])]:
+        lines = []
+        for k, image_id in enumerate(ids):
+            save_image(data / "images" / f"{image_id}.jpg", size=(50, 60))
+            lines.append(f"{image_id} {'707-320' if k % 2 else 'A300B4'}")
+        (data / f"images_variant_{split}.txt").write_text("\n".join(lines) + "\n")
+
+
+def make_imagefolder(root):
+    for split in ("train", "test"):
+        for c in ("cat", "dog"):
+            for i in range(3 if split == "train" else 1):
+                save_image(root / split / c / f"{i}.png")
+
+
+@pytest.mark.parametrize(
+    "fmt,make,n_classes,n_train,n_test",
+    [
+        ("cub", make_cub, 2, 4, 2),
+        ("cars", make_cars_devkit, 2, 4, 4),
+        ("cars", make_cars_annos, 2, 4, 2),
+        ("aircraft", make_aircraft, 2, 4, 2),
+        ("imagefolder", make_imagefolder, 2, 6, 2),
+    ],
+)
+def test_readers(tmp_path, fmt, make, n_classes, n_train, n_test):
+    make(tmp_path / "ds")
+    records, names = read_dataset(fmt, tmp_path / "ds")
+    assert len(names) == n_classes
+    assert sum(r.split == "train" for r in records) == n_train
+    assert sum(r.split == "test" for r in records) == n_test
+    assert {r.label for r in records} == set(range(n_classes))
+    assert all(r.path.exists() for r in records)
+    if fmt == "cub":
+        assert names == ["001.Albatross", "002.Auklet"]
+        assert records[0].bbox == (1.0, 2.0, 10.0, 12.0) and records[0].mask is not None and records[1].mask is None
+    if fmt == "cars":
+        assert names == ["Audi A4", "BMW M3"] and records[0].bbox == (1.0, 2.0, 29.0, 18.0)
+    if fmt == "aircraft":
+        assert all(r.crop_bottom == AIRCRAFT_BANNER for r in records)
+        assert load_image(records[0].path, records[0].crop_bottom).shape == (3, 60 - AIRCRAFT_BANNER, 50)
+
+
+def test_prepare_writes_manifest_with_stratified_val(tmp_path):
+    cfg = tiny_config()
+    summary = prepare(cfg, tmp_path / "prepared")
+    rows, names = read_manifest(tmp_path / "prepared")
+    assert len(names) == 3 and summary["images"] == 48
+    by = {s: [r for r in rows if r["split"] == s] for s in ("train", "val", "test")}
+    assert len(by["test"]) == 12 and all(len([r for r in by["val"] if r["label"] == c]) == 2 for c in range(3))
+    with open(tmp_path / "prepared" / "manifest.csv") as f:
+        header = next(csv.reader(f))
+    assert {"path", "label", "split", "bbox", "mask"} <= set(header)
+    assert json.loads((tmp_path / "prepared" / "classes.json").read_text())["0"] == names[0]
+    # relative paths: the folder can move
+    (tmp_path / "prepared").rename(tmp_path / "moved")
+    rows, _ = read_manifest(tmp_path / "moved")
+    ds = ManifestDataset(rows, "train", ClassificationPresetTrain(cfg.data.transforms))
+    image, label = ds[0]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
+    assert ClassificationPresetEval(cfg.data.transforms)(load_image(rows[0]["path"])).shape == (3, 32, 32)
+
+
+# ------------------------------------------------------------ bad input
+def prepare_cub(tmp_path, make=make_cub, **data):
+    root = tmp_path / "ds"
+    make(root)
+    cfg = tiny_config(**{"data.format": "cub", "data.root": str(root), **{f"data.{k}": v for k, v in data.items()}})
+    return root, cfg
+
+
+def test_missing_root_and_annotation_file(tmp_path):
+    cfg = tiny_config(**{"data.format": "cub", "data.root": str(tmp_path / "nowhere")})
+    with pytest.raises(DatasetError, match="nowhere is not a folder"):
+        prepare(cfg, tmp_path / "out")
+    root, cfg = prepare_cub(tmp_path)
+    (root / "train_test_split.txt").unlink()
+    with pytest.raises(DatasetError, match=r"cub \(CUB-200-2011\): expected .*train_test_split.txt"):
+        prepare(cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_image_fails_or_is_skipped(tmp_path):
+    root, cfg = prepare_cub(tmp_path)
+    bad = root / "images/001.Albatross/001.Albatross_1.jpg"
+    bad.write_bytes(bad.read_bytes()[:100])
+    out = tmp_path / "data" / "prepared"
+    with pytest.raises(DatasetError) as e:
+        prepare(cfg, out)
+    assert str(bad) in str(e.value) and "on_bad_image: skip" in str(e.value)
+    assert not out.exists() and not list(out.parent.iterdir())  # nothing half-written
+    cfg.data.on_bad_image = "skip"
+    summary = prepare(cfg, out)
+    assert summary["skipped"] == 1 and str(bad) in (out / BAD_IMAGES).read_text()
+    rows, _ = read_manifest(out)
+    assert str(bad) not in {r["path"] for r in rows}
+    with pytest.raises(ImageError, match="cannot decode"):
+        load_image(bad)
+
+
+def test_label_out_of_range_duplicate_id_and_empty_class(tmp_path):
+    root, cfg = prepare_cub(tmp_path)
+    good = (root / "image_class_labels.txt").read_text()
+    (root / "image_class_labels.txt").write_text(good.replace("1 1\n", "1 7\n", 1))
+    with pytest.raises(DatasetError, match="outside 1..2"):
+        prepare(cfg, tmp_path / "out")
+    (root / "image_class_labels.txt").write_text(good + "1 1\n")
+    with pytest.raises(DatasetError, match="duplicated image id 1"):
+        prepare(cfg, tmp_path / "out")
+    (root / "image_class_labels.txt").write_text(good)
+    split = (root / "train_test_split.txt").read_text().splitlines()
+    (root / "train_test_split.txt").write_text("\n".join(l[:-1] + "0" if int(l.split()[0]) > 3 else l for l in split))
+    with pytest.raises(DatasetError, match="no training images: 002.Auklet"):
+        prepare(cfg, tmp_path / "out")

@@ -1,0 +1,114 @@
+"""LIOModel: gradients flow where SPEC says, training works, eval is the bare backbone."""
+import pytest
+import torch
+
+from pipeline.lio import LIOModel, group_positives
+from pipeline.lio.model import build_backbone
+
+
+def batch(groups=2, P=3, size=64, classes=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(groups * (P + 1), 3, size, size, generator=g)
+    labels = torch.arange(groups).repeat_interleave(P + 1) % classes
+    return images, labels, group_positives(groups, P)
+
+
+def grads(module):
+    return [p.grad for p in module.parameters()]
+
+
+def test_oel_loss_trains_backbone_and_oel_head_only():
+    torch.manual_seed(0)
+    model = LIOModel("resnet18", 4, ["layer3"], scl_channels=16).train()
+    x, y, pos = batch(size=64)
+    model(x, y, pos).parts["layer3/oel"].backward()
+    assert any(g is not None and g.abs().sum() > 0 for g in grads(model.backbone.layer3))  # through m'
+    assert all(g is not None and g.abs().sum() > 0 for g in grads(model.oel["layer3"]))
+    assert all(g is None for g in grads(model.scl["layer3"]))
+    assert all(g is None for g in grads(model.backbone.layer4))  # nothing after the stage
+
+
+def test_scl_loss_gives_no_gradient_through_reference_or_weights():
+    torch.manual_seed(0)
+    model = LIOModel("resnet18", 4, ["layer3"], scl_channels=16).train()
+    x, y, pos = batch(size=64)
+    model(x, y, pos).parts["layer3/scl"].backward()
+    assert all(g is not None and g.abs().sum() > 0 for g in grads(model.scl["layer3"]))
+    assert any(g is not None and g.abs().sum() > 0 for g in grads(model.backbone.layer3))
+    # m' feeds SCL only through the reference cell and the weights: both are detached
+    assert all(g is None for g in grads(model.oel["layer3"]))
+
+
+def test_pseudo_mask_target_carries_no_gradient():
+    """Gradient of L_oel w.r.t. the features equals that with M precomputed as a constant."""
+    from pipeline.lio.oel import OELHead, pseudo_mask
+
+    torch.manual_seed(0)
+    head = OELHead(8)
+    feats = torch.randn(4, 8, 3, 3, requires_grad=True)
+    pos = group_positives(1, 3)
+    torch.nn.functional.mse_loss(head(feats), pseudo_mask(feats, pos)).backward()
+    live = feats.grad.clone()
+    feats.grad = None
+    target = pseudo_mask(feats.detach().clone(), pos)
+    torch.nn.functional.mse_loss(head(feats), target).backward()
+    torch.testing.assert_close(live, feats.grad, rtol=0, atol=0)
+
+
+def test_resnet50_training_step_and_loss_falls():
+    torch.manual_seed(0)
+    model = LIOModel("resnet50", 4).train()
+    x, y, pos = batch(groups=2, size=64)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(6):
+        out = model(x, y, pos)
+        assert set(out.parts) == {"cls"} | {f"layer{i}/{k}" for i in (2, 3, 4) for k in ("oel", "scl")}
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    assert losses[-1] < losses[0] * 0.8, losses
+
+
+def test_eval_is_the_bare_backbone_bit_for_bit():
+    torch.manual_seed(0)
+    model = LIOModel("resnet50", 5).eval()
+    plain = build_backbone("resnet50", 5).eval()
+    plain.load_state_dict(model.deployable().state_dict())
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), plain(x))
+    assert model.deployable() is model.backbone
+
+
+def test_baseline_has_no_heads_and_only_the_classification_loss():
+    model = LIOModel("resnet18", 4, []).train()
+    assert model.head_parameters() == []
+    x, y, pos = batch(size=32)
+    out = model(x, y, pos)
+    assert set(out.parts) == {"cls"} and torch.equal(out.loss, out.parts["cls"])
+
+
+def test_ablation_switches_and_pooling():
+    x, y, pos = batch(size=64)
+    oel_only = LIOModel("resnet18", 4, ["layer2"], scl=False)(x, y, pos)
+    assert set(oel_only.parts) == {"cls", "layer2/oel"}
+    scl_only = LIOModel("resnet18", 4, ["layer2"], oel=False, scl_channels=8)(x, y, pos)
+    assert set(scl_only.parts) == {"cls", "layer2/scl"}
+    pooled = LIOModel("resnet18", 4, ["layer2"], pool=2, scl_channels=8)
+    maps = pooled.extent_maps(x, pos)
+    assert maps["layer2"][0].shape == (8, 4, 4)  # 64 px -> layer2 8x8 -> pooled 4x4
+
+
+def test_head_parameters_match_the_paper():
+    model = LIOModel("resnet50", 200)
+    per_stage = {s: sum(p.numel() for p in [*model.oel[s].parameters(), *model.scl[s].parameters()]) for s in model.stages}
+    assert per_stage["layer2"] == 265_219  # paper: 0.26 M for the 28x28 stage
+    assert per_stage == {"layer2": 265_219, "layer3": 527_875, "layer4": 1_053_187}
+
+
+@pytest.mark.parametrize("kwargs,match", [({"arch": "vgg16"}, "unknown arch"), ({"stages": ["layer9"]}, "unknown stage")])
+def test_bad_model_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LIOModel(**{"num_classes": 3, **kwargs})
