@@ -72,6 +72,7 @@ def build(trt, onnx_path: Path, engine_path: Path, cache_path: Path, cfg, meta: 
     with atomic_path(cache_path) as tmp:
         tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
     return {
+        **meta,  # classes and preprocessing; the engine's own tensor names below take precedence
         "built": True,
         "tensorrt": trt.__version__,
         "gpu": gpu_info(),
@@ -82,7 +83,6 @@ def build(trt, onnx_path: Path, engine_path: Path, cache_path: Path, cfg, meta: 
         "onnx": str(onnx_path),
         "onnx_sha256": sha256(onnx_path),
         "engine": str(engine_path),
-        **meta,
     }
 
 

@@ -105,16 +105,17 @@ def check_logits(trained_path: nn.Module, plain: nn.Module, inputs: dict[str, Te
     return Check("logits_bitwise", not diff, detail, diff)
 
 
-def count(module: nn.Module, x: Tensor) -> tuple[int, int]:
-    """(parameters, multiply-adds for one forward of x)."""
+def multiply_adds(module: nn.Module, x: Tensor) -> int:
+    """Multiply-adds of one forward of x (FlopCounterMode counts 2 FLOPs per multiply-add)."""
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         module(x)
-    return sum(p.numel() for p in module.parameters()), counter.get_total_flops() // 2
+    return counter.get_total_flops() // 2
 
 
 def check_cost(trained_path: nn.Module, deployed: nn.Module, plain: nn.Module, x: Tensor) -> Check:
-    (p_got, m_got), (p_want, m_want) = count(trained_path, x), count(plain, x)
-    p_got = sum(p.numel() for p in deployed.parameters())
+    """The deployed weights' size and the classification path's compute equal the plain model's."""
+    p_got, p_want = (sum(p.numel() for p in m.parameters()) for m in (deployed, plain))
+    m_got, m_want = multiply_adds(trained_path, x), multiply_adds(plain, x)
     detail = {"params": p_got, "plain_params": p_want, "macs": m_got, "plain_macs": m_want, "input": list(x.shape)}
     diff = []
     if p_got != p_want:
@@ -140,16 +141,20 @@ def prove_parity(
     trained = trained.cpu().float().eval()
     path = ClassificationPath(trained).eval()
     stripped = {k: v.detach().clone().contiguous() for k, v in deployed.state_dict().items()}
-    plain = make_plain().eval()
-    checks = [check_strict_load(plain, stripped), check_names_shapes_dtypes(deployed, make_plain())]
-    checks.append(check_graph(path, make_plain(), prefix))
+
+    def fresh() -> nn.Module:
+        return make_plain().eval()
+
+    plain = fresh()
+    checks = [check_strict_load(plain, stripped), check_names_shapes_dtypes(deployed, fresh())]
+    checks.append(check_graph(path, fresh(), prefix))
     generator = torch.Generator().manual_seed(0)
     random = torch.randn(4, 3, input_size, input_size, generator=generator)
     if checks[0].passed:
         checks.append(check_logits(path, plain, {"random_inputs": random, "test_images": real_images}))
     else:
         checks.append(Check("logits_bitwise", False, {"skipped": "the stripped weights do not load (strict_load)"}))
-    checks.append(check_cost(path, deployed, make_plain(), random[:1]))
+    checks.append(check_cost(path, deployed, fresh(), random[:1]))
     return checks, stripped
 
 

@@ -215,6 +215,14 @@ def evaluate(model: nn.Module, loader, device, amp: bool = False, desc: str = "e
     return {"top1": correct1 / seen, "top5": correct5 / seen, "loss": loss / seen}
 
 
+def replicas_identical(model: nn.Module) -> bool:
+    """Whether every rank holds the same parameters (BN buffers may differ: DDP re-broadcasts them)."""
+    blob = b"".join(p.detach().cpu().numpy().tobytes() for p in model.parameters())
+    digests = [None] * dist.get_world_size()
+    dist.all_gather_object(digests, hashlib.sha256(blob).hexdigest())
+    return len(set(digests)) == 1
+
+
 # ---------------------------------------------------------------- main
 def train(cfg: Config, prepared: Path, out_model: Path, checkpoints: Path, live_dir: Path) -> dict:
     """Train, keep the best epoch by validation top-1, evaluate the test split once."""
@@ -310,18 +318,19 @@ def train(cfg: Config, prepared: Path, out_model: Path, checkpoints: Path, live_
                     "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
                     "best": best,
                 }, tmp)
-    if world > 1:
-        dist.barrier()
+    identical = replicas_identical(model) if world > 1 else None
     if not main:
         dist.destroy_process_group()
         return {}
 
     scored.load_state_dict(best["state"])
     test = evaluate(scored, eval_loader(test_set), device, cfg.train.amp, "test", True)
-    summary = {"best_epoch": best["epoch"], "val/top1": best["val_top1"], "test/top1": test["top1"],
-               "test/top5": test["top5"], "chance": 1 / len(classes)}
-    for k, v in summary.items():
-        live.summary[k] = v
+    summary = {"best_epoch": best["epoch"], "best_val_top1": best["val_top1"], "test_top1": test["top1"],
+               "test_top5": test["top5"], "chance": 1 / len(classes)}
+    if identical is not None:
+        summary["ddp_replicas_identical"] = identical
+    live.summary.update({"best": {"epoch": best["epoch"], "val_top1": best["val_top1"]},
+                         "test": {"top1": test["top1"], "top5": test["top5"]}, "chance": 1 / len(classes)})
     live.end()
     with atomic_path(out_model) as tmp:
         torch.save({

@@ -9,7 +9,7 @@ import click
 
 from pipeline import onnx_runtime
 from pipeline.engine import EngineError, build, tensorrt_or_reason, write_info
-from stages.cli import with_config
+from stages.common import with_config
 from stages.export import ONNX
 
 ENGINE_DIR = Path("models/engine")

@@ -15,7 +15,7 @@ from pipeline.data.transforms import ClassificationPresetEval
 from pipeline.deploy import load_deployable
 from pipeline.export import ExportError, check_parity, export_fp16, export_fp32, export_int8
 from pipeline.io import write_json
-from stages.cli import with_config
+from stages.common import with_config
 from stages.prepare import OUT as PREPARED
 from stages.strip import deployable_path
 

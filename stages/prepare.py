@@ -4,7 +4,7 @@ from pathlib import Path
 import click
 
 from pipeline.data.prepare import prepare
-from stages.cli import with_config
+from stages.common import with_config
 
 OUT = Path("data/prepared")
 

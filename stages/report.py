@@ -18,7 +18,7 @@ from pipeline.io import atomic_path, write_json, write_text
 from pipeline.lio import group_positives
 from pipeline.report import accuracy, extent_figure, latency, markdown_table, mask_iou, throughput
 from pipeline.train import load_trained
-from stages.cli import with_config
+from stages.common import with_config
 from stages.engine import ENGINE, INFO
 from stages.export import ONNX
 from stages.prepare import OUT as PREPARED

@@ -12,7 +12,7 @@ from pipeline.io import write_json
 from pipeline.lio.model import build_backbone
 from pipeline.strip import ParityError, explain, prove_parity, report
 from pipeline.train import load_trained
-from stages.cli import with_config
+from stages.common import with_config
 from stages.prepare import OUT as PREPARED
 from stages.train import OUT as TRAINED
 

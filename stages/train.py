@@ -4,7 +4,7 @@ from pathlib import Path
 import click
 
 from pipeline.train import train
-from stages.cli import with_config
+from stages.common import with_config
 from stages.prepare import OUT as PREPARED
 
 OUT = Path("models/lio.pt")

@@ -54,3 +54,35 @@ def tiny_prepared(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "data" / "prepared"
     prepare(tiny_config(), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, tiny_prepared) -> Path:
+    """A stage workspace after strip and export: params.yaml, data/prepared, models/ (resnet18, 32 px)."""
+    import shutil
+
+    import yaml
+    from click.testing import CliRunner
+
+    from pipeline.config import to_dict
+    from pipeline.data.transforms import preprocessing
+    from pipeline.deploy import deploy_meta, write_deployable
+    from pipeline.lio.model import build_backbone
+    from stages import export
+
+    root = tmp_path_factory.mktemp("exported")
+    shutil.copytree(tiny_prepared, root / "data" / "prepared")
+    cfg = tiny_config()
+    (root / "params.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    torch.manual_seed(0)
+    model = build_backbone("resnet18", 3)
+    meta = deploy_meta("resnet18", ["a", "b", "c"], preprocessing(cfg.data.transforms))
+    write_deployable(root / "models/resnet18.pt", root / "models/resnet18.json", model.state_dict(), meta)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        result = CliRunner().invoke(export.command, [])
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 0, result.output
+    return root

@@ -1,0 +1,96 @@
+"""End to end: `dvc repro` in a temporary copy of the repository, then an experiment."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {  # every stage runs, in about a minute
+    "data": {"synthetic": {"classes": 3, "images_per_class": 16, "test_fraction": 0.25, "image_size": 32},
+             "transforms": {"resize": 36, "crop": 32}, "workers": 0},
+    "model": {"arch": "resnet18"},
+    "lio": {"scl_channels": 32},
+    "train": {"epochs": 1, "batch_size": 12},
+    "export": {"calib_images": 8},
+    "engine": {"max_batch": 8, "opt_batch": 4},
+    "report": {"iters": 3, "warmup": 1, "throughput_iters": 1, "mask_images": 3},
+}
+
+
+def merge(base, over):
+    for k, v in over.items():
+        base[k] = merge(base.get(k, {}), v) if isinstance(v, dict) else v
+    return base
+
+
+def sh(args, cwd, env):
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout
+
+
+def all_data(node):
+    """Every experiment record in `dvc exp show --json`, whatever the nesting."""
+    if isinstance(node, dict):
+        if "params" in node and "metrics" in node:
+            yield node
+        for v in node.values():
+            yield from all_data(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from all_data(v)
+
+
+@pytest.mark.slow
+def test_dvc_repro_then_experiment(tmp_path):
+    repo = tmp_path / "repo"
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.split()
+    for rel in listed:
+        if (ROOT / rel).is_file():
+            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, repo / rel)
+    params = merge(yaml.safe_load((repo / "params.yaml").read_text()), SMALL)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "GIT_AUTHOR_NAME": "ci", "GIT_AUTHOR_EMAIL": "ci@example.invalid",
+           "GIT_COMMITTER_NAME": "ci", "GIT_COMMITTER_EMAIL": "ci@example.invalid", "OMP_NUM_THREADS": "2"}
+    sh(["git", "init", "-q"], repo, env)
+    sh(["git", "add", "-A"], repo, env)
+    sh(["git", "commit", "-qm", "copy"], repo, env)
+    dvc = [sys.executable, "-m", "dvc"]
+    sh([*dvc, "repro"], repo, env)
+
+    assert (repo / "data/prepared/manifest.csv").exists()
+    parity = json.loads((repo / "reports/parity.json").read_text())
+    assert parity["passed"] and all(c["passed"] for c in parity["checks"].values())
+    for rel in ["models/lio.pt", "models/resnet18.pt", "models/resnet18.json", "models/onnx/model.onnx",
+                "models/onnx/model.fp16.onnx", "models/onnx/model.int8.onnx", "models/engine/engine.json",
+                "reports/report.md", "reports/masks.png", "reports/latency.json", "dvclive/metrics.json"]:
+        assert (repo / rel).exists(), rel
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert {"pytorch", "onnxruntime-fp32", "onnxruntime-fp16", "onnxruntime-int8"} <= set(metrics["backends"])
+    assert metrics["backends"]["onnxruntime-fp32"]["agreement"] == 1.0
+    assert "tensorrt" in metrics["skipped"] and 0 <= metrics["masks"]["iou"] <= 1
+    assert "| onnxruntime-int8 | CPUExecutionProvider |" in (repo / "reports/report.md").read_text()
+    assert "Data and pipelines are up to date" in sh([*dvc, "status"], repo, env)
+    sh(["git", "add", "-A"], repo, env)  # the baseline: dvc.lock and the small metrics files
+    sh(["git", "commit", "-qm", "baseline run"], repo, env)
+
+    out = sh([*dvc, "exp", "run", "-S", "lio.P=5"], repo, env)
+    assert "Stage 'prepare' didn't change, skipping" in out and "Running stage 'train'" in out
+    shown = json.loads(sh([*dvc, "exp", "show", "--json"], repo, env))
+    with_metrics = {}  # P -> metrics, for the workspace and the experiment (the bare git commit has none)
+    for r in all_data(shown):
+        metrics = r["metrics"].get("reports/metrics.json", {}).get("data")
+        if metrics:
+            with_metrics[r["params"]["params.yaml"]["data"]["lio"]["P"]] = (metrics, r["metrics"])
+    assert {3, 5} <= set(with_metrics), shown
+    for metrics, everything in with_metrics.values():
+        assert 0 <= metrics["test_top1"] <= 1 and "test" in everything["dvclive/metrics.json"]["data"]

@@ -1,0 +1,121 @@
+"""The parity proof passes on a trained model and fails readably on altered backbones."""
+import json
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from torch import nn
+
+from pipeline.lio import LIOModel, group_positives
+from pipeline.lio.model import build_backbone
+from pipeline.strip import explain, prove_parity
+
+
+def trained_model(arch="resnet18", k=4):
+    torch.manual_seed(0)
+    model = LIOModel(arch, k, ["layer3", "layer4"], scl_channels=16).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y = torch.randn(8, 3, 64, 64), torch.arange(2).repeat_interleave(4)
+    for _ in range(2):
+        opt.zero_grad()
+        model(x, y, group_positives(2, 3)).loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def run(model, k=4):
+    images = torch.randn(3, 3, 64, 64)
+    return prove_parity(model, model.deployable(), lambda: build_backbone("resnet18", k), images, 64)
+
+
+def by_name(checks):
+    return {c.name: c for c in checks}
+
+
+def test_parity_passes_on_a_trained_model():
+    model = trained_model()
+    checks, stripped = run(model)
+    assert all(c.passed for c in checks), explain(checks)
+    assert [c.name for c in checks] == ["strict_load", "names_shapes_dtypes", "graph", "logits_bitwise", "params_macs"]
+    plain = build_backbone("resnet18", 4).eval()
+    plain.load_state_dict(stripped, strict=True)
+    assert not any(k.startswith(("oel", "scl")) for k in stripped)
+    c = by_name(checks)["params_macs"]
+    assert c.detail["params"] == sum(p.numel() for p in plain.parameters()) and c.detail["macs"] > 0
+
+
+def test_extra_layer_fails():
+    model = trained_model()
+    model.backbone.fc = nn.Sequential(nn.Linear(512, 512), nn.Linear(512, 4))
+    checks, _ = run(model)
+    c = by_name(checks)
+    assert not c["strict_load"].passed and not c["names_shapes_dtypes"].passed and not c["graph"].passed
+    assert not c["params_macs"].passed and not c["logits_bitwise"].passed
+    text = explain(checks)
+    assert "+ fc.0.weight" in text and "- fc.weight" in text and "parameters:" in text and "multiply-adds:" in text
+
+
+class RenamedLinear(nn.Module):
+    """A classifier whose parameters are called w and b instead of weight and bias."""
+
+    def __init__(self, linear):
+        super().__init__()
+        self.w, self.b = nn.Parameter(linear.weight.detach().clone()), nn.Parameter(linear.bias.detach().clone())
+
+    def forward(self, x):
+        return F.linear(x, self.w, self.b)
+
+
+def test_renamed_parameter_fails():
+    model = trained_model()
+    model.backbone.fc = RenamedLinear(model.backbone.fc)
+    checks, _ = run(model)
+    c = by_name(checks)
+    assert not c["strict_load"].passed and "fc.w" in explain(checks)
+    assert "fc.weight" in " ".join(c["names_shapes_dtypes"].diff)
+    assert not c["graph"].passed  # a functional linear instead of the fc module
+
+
+def test_changed_forward_fails():
+    model = trained_model()
+    bb = model.backbone
+
+    def forward_without_maxpool(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+    bb.forward = types.MethodType(forward_without_maxpool, bb)
+    checks, _ = run(model)
+    c = by_name(checks)
+    assert c["strict_load"].passed and c["names_shapes_dtypes"].passed  # same weights...
+    assert not c["graph"].passed and not c["logits_bitwise"].passed and not c["params_macs"].passed  # ...other network
+    assert any("maxpool" in line for line in c["graph"].diff)
+
+
+def test_strip_stage_writes_nothing_deployable_on_failure(tmp_path, tiny_prepared, monkeypatch):
+    import shutil
+
+    import yaml
+
+    from pipeline.config import to_dict
+    from stages import strip
+    from tests.conftest import tiny_config
+
+    shutil.copytree(tiny_prepared, tmp_path / "data/prepared")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(to_dict(tiny_config())))
+    model = trained_model(k=3)
+    blob = {"model": {"arch": "resnet18", "num_classes": 3}, "classes": ["a", "b", "c"], "preprocess": {}}
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(strip, "load_trained", lambda path: (model, blob))
+    result = CliRunner().invoke(strip.command, [])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "models/resnet18.pt").exists() and json.loads((tmp_path / "reports/parity.json").read_text())["passed"]
+
+    model.backbone.fc = nn.Sequential(nn.Linear(512, 512), nn.Linear(512, 3))
+    result = CliRunner().invoke(strip.command, [])
+    assert result.exit_code == 1 and "parity failed" in result.output and "[FAIL] strict_load" in result.output
+    assert not (tmp_path / "models/resnet18.pt").exists()
+    assert json.loads((tmp_path / "reports/parity.json").read_text())["passed"] is False

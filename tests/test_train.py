@@ -1,0 +1,134 @@
+"""The training stage on a tiny generated dataset, on the CPU."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from pipeline.config import to_dict
+from pipeline.train import TrainingError, load_pretrained, train
+from tests.conftest import tiny_config
+
+
+def workspace(tmp_path, prepared, **overrides):
+    """A stage working folder: data/prepared copied in, params.yaml written."""
+    shutil.copytree(prepared, tmp_path / "data" / "prepared")
+    cfg = tiny_config(**overrides)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    return cfg
+
+
+def lio(tmp_path, *args, **kwargs):
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    return subprocess.Popen([sys.executable, "-m", "stages", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def final_weights(tmp_path):
+    return torch.load(tmp_path / "models" / "lio.pt", weights_only=True)["state_dict"]
+
+
+def test_training_writes_model_metrics_plots_and_checkpoint(tmp_path, tiny_prepared):
+    cfg = workspace(tmp_path, tiny_prepared)
+    summary = train(cfg, tmp_path / "data/prepared", tmp_path / "models/lio.pt", tmp_path / "checkpoints", tmp_path / "dvclive")
+    assert 1 <= summary["best_epoch"] <= 2 and 0 <= summary["test_top1"] <= 1
+    metrics = json.loads((tmp_path / "dvclive/metrics.json").read_text())
+    assert metrics["test"]["top1"] == summary["test_top1"] and metrics["best"]["epoch"] == summary["best_epoch"]
+    assert metrics["step"] == 1 and "oel" in metrics["train"]["layer2"]
+    plots = {p.name for p in (tmp_path / "dvclive/plots/metrics").rglob("*.tsv")}
+    assert {"top1.tsv", "oel.tsv", "scl.tsv", "cls.tsv", "lr.tsv"} <= plots
+    assert (tmp_path / "dvclive/plots/metrics/train/layer4/oel.tsv").exists()
+    state = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["best"]["epoch"] == summary["best_epoch"]
+    blob = torch.load(tmp_path / "models/lio.pt", weights_only=True)
+    assert blob["model"]["arch"] == "resnet18" and blob["classes"] and "oel.layer2.conv.weight" in blob["state_dict"]
+
+
+def test_baseline_trains_through_the_same_code(tmp_path, tiny_prepared):
+    cfg = workspace(tmp_path, tiny_prepared, **{"lio.stages": [], "train.epochs": 1})
+    train(cfg, tmp_path / "data/prepared", tmp_path / "models/lio.pt", tmp_path / "checkpoints", tmp_path / "dvclive")
+    weights = final_weights(tmp_path)
+    assert all(k.startswith("backbone.") for k in weights)
+    assert not (tmp_path / "dvclive/plots/metrics/train/layer4").exists()
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, tiny_prepared):
+    overrides = {"train.epochs": 4}
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    for folder in (straight, broken):
+        workspace(folder, tiny_prepared, **overrides)
+    assert lio(straight, "train").wait(timeout=600) == 0
+
+    proc = lio(broken, "train")
+    checkpoint = broken / "checkpoints/last.pt"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    interrupted_at = torch.load(checkpoint, weights_only=True)["epoch"]
+    assert interrupted_at < 4, "the run finished before it could be interrupted"
+    assert not (broken / "models/lio.pt").exists()
+
+    resumed = lio(broken, "train")
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out
+    assert f"resuming from checkpoints/last.pt after epoch {interrupted_at}" in out
+    a, b = final_weights(straight), final_weights(broken)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_unfinished_checkpoint_with_other_settings_is_refused(tmp_path, tiny_prepared):
+    cfg = workspace(tmp_path, tiny_prepared, **{"train.epochs": 1})
+    train(cfg, tmp_path / "data/prepared", tmp_path / "models/lio.pt", tmp_path / "checkpoints", tmp_path / "dvclive")
+    state = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)
+    state["epoch"], state["settings"]["train"]["epochs"] = 1, 3  # pretend: an unfinished 3-epoch run
+    state["fingerprint"] = "another"
+    torch.save(state, tmp_path / "checkpoints/last.pt")
+    cfg.model.arch = "resnet34"
+    with pytest.raises(TrainingError, match=r"model.arch: 'resnet18' -> 'resnet34'.*delete the file"):
+        train(cfg, tmp_path / "data/prepared", tmp_path / "models/lio.pt", tmp_path / "checkpoints", tmp_path / "dvclive")
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path, tiny_prepared):
+    cfg = workspace(tmp_path, tiny_prepared, **{"train.lr": 1e30, "train.warmup_epochs": 0.0})
+    with pytest.raises(TrainingError, match="non-finite loss at epoch 1"):
+        train(cfg, tmp_path / "data/prepared", tmp_path / "models/lio.pt", tmp_path / "checkpoints", tmp_path / "dvclive")
+    assert not (tmp_path / "models/lio.pt").exists()
+
+
+def test_pretrained_weights_from_other_arch_or_missing(tmp_path):
+    from pipeline.lio.model import build_backbone
+
+    torch.save(build_backbone("resnet34", 10).state_dict(), tmp_path / "r34.pth")
+    with pytest.raises(TrainingError, match="does not fit resnet18"):
+        load_pretrained(build_backbone("resnet18", 10), "resnet18", str(tmp_path / "r34.pth"))
+    # same arch, other class count: the backbone loads, the classifier starts anew
+    source = build_backbone("resnet18", 10)
+    torch.save(source.state_dict(), tmp_path / "r18.pth")
+    target = build_backbone("resnet18", 3)
+    load_pretrained(target, "resnet18", str(tmp_path / "r18.pth"))
+    assert torch.equal(target.conv1.weight, source.conv1.weight)
+    os.environ["TORCH_HOME"] = str(tmp_path / "hub")
+    try:
+        with pytest.raises(TrainingError, match=r"resnet18-[0-9a-f]+\.pth into .*hub/checkpoints"):
+            load_pretrained(target, "resnet18", "imagenet")
+    finally:
+        del os.environ["TORCH_HOME"]
+
+
+def test_torchrun_two_ranks_gloo_end_identical(tmp_path, tiny_prepared):
+    workspace(tmp_path, tiny_prepared, **{"train.epochs": 1})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533"]
+    proc = subprocess.run([*torchrun, "-m", "stages", "train"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    metrics = torch.load(tmp_path / "models/lio.pt", weights_only=True)["metrics"]
+    assert metrics["ddp_replicas_identical"] is True
