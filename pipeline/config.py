@@ -14,10 +14,11 @@ from typing import Literal
 
 import yaml
 
+from pipeline.errors import PipelineError
 from pipeline.lio.model import ARCHS, STAGES
 
 
-class ConfigError(ValueError):
+class ConfigError(PipelineError, ValueError):
     pass
 
 

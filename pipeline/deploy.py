@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.io import write_json
+from pipeline.errors import ArtifactError
+from pipeline.io import atomic_path, write_json
 from pipeline.lio.model import build_backbone
 
 
@@ -16,8 +17,6 @@ def deploy_meta(arch: str, classes: list[str], preprocess: dict) -> dict:
 
 
 def write_deployable(weights: Path, meta_path: Path, state: dict, meta: dict) -> None:
-    from pipeline.io import atomic_path
-
     with atomic_path(weights) as tmp:
         torch.save(state, tmp)
     write_json(meta_path, meta)
@@ -40,5 +39,5 @@ def load_deployable(weights: Path) -> tuple[torch.nn.Module, dict]:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         model.load_state_dict(state, strict=True)
     except Exception as e:
-        raise ValueError(f"{weights}: not a valid {meta['arch']} state dict ({str(e).splitlines()[0]})") from e
+        raise ArtifactError(f"{weights}: not a valid {meta['arch']} state dict ({str(e).splitlines()[0]})") from e
     return model.eval(), meta

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import PipelineError
 from pipeline.io import atomic_path, sha256, write_json
 
 
-class EngineError(RuntimeError):
+class EngineError(PipelineError, RuntimeError):
     pass
 
 

@@ -15,12 +15,13 @@ import torch
 from torch import nn
 
 from pipeline import onnx_runtime
+from pipeline.errors import PipelineError
 from pipeline.io import atomic_path
 
 INPUT, OUTPUT = "input", "logits"
 
 
-class ExportError(RuntimeError):
+class ExportError(PipelineError, RuntimeError):
     pass
 
 

@@ -12,6 +12,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from pipeline.errors import ArtifactError
+
 META_KEY = "lio"
 
 
@@ -23,7 +25,7 @@ def session(path: str | Path, device: str = "cpu") -> ort.InferenceSession:
     try:
         return ort.InferenceSession(str(path), options, providers=providers)
     except Exception as e:  # ORT raises several private exception types for bad files
-        raise ValueError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0][:200]})") from e
+        raise ArtifactError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0][:200]})") from e
 
 
 def provider(sess: ort.InferenceSession) -> str:
@@ -46,8 +48,8 @@ def read_meta(path: str | Path) -> dict:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:
-        raise ValueError(f"{path}: not a readable ONNX file ({str(e).splitlines()[0][:200]})") from e
+        raise ArtifactError(f"{path}: not a readable ONNX file ({str(e).splitlines()[0][:200]})") from e
     for entry in model.metadata_props:
         if entry.key == META_KEY:
             return json.loads(entry.value)
-    raise ValueError(f"{path}: has no '{META_KEY}' metadata (class names, preprocessing); export it with `lio export`")
+    raise ArtifactError(f"{path}: has no '{META_KEY}' metadata (class names, preprocessing); export it with `lio export`")

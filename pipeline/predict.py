@@ -15,6 +15,7 @@ from pipeline.config import TransformConfig
 from pipeline.data.dataset import load_image
 from pipeline.data.readers import IMAGE_SUFFIXES
 from pipeline.data.transforms import ClassificationPresetEval
+from pipeline.errors import ArtifactError
 
 
 def load_predictor(path: Path):
@@ -45,7 +46,7 @@ def load_predictor(path: Path):
         if not info.exists():
             raise FileNotFoundError(f"{info} not found: an engine needs the engine.json written beside it by `lio engine`")
         return EngineRunner(path, info), json.loads(info.read_text())
-    raise ValueError(f"{path}: unknown model type {path.suffix!r}; use a .pt, .onnx or .engine file")
+    raise ArtifactError(f"{path}: unknown model type {path.suffix!r}; use a .pt, .onnx or .engine file")
 
 
 def image_paths(inputs: list[Path]) -> list[Path]:
@@ -57,7 +58,7 @@ def image_paths(inputs: list[Path]) -> list[Path]:
         else:
             out.append(p)
     if not out:
-        raise ValueError(f"no images found in {', '.join(map(str, inputs))}")
+        raise ArtifactError(f"no images found in {', '.join(map(str, inputs))}")
     return out
 
 

@@ -15,8 +15,10 @@ import torch.fx
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from pipeline.errors import PipelineError
 
-class ParityError(RuntimeError):
+
+class ParityError(PipelineError, RuntimeError):
     pass
 
 

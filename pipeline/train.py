@@ -30,11 +30,12 @@ from pipeline.config import Config, to_dict
 from pipeline.data.dataset import ManifestDataset
 from pipeline.data.prepare import read_manifest
 from pipeline.data.transforms import ClassificationPresetEval, ClassificationPresetTrain, preprocessing
+from pipeline.errors import PipelineError
 from pipeline.io import atomic_path, sha256
 from pipeline.lio import GroupBatchSampler, LIOModel, group_positives
 
 
-class TrainingError(RuntimeError):
+class TrainingError(PipelineError, RuntimeError):
     pass
 
 
@@ -136,8 +137,12 @@ def lr_lambda(cfg: Config, steps_per_epoch: int):
     return factor
 
 
-def fingerprint(cfg: Config, manifest: Path) -> str:
-    settings = {k: v for k, v in to_dict(cfg).items() if k in ("seed", "data", "model", "lio", "train")}
+def run_settings(cfg: Config) -> dict:
+    """The params that define a training run (resuming needs them unchanged)."""
+    return {k: v for k, v in to_dict(cfg).items() if k in ("seed", "data", "model", "lio", "train")}
+
+
+def fingerprint(settings: dict, manifest: Path) -> str:
     blob = json.dumps(settings, sort_keys=True) + sha256(manifest)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -259,8 +264,8 @@ def train(cfg: Config, prepared: Path, out_model: Path, checkpoints: Path, live_
         if cfg.train.ema_decay > 0 else None
 
     checkpoint = checkpoints / "last.pt"
-    settings = {k: v for k, v in to_dict(cfg).items() if k in ("seed", "data", "model", "lio", "train")}
-    stamp = fingerprint(cfg, prepared / "manifest.csv")
+    settings = run_settings(cfg)
+    stamp = fingerprint(settings, prepared / "manifest.csv")
     start, best = 0, {"epoch": -1, "val_top1": -1.0, "state": None}
     if checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)

@@ -7,6 +7,7 @@ import sys
 import click
 
 from pipeline.config import Config, load_config
+from pipeline.errors import PipelineError
 
 
 def with_config(fn):
@@ -19,7 +20,7 @@ def with_config(fn):
         try:
             cfg: Config = load_config(params_file)
             return fn(cfg, **kwargs)
-        except (ValueError, FileNotFoundError, RuntimeError) as e:  # ConfigError is a ValueError
+        except (PipelineError, FileNotFoundError) as e:
             click.secho(f"error: {e}", fg="red", err=True)
             sys.exit(1)
 

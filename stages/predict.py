@@ -3,6 +3,7 @@ import json
 
 import click
 
+from pipeline.errors import PipelineError
 from pipeline.predict import predict
 
 
@@ -15,7 +16,7 @@ def command(model, images, top_k, as_json):
     """Top-k classes of IMAGES (files or folders) from a .pt, .onnx or .engine MODEL."""
     try:
         results = predict(model, list(images), top_k)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (PipelineError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from e
     if as_json:
         click.echo(json.dumps(results, indent=2))

@@ -8,8 +8,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image
 
+from pipeline.errors import PipelineError
 
-class ImageError(ValueError):
+
+class ImageError(PipelineError, ValueError):
     pass
 
 

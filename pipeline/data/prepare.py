@@ -9,12 +9,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import torch
-from torchvision.io import ImageReadMode, decode_image
 from tqdm import tqdm
 
 from pipeline.config import Config
 from pipeline.data import synthetic
+from pipeline.data.dataset import ImageError, load_image
 from pipeline.data.readers import DatasetError, Record, read_dataset, validate
 from pipeline.io import atomic_dir, write_json
 
@@ -27,12 +26,9 @@ COLUMNS = ("path", "label", "split", "bbox", "mask", "crop_bottom")
 def check_image(path: Path) -> str | None:
     """None if the image decodes, else why not."""
     try:
-        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
-        decode_image(data, mode=ImageReadMode.RGB)
-    except FileNotFoundError:
-        return "missing"
-    except (RuntimeError, ValueError, OSError) as e:
-        return str(e).splitlines()[-1][:200] or type(e).__name__
+        load_image(path)
+    except ImageError as e:
+        return str(e)
     return None
 
 
@@ -78,7 +74,7 @@ def prepare(cfg: Config, out: Path) -> dict:
             if reason:
                 bad.append((r, reason))
         if bad:
-            listing = "\n".join(f"{r.path}: {why}" for r, why in bad)
+            listing = "\n".join(why for _, why in bad)
             if data.on_bad_image == "fail":
                 raise DatasetError(
                     f"{data.format}: {len(bad)} image(s) cannot be decoded:\n{listing}\n"

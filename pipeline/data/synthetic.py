@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pipeline.config import SyntheticConfig
+from pipeline.data.readers import DatasetError
 
 # (shape, RGB) of the parts every object is built from.
 PARTS = (("circle", (220, 60, 50)), ("square", (40, 170, 70)), ("triangle", (50, 90, 220)), ("bar", (230, 200, 40)))
@@ -47,7 +48,7 @@ def arrangements(num_classes: int, rng: np.random.Generator) -> list[np.ndarray]
         if all(np.abs(signature - s).max() >= MIN_SHAPE_DIFF for s in signatures):
             chosen.append(pts)
             signatures.append(signature)
-    raise ValueError(f"could not find {num_classes} distinct arrangements of {len(PARTS)} parts; use fewer classes")
+    raise DatasetError(f"could not find {num_classes} distinct arrangements of {len(PARTS)} parts; use fewer classes")
 
 
 def _part_polygon(shape: str, cx: float, cy: float, size: float, angle: float) -> list[tuple[float, float]]:
@@ -106,7 +107,7 @@ def generate(root: Path, cfg: SyntheticConfig, seed: int) -> None:
     layouts = arrangements(cfg.classes, rng)
     n_test = round(cfg.images_per_class * cfg.test_fraction)
     if cfg.images_per_class < 2 or not 0 < n_test < cfg.images_per_class:
-        raise ValueError("data.synthetic: images_per_class and test_fraction must leave train and test images")
+        raise DatasetError("data.synthetic: images_per_class and test_fraction must leave train and test images")
     images, labels, splits, boxes, classes = [], [], [], [], []
     for c, layout in enumerate(layouts, start=1):
         name = f"{c:03d}.arrangement_{c:02d}"

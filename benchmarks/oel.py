@@ -1,0 +1,107 @@
+"""pseudo_mask (pair-shared, chunked) against the naive version that holds all B*P
+similarity matrices at once: time and peak extra memory, side by side in one run.
+
+    python benchmarks/oel.py [--sizes 7,14,28,56] [--channels 512,1024,2048]
+
+Peak memory: torch.cuda.max_memory_allocated on a GPU; on the CPU, each case runs in a
+fresh subprocess and the peak resident set size above the inputs is taken.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+from pipeline.lio.oel import pseudo_mask
+from pipeline.lio.sampler import group_positives
+
+B, P = 16, 3
+
+
+@torch.no_grad()
+def naive(feats: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    b, c, n, _ = feats.shape
+    f = feats.flatten(2)
+    others = f[positives]  # [B, P, C, L]
+    sim = torch.einsum("bcl,bpcm->bplm", f, others)  # all B*P matrices at once
+    return (sim.amax(dim=3) / c).mean(1).view(b, n, n)
+
+
+IMPLS = {"chunked": pseudo_mask, "naive": naive}
+
+
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def measure(impl: str, n: int, c: int, device: str, repeats: int) -> dict:
+    """Peak extra memory of one call above the inputs, then the best of `repeats` timings."""
+    feats = torch.randn(B, c, n, n, device=device)
+    positives = group_positives(B // (P + 1), P).to(device)
+    fn = IMPLS[impl]
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn(feats, positives)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:  # a fresh process per case, so the high-water mark belongs to this call
+        base = peak_rss()
+        fn(feats, positives)
+        peak = peak_rss() - base
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(feats, positives)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return {"seconds": min(times), "peak_bytes": max(peak, 0)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="7,14,28,56")
+    parser.add_argument("--channels", default="512,1024,2048")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # impl,n,c: one CPU measurement in this process
+    args = parser.parse_args()
+    if args.case:
+        impl, n, c = args.case.split(",")
+        print(json.dumps(measure(impl, int(n), int(c), "cpu", repeats=2 if int(n) < 56 else 1)))
+        return
+    rows = []
+    for n in map(int, args.sizes.split(",")):
+        for c in map(int, args.channels.split(",")):
+            got = {}
+            for impl in IMPLS:
+                if args.device == "cuda":
+                    got[impl] = measure(impl, n, c, "cuda", repeats=5)
+                else:
+                    out = subprocess.run([sys.executable, __file__, "--case", f"{impl},{n},{c}"],
+                                         capture_output=True, text=True, check=True).stdout
+                    got[impl] = json.loads(out.strip().splitlines()[-1])
+            rows.append((n, c, got))
+            a, b = got["chunked"], got["naive"]
+            print(f"N={n:>2} C={c:>4}  chunked {a['seconds'] * 1e3:8.1f} ms {a['peak_bytes'] / 2**20:8.1f} MiB | "
+                  f"naive {b['seconds'] * 1e3:8.1f} ms {b['peak_bytes'] / 2**20:8.1f} MiB | "
+                  f"time x{a['seconds'] / b['seconds']:.2f}  memory x{a['peak_bytes'] / max(b['peak_bytes'], 1):.3f}",
+                  flush=True)
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"\n{device}, B={B}, P={P}, float32. Ratios are chunked / naive (lower is better).\n")
+    print("| N | C | chunked ms | naive ms | time ratio | chunked peak MiB | naive peak MiB | memory ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n, c, got in rows:
+        a, b = got["chunked"], got["naive"]
+        print(f"| {n} | {c} | {a['seconds'] * 1e3:.1f} | {b['seconds'] * 1e3:.1f} | {a['seconds'] / b['seconds']:.2f} | "
+              f"{a['peak_bytes'] / 2**20:.1f} | {b['peak_bytes'] / 2**20:.1f} | {a['peak_bytes'] / max(b['peak_bytes'], 1):.3f} |")
+
+
+if __name__ == "__main__":
+    main()

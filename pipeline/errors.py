@@ -1,0 +1,10 @@
+"""One base class for the errors a user can fix (bad params, data, artifacts, machine):
+the CLI prints these as one line; anything else is a bug and keeps its traceback."""
+
+
+class PipelineError(Exception):
+    pass
+
+
+class ArtifactError(PipelineError, ValueError):
+    """A model file that is corrupt, incomplete, or of the wrong kind."""
