@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.config import Config
+from pipeline.config import load_config
 from pipeline.data.dataset import ManifestDataset
 from pipeline.data.prepare import prepare, read_manifest
 from pipeline.data.transforms import ClassificationPresetTrain
@@ -23,10 +23,12 @@ from pipeline.lio import GroupBatchSampler, LIOModel, group_positives
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, default=Config().data.workers)
+    parser.add_argument("--params", default="params.yaml", help="settings to measure (default: the repository's)")
+    parser.add_argument("--workers", type=int, default=None, help="loader workers (default: data.workers)")
     parser.add_argument("--batches", type=int, default=30)
     args = parser.parse_args()
-    cfg = Config()
+    cfg = load_config(args.params)
+    args.workers = cfg.data.workers if args.workers is None else args.workers
     P, batch = cfg.lio.P, cfg.train.batch_size
     with tempfile.TemporaryDirectory() as tmp:
         prepare(cfg, Path(tmp) / "prepared")

@@ -32,8 +32,10 @@ class SyntheticConfig:
 
 @dataclass
 class TransformConfig:
-    resize: int = 72  # shorter side before cropping (paper: 512)
-    crop: int = 64  # network input (paper: 448)
+    """Defaults are the paper's recipe; params.yaml sets 72/64 for the embedded 64 px set."""
+
+    resize: int = 512  # shorter side before cropping
+    crop: int = 448  # network input
     rotation: float = 15.0  # random rotation in degrees, training only
     hflip: bool = True
 
@@ -82,7 +84,7 @@ class TrainConfig:
     step_epochs: list[int] = field(default_factory=list)
     step_gamma: float = 0.1
     ema_decay: float = 0.0  # 0 disables the weight EMA
-    amp: bool = True  # bf16 autocast on CUDA (fp16 where bf16 is unsupported)
+    amp: bool = True  # bf16 autocast on CUDA GPUs that support it
     channels_last: bool = True  # on CUDA
     eval_batch_size: int = 64
 

@@ -160,10 +160,10 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 # ---------------------------------------------------------------- loops
 def autocast(device: torch.device, enabled: bool):
-    if device.type != "cuda" or not enabled:
+    """bf16 autocast on GPUs that support it (no loss scaling needed); fp32 elsewhere."""
+    if device.type != "cuda" or not enabled or not torch.cuda.is_bf16_supported():
         return nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cuda", dtype=torch.bfloat16)
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, ema, device, cfg: Config, epoch: int, show: bool) -> dict:
@@ -228,6 +228,41 @@ def replicas_identical(model: nn.Module) -> bool:
     return len(set(digests)) == 1
 
 
+def save_checkpoint(path: Path, epoch: int, stamp: str, settings: dict, model, optimizer, scheduler, ema, best) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({
+            "epoch": epoch, "fingerprint": stamp, "settings": settings,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None, "best": best,
+        }, tmp)
+
+
+def resume(path: Path, stamp: str, settings: dict, model, optimizer, scheduler, ema) -> tuple[int, dict]:
+    """(epochs done, best so far) from an unfinished run with the same settings; (0, none) otherwise.
+
+    A finished run's checkpoint is only history, so training starts afresh; an unfinished
+    one with other settings is refused rather than silently thrown away.
+    """
+    fresh = (0, {"epoch": -1, "val_top1": -1.0, "state": None})
+    if not path.exists():
+        return fresh
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state["epoch"] >= state["settings"]["train"]["epochs"]:
+        return fresh
+    if state["fingerprint"] != stamp:
+        changes = "; ".join(_diff(state["settings"], settings)) or "the prepared data changed"
+        raise TrainingError(
+            f"{path} holds an unfinished run with other settings ({changes}). "
+            "Restore those settings to resume it, or delete the file to start over."
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
+    return state["epoch"], state["best"]
+
+
 # ---------------------------------------------------------------- main
 def train(cfg: Config, prepared: Path, out_model: Path, checkpoints: Path, live_dir: Path) -> dict:
     """Train, keep the best epoch by validation top-1, evaluate the test split once."""
@@ -266,25 +301,9 @@ def train(cfg: Config, prepared: Path, out_model: Path, checkpoints: Path, live_
     checkpoint = checkpoints / "last.pt"
     settings = run_settings(cfg)
     stamp = fingerprint(settings, prepared / "manifest.csv")
-    start, best = 0, {"epoch": -1, "val_top1": -1.0, "state": None}
-    if checkpoint.exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        unfinished = state["epoch"] < state["settings"]["train"]["epochs"]
-        if unfinished and state["fingerprint"] != stamp:
-            changes = "; ".join(_diff(state["settings"], settings)) or "the prepared data changed"
-            raise TrainingError(
-                f"{checkpoint} holds an unfinished run with other settings ({changes}). "
-                "Restore those settings to resume it, or delete the file to start over."
-            )
-        if unfinished:  # a finished run's checkpoint is only history: train afresh
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            if ema is not None:
-                ema.load_state_dict(state["ema"])
-            start, best = state["epoch"], state["best"]
-            if main:
-                print(f"resuming from {checkpoint} after epoch {start}")
+    start, best = resume(checkpoint, stamp, settings, model, optimizer, scheduler, ema)
+    if start and main:
+        print(f"resuming from {checkpoint} after epoch {start}")
 
     net = model
     if world > 1:
@@ -316,13 +335,7 @@ def train(cfg: Config, prepared: Path, out_model: Path, checkpoints: Path, live_
             live.next_step()
             print(f"epoch {epoch + 1}/{cfg.train.epochs}: loss {stats['loss']:.4f} train top1 {stats['top1']:.3f} "
                   f"val top1 {val['top1']:.3f}")
-            with atomic_path(checkpoint) as tmp:
-                torch.save({
-                    "epoch": epoch + 1, "fingerprint": stamp, "settings": settings,
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                    "best": best,
-                }, tmp)
+            save_checkpoint(checkpoint, epoch + 1, stamp, settings, model, optimizer, scheduler, ema, best)
     identical = replicas_identical(model) if world > 1 else None
     if not main:
         dist.destroy_process_group()
