@@ -91,7 +91,7 @@ class TrainConfig:
 
 @dataclass
 class ExportConfig:
-    opset: int = 17
+    opset: int = 18  # torch.export-based exporter; TensorRT 10.12+ parses it
     precisions: list[str] = field(default_factory=lambda: ["fp32", "fp16", "int8"])
     calib_images: int = 64
 
@@ -155,7 +155,7 @@ class Config:
         check(self.engine.precision in self.export.precisions, "engine.precision", f"{self.engine.precision!r} must be one of export.precisions")
         e = self.engine
         check(1 <= e.min_batch <= e.opt_batch <= e.max_batch, "engine.min_batch/opt_batch/max_batch", "need 1 <= min <= opt <= max")
-        check(self.export.opset >= 17, "export.opset", "must be >= 17")
+        check(self.export.opset >= 18, "export.opset", "must be >= 18 (torch's ONNX exporter)")
         return self
 
 

@@ -26,13 +26,12 @@ class ExportError(PipelineError, RuntimeError):
 
 
 def export_fp32(model: nn.Module, path: Path, input_size: int, opset: int, meta: dict) -> None:
-    """One self-contained file with a dynamic batch axis (legacy exporter: opset 17 and dynamic_axes)."""
+    """One self-contained file with a symbolic batch axis, from torch.export (opset >= 18)."""
     dummy = torch.randn(2, 3, input_size, input_size)
     with atomic_path(path) as tmp:
         torch.onnx.export(
-            model.eval(), (dummy,), str(tmp), dynamo=False, opset_version=opset,
-            input_names=[INPUT], output_names=[OUTPUT],
-            dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+            model.eval(), (dummy,), str(tmp), dynamo=True, opset_version=opset, external_data=False,
+            input_names=[INPUT], output_names=[OUTPUT], dynamic_shapes=({0: torch.export.Dim("batch")},),
         )
         proto = onnx.load(str(tmp))
         onnx_runtime.write_meta(proto, meta)

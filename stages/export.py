@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from pipeline import onnx_runtime
-from pipeline.data.dataset import stack_images
+from pipeline.data.dataset import logits_over, stack_images
 from pipeline.data.prepare import read_manifest
 from pipeline.data.transforms import ClassificationPresetEval
 from pipeline.deploy import load_deployable
@@ -36,18 +36,19 @@ def command(cfg):
     rows, _ = read_manifest(PREPARED)
     preset = ClassificationPresetEval(cfg.data.transforms)
     test_rows = [r for r in rows if r["split"] == "test"]
-    images = stack_images(test_rows, preset)
     labels = np.array([r["label"] for r in test_rows])
-    with torch.no_grad():
-        reference = torch.cat([model(b) for b in images.split(64)]).numpy()
-    images = images.numpy()
 
+    def pytorch(x):
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).numpy()
+
+    reference = logits_over(pytorch, test_rows, preset)
     for path in ONNX.values():  # no stale variant may outlive a failed or narrower export
         path.unlink(missing_ok=True)
     fp32 = ONNX["fp32"]
     export_fp32(model, fp32, cfg.data.transforms.crop, cfg.export.opset, meta)
     session = onnx_runtime.session(fp32)
-    fp32_logits = onnx_runtime.run(session, images)
+    fp32_logits = logits_over(lambda x: onnx_runtime.run(session, x), test_rows, preset)
     parity = check_parity(fp32_logits, reference)
     if not parity["passed"]:
         fp32.unlink()
@@ -67,7 +68,7 @@ def command(cfg):
             calibration = stack_images([train_rows[i] for i in order], preset).numpy()
             export_int8(fp32, path, calibration, meta)
         session = onnx_runtime.session(path)
-        logits = onnx_runtime.run(session, images)
+        logits = logits_over(lambda x, s=session: onnx_runtime.run(s, x), test_rows, preset)
         result[precision] = {
             "file": str(path), "provider": onnx_runtime.provider(session),
             "top1_agreement_vs_fp32": float((logits.argmax(1) == fp32_logits.argmax(1)).mean()),

@@ -9,7 +9,7 @@ import torch
 from torchvision import tv_tensors
 
 from pipeline import onnx_runtime
-from pipeline.data.dataset import load_image, load_mask, stack_images
+from pipeline.data.dataset import batches, load_image, load_mask, logits_over
 from pipeline.data.prepare import read_manifest
 from pipeline.data.transforms import ClassificationPresetEval
 from pipeline.deploy import load_deployable
@@ -91,8 +91,11 @@ def extent_results(cfg, rows, preset):
     for r in with_masks:
         by_class.setdefault(r["label"], []).append(r)
     classes = sorted(by_class)
-    chosen = [by_class[classes[i % len(classes)]][i // len(classes)] for i in range(cfg.report.mask_images)
-              if i // len(classes) < len(by_class[classes[i % len(classes)]])]
+    chosen = []
+    for i in range(cfg.report.mask_images):  # round-robin over the classes
+        rows_of_class = by_class[classes[i % len(classes)]]
+        if i // len(classes) < len(rows_of_class):
+            chosen.append(rows_of_class[i // len(classes)])
     batch, masks = [], []
     rng = np.random.default_rng(cfg.seed)
     for r in chosen:
@@ -117,25 +120,24 @@ def command(cfg):
     rows, _ = read_manifest(PREPARED)
     preset = ClassificationPresetEval(cfg.data.transforms)
     test_rows = [r for r in rows if r["split"] == "test"]
-    images = stack_images(test_rows, preset).numpy()
     labels = np.array([r["label"] for r in test_rows])
     model, _ = load_deployable(deployable_path(cfg.model.arch))
     found, skipped = backends(cfg, model)
     batch = cfg.engine.max_batch
-    big = np.resize(images, (batch, *images.shape[1:]))
+    sample = next(batches(test_rows, preset, batch)).numpy()
+    big = np.resize(sample, (batch, *sample.shape[1:]))  # the largest profile batch, for throughput
     table, reference = [], None
     for name, run, sync, path, device in found:
         click.echo(f"measuring {name} ({device})")
-        logits = np.concatenate([run(images[i : i + batch]) for i in range(0, len(images), batch)])
+        logits = logits_over(run, test_rows, preset, batch)
         if reference is None:
             reference = logits.argmax(1)
         rc = cfg.report
-        row = {"backend": name, "device": device, **accuracy(logits, labels),
-               "agreement": float((logits.argmax(1) == reference).mean()),
-               **latency(run, images[:1], rc.warmup, rc.iters, sync),
-               "throughput": throughput(run, big, rc.throughput_iters, sync),
-               "size_mb": Path(path).stat().st_size / 2**20}
-        table.append(row)
+        table.append({"backend": name, "device": device, **accuracy(logits, labels),
+                      "agreement": float((logits.argmax(1) == reference).mean()),
+                      **latency(run, sample[:1], rc.warmup, rc.iters, sync),
+                      "throughput": throughput(run, big, rc.throughput_iters, sync),
+                      "size_mb": Path(path).stat().st_size / 2**20})
     masks = extent_results(cfg, rows, preset)
     metrics = {"test_top1": table[0]["top1"], "backends": {r["backend"]: r for r in table}, "masks": masks,
                "skipped": skipped}

@@ -269,3 +269,14 @@ def test_label_out_of_range_duplicate_id_and_empty_class(tmp_path):
     (root / "train_test_split.txt").write_text("\n".join(l[:-1] + "0" if int(l.split()[0]) > 3 else l for l in split))
     with pytest.raises(DatasetError, match="no training images: 002.Auklet"):
         prepare(cfg, tmp_path / "out")
+
+
+def test_batches_bound_memory_and_cover_every_row(tiny_prepared):
+    from pipeline.data.dataset import batches, logits_over
+
+    rows, _ = read_manifest(tiny_prepared)
+    preset = ClassificationPresetEval(tiny_config().data.transforms)
+    sizes = [len(b) for b in batches(rows[:11], preset, size=4)]
+    assert sizes == [4, 4, 3]
+    out = logits_over(lambda x: x.mean(axis=(2, 3)), rows[:11], preset, size=4)
+    assert out.shape == (11, 3) and out.dtype == np.float32

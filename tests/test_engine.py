@@ -2,7 +2,6 @@
 thing replaced by a fake here: FakeTensorRT records the calls the build makes, and the
 checks below hold the build to the TensorRT 10.12+/11 strongly typed API."""
 import json
-import os
 import shutil
 
 import onnx

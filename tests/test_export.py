@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from pipeline import onnx_runtime
 from pipeline.deploy import load_deployable
-from pipeline.export import ExportError, check_parity, export_fp32
+from pipeline.export import check_parity, export_fp32
 from pipeline.predict import predict
 from stages.cli import main
 
@@ -25,7 +25,7 @@ def test_fp32_export_is_checked_and_matches_pytorch(exported):
     onnx.checker.check_model(str(path), full_check=True)
     assert not (exported / "models/onnx/model.onnx.data").exists()  # one self-contained file
     model = onnx.load(str(path))
-    assert model.opset_import[0].version >= 17
+    assert model.opset_import[0].version >= 18
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     assert onnx_runtime.read_meta(path)["classes"] == ["a", "b", "c"]
 

@@ -2,7 +2,6 @@
 from collections import Counter
 
 import pytest
-import torch
 
 from pipeline.lio import GroupBatchSampler, group_positives
 

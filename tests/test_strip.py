@@ -2,7 +2,6 @@
 import json
 import types
 
-import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner

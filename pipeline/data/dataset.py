@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -52,3 +53,14 @@ class ManifestDataset(Dataset):
 def stack_images(rows: list[dict], transform) -> Tensor:
     """The transformed images of `rows` as one float batch (for checks and reports)."""
     return torch.stack([transform(load_image(r["path"], r["crop_bottom"])) for r in rows])
+
+
+def batches(rows: list[dict], transform, size: int = 32):
+    """The transformed images of `rows`, `size` at a time: bounded memory at any dataset size."""
+    for start in range(0, len(rows), size):
+        yield stack_images(rows[start : start + size], transform)
+
+
+def logits_over(run, rows: list[dict], transform, size: int = 32) -> np.ndarray:
+    """Concatenated outputs of `run` (float32 NCHW numpy -> logits numpy) over all `rows`."""
+    return np.concatenate([np.asarray(run(b.numpy()), dtype=np.float32) for b in batches(rows, transform, size)])
