@@ -103,6 +103,20 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path, tiny_prepared):
     assert not (tmp_path / "models/lio.pt").exists()
 
 
+def test_class_without_training_images_is_refused_before_training(tmp_path, tiny_prepared):
+    workspace(tmp_path, tiny_prepared)
+    manifest = tmp_path / "data/prepared/manifest.csv"
+    lines = manifest.read_text().splitlines()
+    label = lines[0].split(",").index("label")
+    split = lines[0].split(",").index("split")
+    kept = [ln for ln in lines[1:] if not (ln.split(",")[label] == "0" and ln.split(",")[split] == "train")]
+    manifest.write_text("\n".join([lines[0], *kept]) + "\n")
+    cfg = tiny_config()
+    with pytest.raises(TrainingError, match=r"manifest.csv: class\(es\) with no training images: "):
+        train(cfg, tmp_path / "data/prepared", tmp_path / "models/lio.pt", tmp_path / "checkpoints", tmp_path / "dvclive")
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "models").exists()
+
+
 def test_pretrained_weights_from_other_arch_or_missing(tmp_path):
     from pipeline.lio.model import build_backbone
 
