@@ -42,14 +42,14 @@ def command(cfg):
         with torch.no_grad():
             return model(torch.from_numpy(x)).numpy()
 
-    reference = logits_over(pytorch, test_rows, preset)
     for path in ONNX.values():  # no stale variant may outlive a failed or narrower export
         path.unlink(missing_ok=True)
     fp32 = ONNX["fp32"]
     export_fp32(model, fp32, cfg.data.transforms.crop, cfg.export.opset, meta)
     session = onnx_runtime.session(fp32)
-    fp32_logits = logits_over(lambda x: onnx_runtime.run(session, x), test_rows, preset)
-    parity = check_parity(fp32_logits, reference)
+    out = logits_over({"pytorch": pytorch, "fp32": lambda x: onnx_runtime.run(session, x)}, test_rows, preset)
+    fp32_logits = out["fp32"]
+    parity = check_parity(fp32_logits, out["pytorch"])
     if not parity["passed"]:
         fp32.unlink()
         raise ExportError(f"{fp32}: ONNX Runtime disagrees with PyTorch on the test images ({parity}); file removed")
@@ -58,6 +58,7 @@ def command(cfg):
 
     train_rows = [r for r in rows if r["split"] == "train"]
     order = np.random.default_rng(cfg.seed).permutation(len(train_rows))[: cfg.export.calib_images]
+    sessions = {}
     for precision in cfg.export.precisions:
         if precision == "fp32":
             continue
@@ -67,10 +68,11 @@ def command(cfg):
         else:
             calibration = stack_images([train_rows[i] for i in order], preset).numpy()
             export_int8(fp32, path, calibration, meta)
-        session = onnx_runtime.session(path)
-        logits = logits_over(lambda x, s=session: onnx_runtime.run(s, x), test_rows, preset)
+        sessions[precision] = onnx_runtime.session(path)
+    runs = {precision: (lambda x, s=s: onnx_runtime.run(s, x)) for precision, s in sessions.items()}
+    for precision, logits in logits_over(runs, test_rows, preset).items():
         result[precision] = {
-            "file": str(path), "provider": onnx_runtime.provider(session),
+            "file": str(ONNX[precision]), "provider": onnx_runtime.provider(sessions[precision]),
             "top1_agreement_vs_fp32": float((logits.argmax(1) == fp32_logits.argmax(1)).mean()),
             "max_abs_diff_vs_fp32": float(np.abs(logits - fp32_logits).max()),
             "test_top1": top1(logits, labels),

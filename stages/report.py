@@ -126,13 +126,13 @@ def command(cfg):
     batch = cfg.engine.max_batch
     sample = next(batches(test_rows, preset, batch)).numpy()
     big = np.resize(sample, (batch, *sample.shape[1:]))  # the largest profile batch, for throughput
-    table, reference = [], None
+    click.echo(f"scoring {', '.join(b[0] for b in found)} on {len(test_rows)} test images")
+    scored = logits_over({name: run for name, run, *_ in found}, test_rows, preset, batch)
+    reference = scored["pytorch"].argmax(1)
+    rc, table = cfg.report, []
     for name, run, sync, path, device in found:
-        click.echo(f"measuring {name} ({device})")
-        logits = logits_over(run, test_rows, preset, batch)
-        if reference is None:
-            reference = logits.argmax(1)
-        rc = cfg.report
+        click.echo(f"timing {name} ({device})")
+        logits = scored[name]
         table.append({"backend": name, "device": device, **accuracy(logits, labels),
                       "agreement": float((logits.argmax(1) == reference).mean()),
                       **latency(run, sample[:1], rc.warmup, rc.iters, sync),

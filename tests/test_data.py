@@ -278,5 +278,5 @@ def test_batches_bound_memory_and_cover_every_row(tiny_prepared):
     preset = ClassificationPresetEval(tiny_config().data.transforms)
     sizes = [len(b) for b in batches(rows[:11], preset, size=4)]
     assert sizes == [4, 4, 3]
-    out = logits_over(lambda x: x.mean(axis=(2, 3)), rows[:11], preset, size=4)
+    out = logits_over({"mean": lambda x: x.mean(axis=(2, 3))}, rows[:11], preset, size=4)["mean"]
     assert out.shape == (11, 3) and out.dtype == np.float32

@@ -61,6 +61,11 @@ def batches(rows: list[dict], transform, size: int = 32):
         yield stack_images(rows[start : start + size], transform)
 
 
-def logits_over(run, rows: list[dict], transform, size: int = 32) -> np.ndarray:
-    """Concatenated outputs of `run` (float32 NCHW numpy -> logits numpy) over all `rows`."""
-    return np.concatenate([np.asarray(run(b.numpy()), dtype=np.float32) for b in batches(rows, transform, size)])
+def logits_over(runs: dict, rows: list[dict], transform, size: int = 32) -> dict[str, np.ndarray]:
+    """Each run's (float32 NCHW numpy -> logits numpy) outputs over all `rows`, decoding every image once."""
+    out = {name: [] for name in runs}
+    for b in batches(rows, transform, size):
+        x = b.numpy()
+        for name, run in runs.items():
+            out[name].append(np.asarray(run(x), dtype=np.float32))
+    return {name: np.concatenate(parts) for name, parts in out.items()}
