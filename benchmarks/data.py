@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 
 from pipeline.config import load_config
 from pipeline.data.dataset import ManifestDataset
-from pipeline.data.prepare import prepare, read_manifest
+from pipeline.data.manifest import read_manifest
+from pipeline.data.prepare import prepare
 from pipeline.data.transforms import ClassificationPresetTrain
 from pipeline.lio import GroupBatchSampler, LIOModel, group_positives
 

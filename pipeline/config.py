@@ -15,7 +15,10 @@ from typing import Literal
 import yaml
 
 from pipeline.errors import PipelineError
-from pipeline.lio.model import ARCHS, STAGES
+
+#: torchvision classifiers LIO can train (each has layer1..layer4 and an `fc` head).
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "wide_resnet50_2")
+STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
 class ConfigError(PipelineError, ValueError):
@@ -67,6 +70,7 @@ class LIOConfig:
     scl_channels: int = 512
     oel: bool = True
     scl: bool = True
+    mask_source: Literal["pseudo", "gt"] = "pseudo"  # OEL target: pseudo mask M, or the true mask ("w/ GM")
 
 
 @dataclass
@@ -137,6 +141,8 @@ class Config:
         check(not bad, "lio.stages", f"unknown stage(s) {bad}; use a subset of {list(STAGES)} ([] is the baseline)")
         check(len(set(self.lio.stages)) == len(self.lio.stages), "lio.stages", "a stage is listed twice")
         check(self.lio.P >= 1, "lio.P", f"must be >= 1, got {self.lio.P}")
+        check(self.lio.mask_source == "pseudo" or (self.lio.oel and bool(self.lio.stages)), "lio.mask_source",
+              "gt replaces OEL's target, so it needs lio.oel: true and at least one stage; use pseudo")
         check(self.lio.pool >= 1, "lio.pool", f"must be >= 1, got {self.lio.pool}")
         group = self.lio.P + 1
         check(

@@ -8,7 +8,8 @@ import torch
 
 from pipeline.errors import ArtifactError
 from pipeline.io import atomic_path, write_json
-from pipeline.lio.model import build_backbone
+from pipeline.backbone import build_backbone
+from pipeline.paths import metadata, require
 
 
 def deploy_meta(arch: str, classes: list[str], preprocess: dict) -> dict:
@@ -22,17 +23,12 @@ def write_deployable(weights: Path, meta_path: Path, state: dict, meta: dict) ->
     write_json(meta_path, meta)
 
 
-def meta_path(weights: Path) -> Path:
-    return Path(weights).with_suffix(".json")
-
-
 def load_deployable(weights: Path) -> tuple[torch.nn.Module, dict]:
     """The plain torchvision model with the stripped weights, and its metadata."""
     weights = Path(weights)
-    side = meta_path(weights)
+    side = metadata(weights)
     for p in (weights, side):
-        if not p.exists():
-            raise FileNotFoundError(f"{p} not found: run `lio strip` (or `dvc repro strip`) first")
+        require(p, "strip")
     meta = json.loads(side.read_text())
     model = build_backbone(meta["arch"], meta["num_classes"])
     try:
@@ -41,3 +37,18 @@ def load_deployable(weights: Path) -> tuple[torch.nn.Module, dict]:
     except Exception as e:
         raise ArtifactError(f"{weights}: not a valid {meta['arch']} state dict ({str(e).splitlines()[0]})") from e
     return model.eval(), meta
+
+
+def torch_runner(model: torch.nn.Module, device: str = "cpu"):
+    """(float32 NCHW numpy -> logits numpy) for a torch model, on its own copy of the model
+    (`nn.Module.to` moves in place, so backends on two devices must not share one)."""
+    import copy
+
+    net = copy.deepcopy(model).to(device).eval()
+
+    def run(x):
+        with torch.no_grad():
+            return net(torch.from_numpy(x).to(device)).float().cpu().numpy()
+
+    run.model = net
+    return run

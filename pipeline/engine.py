@@ -1,4 +1,4 @@
-"""TensorRT engine build and load, kept thin (SPEC section 7).
+"""TensorRT engine build and load, kept thin (docs/method.md, "Precision").
 
 The build is strongly typed: precision comes from the ONNX variant, not builder flags
 (TensorRT 11 has none; 10.x deprecates them). Written for the Python API shared by
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import onnx_runtime, paths
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_path, sha256, write_json
 
@@ -129,3 +130,24 @@ class EngineRunner:
             self.context.execute_async_v3(self.stream.cuda_stream)
         self.stream.synchronize()
         return y.cpu().numpy()
+
+
+def build_engine(cfg) -> dict:
+    """The engine stage: build from the `engine.precision` ONNX variant where TensorRT and a
+    GPU exist; elsewhere record why not (built: false), failing only if engine.required is true."""
+    onnx_path = paths.require(paths.ONNX[cfg.precision], "export")
+    meta = onnx_runtime.read_meta(onnx_path)
+    paths.ENGINE.unlink(missing_ok=True)  # never leave an engine from other settings behind
+    paths.ENGINE_DIR.mkdir(parents=True, exist_ok=True)
+    paths.TIMING_CACHE.parent.mkdir(parents=True, exist_ok=True)
+    profile = {"min": cfg.min_batch, "opt": cfg.opt_batch, "max": cfg.max_batch}
+    trt, reason = (None, "engine.required is false") if cfg.required == "false" else tensorrt_or_reason()
+    if trt is None:
+        if cfg.required == "true":
+            raise EngineError(f"engine.required is true but the engine cannot be built here: {reason}")
+        info = {"built": False, "reason": reason, "precision": cfg.precision, "onnx": str(onnx_path),
+                "profile": profile, **meta}
+    else:
+        info = build(trt, onnx_path, paths.ENGINE, paths.TIMING_CACHE, cfg, meta)
+    write_info(paths.ENGINE_INFO, info)
+    return info

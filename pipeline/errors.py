@@ -8,3 +8,7 @@ class PipelineError(Exception):
 
 class ArtifactError(PipelineError, ValueError):
     """A model file that is corrupt, incomplete, or of the wrong kind."""
+
+
+class MissingArtifactError(PipelineError):
+    """An input another stage makes is not there; the message names that stage."""

@@ -1,4 +1,4 @@
-"""Head stripping and the parity proof (SPEC section 6).
+"""Head stripping and the parity proof (docs/method.md, "Strip and parity").
 
 The deployable model is `torchvision.models.<arch>(num_classes=K)` with the trained
 backbone weights and nothing more. Five checks prove the trained model's classification
@@ -7,6 +7,7 @@ path is that plain model; each failure comes with a readable diff.
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,7 +16,15 @@ import torch.fx
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from pipeline.data.dataset import load_image
+from pipeline.data.manifest import read_manifest
+from pipeline.data.transforms import eval_preset
+from pipeline.deploy import deploy_meta, write_deployable
 from pipeline.errors import PipelineError
+from pipeline.io import write_json
+from pipeline.backbone import build_backbone
+from pipeline.paths import metadata, require
+from pipeline.train import load_trained
 
 
 class ParityError(PipelineError, RuntimeError):
@@ -172,3 +181,25 @@ def explain(checks: list[Check]) -> str:
             lines.append(f"[FAIL] {c.name}")
             lines += [f"    {d}" for d in (c.diff or [str(c.detail)])]
     return "\n".join(lines)
+
+
+def strip(trained: Path, prepared: Path, out: Path, parity_path: Path, test_images: int = 8) -> list[Check]:
+    """models/lio.pt -> the plain deployable `out` (+ its metadata), if and only if parity holds.
+
+    The parity report is written either way; a failure leaves no deployable file.
+    """
+    model, blob = load_trained(require(trained, "train"))
+    rows, _ = read_manifest(require(prepared, "prepare"))
+    preset = eval_preset(blob["preprocess"])
+    test = [r for r in rows if r["split"] == "test"][:test_images]
+    images = torch.stack([preset(load_image(r["path"], r["crop_bottom"])) for r in test])
+    arch, k = blob["model"]["arch"], blob["model"]["num_classes"]
+    checks, stripped = prove_parity(model, model.deployable(), lambda: build_backbone(arch, k), images,
+                                    blob["preprocess"]["crop"])
+    result = report(checks)
+    write_json(parity_path, result)
+    if not result["passed"]:
+        Path(out).unlink(missing_ok=True)
+        raise ParityError(f"parity failed, no deployable model written (details in {parity_path}):\n{explain(checks)}")
+    write_deployable(out, metadata(out), stripped, deploy_meta(arch, blob["classes"], blob["preprocess"]))
+    return checks

@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 from pipeline.config import Config, to_dict
 from pipeline.data.dataset import ManifestDataset
-from pipeline.data.prepare import read_manifest
+from pipeline.data.manifest import read_manifest
 from pipeline.data.transforms import ClassificationPresetEval, ClassificationPresetTrain, preprocessing
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_path, sha256
@@ -60,10 +61,7 @@ def init_distributed() -> tuple[int, int, int]:
 
 
 def build_model(cfg: Config, num_classes: int) -> LIOModel:
-    lio = cfg.lio
-    model = LIOModel(
-        cfg.model.arch, num_classes, lio.stages, lio.alpha, lio.beta, lio.pool, lio.scl_channels, lio.oel, lio.scl
-    )
+    model = LIOModel.from_config(cfg.lio, cfg.model.arch, num_classes)
     if cfg.model.pretrained != "none":
         load_pretrained(model.backbone, cfg.model.arch, cfg.model.pretrained)
     return model
@@ -172,14 +170,16 @@ def train_one_epoch(model, loader, optimizer, scheduler, ema, device, cfg: Confi
     sums: dict[str, float] = {}
     correct = seen = 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch", disable=not show, leave=False)
-    for step, (images, labels) in enumerate(bar):
+    for step, batch in enumerate(bar):
+        images, *masks, labels = batch  # masks only with lio.mask_source: gt
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
+        masks = masks[0].to(device, non_blocking=True) if masks else None
         if cfg.train.channels_last and device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
         positives = group_positives(len(labels) // (P + 1), P).to(device)
         with autocast(device, cfg.train.amp):
-            out = model(images, labels, positives)
+            out = model(images, labels, positives, masks)
         if not torch.isfinite(out.loss):
             parts = ", ".join(f"{k}={v.item():.4g}" for k, v in out.parts.items())
             raise TrainingError(
@@ -271,7 +271,15 @@ def train(cfg: Config, prepared: Path, out_model: Path, checkpoints: Path, live_
     device = resolve_device(cfg.train.device, local_rank)
     rows, classes = read_manifest(prepared)
     tf = cfg.data.transforms
-    train_set = ManifestDataset(rows, "train", ClassificationPresetTrain(tf))
+    gt = cfg.lio.mask_source == "gt"
+    train_set = ManifestDataset(rows, "train", ClassificationPresetTrain(tf), masks=gt)
+    unmasked = [r["path"] for r in train_set.rows if not r["mask"]] if gt else []
+    if unmasked:
+        raise TrainingError(
+            f"lio.mask_source: gt trains OEL against true masks, but {len(unmasked)} of {len(train_set)} training "
+            f"images in {prepared}/manifest.csv have none (e.g. {unmasked[0]}); use a dataset with masks "
+            "(synthetic, or CUB with segmentations/) or set lio.mask_source: pseudo"
+        )
     val_set = ManifestDataset(rows, "val", ClassificationPresetEval(tf))
     test_set = ManifestDataset(rows, "test", ClassificationPresetEval(tf))
     present = set(train_set.labels)
@@ -307,9 +315,7 @@ def train(cfg: Config, prepared: Path, out_model: Path, checkpoints: Path, live_
 
     net = model
     if world > 1:
-        find_unused = cfg.lio.scl and not cfg.lio.oel and bool(cfg.lio.stages)
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                      find_unused_parameters=find_unused)
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     live = None
     if main:
@@ -317,6 +323,7 @@ def train(cfg: Config, prepared: Path, out_model: Path, checkpoints: Path, live_
 
         live = Live(str(live_dir), resume=start > 0, dvcyaml=None, save_dvc_exp=False)
     scored = ema.module if ema is not None else model
+    started = time.perf_counter()
     for epoch in range(start, cfg.train.epochs):
         torch.manual_seed(cfg.seed * 1000 + epoch)
         loader_gen.manual_seed(cfg.seed * 1000 + epoch)
@@ -348,7 +355,8 @@ def train(cfg: Config, prepared: Path, out_model: Path, checkpoints: Path, live_
     if identical is not None:
         summary["ddp_replicas_identical"] = identical
     live.summary.update({"best": {"epoch": best["epoch"], "val_top1": best["val_top1"]},
-                         "test": {"top1": test["top1"], "top5": test["top5"]}, "chance": 1 / len(classes)})
+                         "test": {"top1": test["top1"], "top5": test["top5"]}, "chance": 1 / len(classes),
+                         "train_seconds": time.perf_counter() - started})
     live.end()
     with atomic_path(out_model) as tmp:
         torch.save({
@@ -369,7 +377,6 @@ def load_trained(path: Path) -> tuple[LIOModel, dict]:
         raise FileNotFoundError(f"{path} not found: run `lio train` (or `dvc repro train`) first")
     blob = torch.load(path, map_location="cpu", weights_only=True)
     m = blob["model"]
-    model = LIOModel(m["arch"], m["num_classes"], m["stages"], m["alpha"], m["beta"], m["pool"],
-                     m["scl_channels"], m["oel"], m["scl"])
+    model = LIOModel.from_config(m, m["arch"], m["num_classes"])
     model.load_state_dict(blob["state_dict"])
     return model.eval(), blob

@@ -1,13 +1,23 @@
-"""The `lio` command: one subcommand per pipeline stage, in data-flow order, plus `predict`."""
+"""The `lio` command: one subcommand per pipeline stage, in data-flow order, plus `predict`
+and `study`. Each subcommand's module is imported only when it runs, so a stage loads
+exactly the code dvc.yaml declares for it."""
+import importlib
+
 import click
 
-from stages import engine, export, predict, prepare, report, strip, train
+COMMANDS = ("prepare", "train", "strip", "export", "engine", "report", "predict", "study")
 
 
-@click.group()
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return list(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        return importlib.import_module(f"stages.{name}").command
+
+
+@click.group(cls=LazyGroup)
 def main() -> None:
     """Look-into-Object training and deployment pipeline (the stages of dvc.yaml)."""
-
-
-for module in (prepare, train, strip, export, engine, report, predict):
-    main.add_command(module.command)

@@ -11,7 +11,8 @@ from pipeline.errors import PipelineError
 
 
 def with_config(fn):
-    """Loads --params into a validated Config; turns expected errors into a one-line exit 1."""
+    """Loads --params into a validated Config; turns the project's own errors into a
+    one-line exit 1 (anything else is a bug and keeps its traceback)."""
 
     @click.option("--params", "params_file", default="params.yaml", show_default=True,
                   type=click.Path(dir_okay=False), help="The parameters file (DVC's params.yaml).")
@@ -20,7 +21,7 @@ def with_config(fn):
         try:
             cfg: Config = load_config(params_file)
             return fn(cfg, **kwargs)
-        except (PipelineError, FileNotFoundError) as e:
+        except PipelineError as e:
             click.secho(f"error: {e}", fg="red", err=True)
             sys.exit(1)
 

@@ -1,21 +1,15 @@
-"""`lio train`: params `model`, `lio`, `train` -> models/lio.pt, checkpoints/, dvclive/."""
-from pathlib import Path
-
+"""`lio train`: params `seed`, `data`, `model`, `lio`, `train` -> models/lio.pt, checkpoints/, dvclive/."""
 import click
 
+from pipeline import paths
 from pipeline.train import train
 from stages.common import with_config
-from stages.prepare import OUT as PREPARED
-
-OUT = Path("models/lio.pt")
-CHECKPOINTS = Path("checkpoints")
-LIVE = Path("dvclive")
 
 
 @click.command("train")
 @with_config
 def command(cfg):
     """Train LIO (or the baseline with lio.stages: []); torchrun for several GPUs."""
-    summary = train(cfg, PREPARED, OUT, CHECKPOINTS, LIVE)
+    summary = train(cfg, paths.PREPARED, paths.TRAINED, paths.CHECKPOINTS, paths.LIVE)
     if summary:
-        click.echo(f"wrote {OUT}: {summary}")
+        click.echo(f"wrote {paths.TRAINED}: {summary}")

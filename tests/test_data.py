@@ -11,7 +11,8 @@ from PIL import Image
 from pipeline.config import SyntheticConfig
 from pipeline.data import synthetic
 from pipeline.data.dataset import ImageError, ManifestDataset, load_image
-from pipeline.data.prepare import BAD_IMAGES, prepare, read_manifest
+from pipeline.data.manifest import read_manifest
+from pipeline.data.prepare import BAD_IMAGES, prepare
 from pipeline.data.readers import AIRCRAFT_BANNER, DatasetError, read_dataset
 from pipeline.data.transforms import ClassificationPresetEval, ClassificationPresetTrain
 from tests.conftest import tiny_config

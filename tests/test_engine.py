@@ -165,7 +165,7 @@ def test_required_true_fails_with_the_reason(workspace):
 
 def test_strongly_typed_build_with_profile_workspace_level_and_timing_cache(workspace, monkeypatch):
     fake = FakeTensorRT()
-    monkeypatch.setattr(engine_stage, "tensorrt_or_reason", lambda: (fake, None))
+    monkeypatch.setattr(engine_lib, "tensorrt_or_reason", lambda: (fake, None))
     monkeypatch.setattr(engine_lib, "gpu_info", lambda: GPU)
     result = CliRunner().invoke(engine_stage.command, [])
     assert result.exit_code == 0, result.output
@@ -192,7 +192,7 @@ def test_strongly_typed_build_with_profile_workspace_level_and_timing_cache(work
 
 def test_unparseable_onnx_is_reported(workspace, monkeypatch):
     fake = FakeTensorRT()
-    monkeypatch.setattr(engine_stage, "tensorrt_or_reason", lambda: (fake, None))
+    monkeypatch.setattr(engine_lib, "tensorrt_or_reason", lambda: (fake, None))
     bad = workspace / "bad.onnx"
     bad.write_bytes(b"\x08junk")
     cfg = load_config("params.yaml")

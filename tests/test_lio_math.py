@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pipeline.lio.oel import pseudo_mask
+from pipeline.lio.sampler import group_positives
 from pipeline.lio.scl import polar_targets, scl_loss
 
 
@@ -147,3 +148,17 @@ def test_scl_loss_gives_no_gradient_to_weights():
     scl_loss(pd, torch.rand(2, 3, 3), torch.rand(2, 3, 3), torch.rand(2, 3, 3), w).backward()
     assert w.grad is None
     assert pd.grad is not None and pd.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pseudo_mask_is_float32_inside_autocast(dtype):
+    """M is the OEL target: under bf16 autocast it must equal the float32 computation."""
+    g = torch.Generator().manual_seed(0)
+    feats = torch.rand(8, 64, 7, 7, generator=g).to(dtype)
+    pos = group_positives(2, 3)
+    plain = pseudo_mask(feats.float(), pos)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = pseudo_mask(feats, pos)
+        d, a = polar_targets(torch.tensor([[1, 2]]), 7)
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, plain)
+    assert d.dtype == a.dtype == torch.float32

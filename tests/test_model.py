@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from pipeline.lio import LIOModel, group_positives
-from pipeline.lio.model import build_backbone
+from pipeline.backbone import build_backbone
 
 
 def batch(groups=2, P=3, size=64, classes=4, seed=0):
@@ -98,7 +98,53 @@ def test_ablation_switches_and_pooling():
     assert set(scl_only.parts) == {"cls", "layer2/scl"}
     pooled = LIOModel("resnet18", 4, ["layer2"], pool=2, scl_channels=8)
     maps = pooled.extent_maps(x, pos)
-    assert maps["layer2"][0].shape == (8, 4, 4)  # 64 px -> layer2 8x8 -> pooled 4x4
+    assert maps["layer2"]["m'"].shape == maps["layer2"]["M"].shape == (8, 4, 4)  # 64 px -> 8x8 -> pooled 4x4
+
+
+def test_scl_only_takes_reference_and_weights_from_the_pseudo_mask(monkeypatch):
+    """Without OEL there is no untrained head to read: SCL's reference cell and weights come from M."""
+    import pipeline.lio.model as model_module
+
+    x, y, pos = batch(size=64)
+    model = LIOModel("resnet18", 4, ["layer2"], oel=False, scl_channels=8).train()
+    assert len(model.oel) == 0 and model.stages == ["layer2"]
+    seen = {}
+    real_loss = model_module.scl_loss
+
+    def spy(pred_dist, pred_angle, dist, angle, weight):
+        seen["weight"], seen["dist"] = weight, dist
+        return real_loss(pred_dist, pred_angle, dist, angle, weight)
+
+    monkeypatch.setattr(model_module, "scl_loss", spy)
+    torch.manual_seed(0)
+    model(x, y, pos)
+    M = model.extent_maps(x, pos)["layer2"]["M"]
+    assert torch.allclose(seen["weight"], M.clamp_min(0))
+    ref = M.flatten(1).argmax(1)  # the distance target is zero exactly at the reference cell
+    assert torch.all(seen["dist"].flatten(1).gather(1, ref[:, None]) == 0)
+    assert torch.equal(model.extent_maps(x, pos)["layer2"]["ref"], M)
+
+
+def test_gt_mask_source_trains_oel_against_the_pooled_true_mask():
+    x, y, pos = batch(size=64)
+    masks = torch.zeros(len(x), 64, 64, dtype=torch.bool)
+    masks[:, 16:48, 8:40] = True
+    model = LIOModel("resnet18", 4, ["layer2"], scl=False, mask_source="gt").train()
+    out = model(x, y, pos, masks)
+    feats = model._run(x)[1]["layer2"]
+    target = torch.nn.functional.adaptive_avg_pool2d(masks.float()[:, None], 8)[:, 0]
+    expected = torch.nn.functional.mse_loss(model.oel["layer2"](feats), target)
+    assert torch.allclose(out.parts["layer2/oel"], expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="needs the true masks"):
+        model(x, y, pos)
+
+
+def test_from_config_matches_the_lio_section():
+    from pipeline.config import LIOConfig
+
+    model = LIOModel.from_config(LIOConfig(stages=["layer3"], P=5, pool=2, scl=False), "resnet18", 7)
+    assert model.stages == ["layer3"] and model.pool == 2 and not model.use_scl and len(model.scl) == 0
+    assert model.backbone.fc.out_features == 7
 
 
 def test_head_parameters_match_the_paper():

@@ -77,7 +77,17 @@ def test_dvc_repro_then_experiment(tmp_path):
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert {"pytorch", "onnxruntime-fp32", "onnxruntime-fp16", "onnxruntime-int8"} <= set(metrics["backends"])
     assert metrics["backends"]["onnxruntime-fp32"]["agreement"] == 1.0
-    assert "tensorrt" in metrics["skipped"] and 0 <= metrics["masks"]["iou"] <= 1
+    assert "tensorrt" in metrics["skipped"]
+    loc = metrics["localisation"]
+    assert set(loc) == {"layer2", "layer3", "layer4"}
+    for stage in loc.values():  # m' and M beside every reference map, pointing beside its chance rate
+        assert {"iou m'", "iou M", "iou all-ones", "iou centre prior", "iou random", "iou ceiling", "pointing",
+                "pointing chance", "N"} <= set(stage)
+        assert all(0 <= v <= 1 for k, v in stage.items() if k != "N" and k != "images")
+    report = (repo / "reports/report.md").read_text()
+    assert "| layer2 | 4 |" in report and "ceiling" in report and "## Per class" in report
+    confusion = json.loads((repo / "reports/confusion.json").read_text())
+    assert len(confusion) == json.loads((repo / "reports/export.json").read_text())["fp32"]["parity_vs_pytorch"]["images"]
     assert "| onnxruntime-int8 | CPUExecutionProvider |" in (repo / "reports/report.md").read_text()
     assert "Data and pipelines are up to date" in sh([*dvc, "status"], repo, env)
     sh(["git", "add", "-A"], repo, env)  # the baseline: dvc.lock and the small metrics files
@@ -94,3 +104,10 @@ def test_dvc_repro_then_experiment(tmp_path):
     assert {3, 5} <= set(with_metrics), shown
     for metrics, everything in with_metrics.values():
         assert 0 <= metrics["test_top1"] <= 1 and "test" in everything["dvclive/metrics.json"]["data"]
+
+    # The paper's variants, each one -S away: LIO w/ GM and SCL only.
+    for overrides, oel in ((["lio.mask_source=gt"], True), (["lio.mask_source=pseudo", "lio.oel=false"], False)):
+        sh([*dvc, "exp", "run", *(a for o in overrides for a in ("-S", o))], repo, env)
+        metrics = json.loads((repo / "reports/metrics.json").read_text())
+        stage = metrics["localisation"]["layer2"]
+        assert ("iou m'" in stage) is oel and "iou M" in stage and "pointing" in stage

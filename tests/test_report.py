@@ -1,8 +1,9 @@
-"""Report helpers: accuracy, mask IoU, latency statistics, the Markdown table."""
+"""Report helpers: accuracy, per-class results, latency statistics, the Markdown table."""
 import numpy as np
-import torch
 
-from pipeline.report import accuracy, latency, markdown_table, mask_iou, upsample
+from pipeline.metrics import accuracy, confusions, per_class
+from pipeline.report import markdown_table
+from pipeline.timing import latency
 
 
 def test_accuracy_top1_top5():
@@ -11,15 +12,14 @@ def test_accuracy_top1_top5():
     assert got == {"top1": 0.5, "top5": 0.5}  # label 5 is the 6th-best of image 2
 
 
-def test_mask_iou_by_hand():
-    extent = torch.tensor([[[0.0, 1.0], [0.0, 1.0]]])  # right half of the object is predicted
-    masks = torch.zeros(1, 4, 4, dtype=torch.bool)
-    masks[0, :, 2:] = True
-    assert mask_iou(extent, masks, 0.5).item() == 1.0
-    masks[0, :, 1] = True  # the object is wider than predicted: IoU 8 / 12
-    assert abs(mask_iou(extent, masks, 0.5).item() - 8 / 12) < 1e-6
-    up = upsample(extent, 4)
-    assert up.shape == (1, 4, 4) and up.min() == 0 and up.max() == 1
+def test_per_class_and_confusions_by_hand():
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    predicted = np.array([0, 1, 1, 1, 1, 0])
+    rows = per_class(predicted, labels, ["a", "b", "c"])
+    assert [r["top1"] for r in rows] == [1 / 3, 1.0, 0.0]
+    assert rows[0]["most_confused_with"] == "b" and rows[1]["most_confused_with"] is None
+    assert confusions(predicted, labels, ["a", "b", "c"]) == [
+        {"actual": "a", "predicted": "b", "images": 2}, {"actual": "c", "predicted": "a", "images": 1}]
 
 
 def test_latency_percentiles_are_ordered():

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from pipeline.lio import LIOModel, group_positives
-from pipeline.lio.model import build_backbone
+from pipeline.backbone import build_backbone
 from pipeline.strip import explain, prove_parity
 
 
@@ -99,16 +99,21 @@ def test_strip_stage_writes_nothing_deployable_on_failure(tmp_path, tiny_prepare
 
     import yaml
 
+    import pipeline.strip as strip_lib
     from pipeline.config import to_dict
+    from pipeline.data.transforms import preprocessing
     from stages import strip
     from tests.conftest import tiny_config
 
     shutil.copytree(tiny_prepared, tmp_path / "data/prepared")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(to_dict(tiny_config())))
     model = trained_model(k=3)
-    blob = {"model": {"arch": "resnet18", "num_classes": 3}, "classes": ["a", "b", "c"], "preprocess": {}}
+    blob = {"model": {"arch": "resnet18", "num_classes": 3}, "classes": ["a", "b", "c"],
+            "preprocess": preprocessing(tiny_config().data.transforms)}
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(strip, "load_trained", lambda path: (model, blob))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/lio.pt").touch()  # stands for the trained model, whose loader is replaced below
+    monkeypatch.setattr(strip_lib, "load_trained", lambda path: (model, blob))
     result = CliRunner().invoke(strip.command, [])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "models/resnet18.pt").exists() and json.loads((tmp_path / "reports/parity.json").read_text())["passed"]

@@ -118,7 +118,7 @@ def test_class_without_training_images_is_refused_before_training(tmp_path, tiny
 
 
 def test_pretrained_weights_from_other_arch_or_missing(tmp_path):
-    from pipeline.lio.model import build_backbone
+    from pipeline.backbone import build_backbone
 
     torch.save(build_backbone("resnet34", 10).state_dict(), tmp_path / "r34.pth")
     with pytest.raises(TrainingError, match="does not fit resnet18"):

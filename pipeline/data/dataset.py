@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image
 
 from pipeline.errors import PipelineError
@@ -35,19 +36,33 @@ def load_mask(path: str | Path) -> Tensor:
 
 
 class ManifestDataset(Dataset):
-    """The manifest rows of one split: (transformed image, label)."""
+    """The manifest rows of one split: (transformed image, label), or with `masks=True`
+    (image, true mask [H, W] bool, label), the mask transformed with the image."""
 
-    def __init__(self, rows: list[dict], split: str, transform):
+    def __init__(self, rows: list[dict], split: str, transform, masks: bool = False):
         self.rows = [r for r in rows if r["split"] == split]
         self.transform = transform
         self.labels = [r["label"] for r in self.rows]
+        self.masks = masks
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+    def __getitem__(self, i: int):
         row = self.rows[i]
+        if self.masks:
+            image, mask = load_pair(row, self.transform)
+            return image, mask, row["label"]
         return self.transform(load_image(row["path"], row["crop_bottom"])), row["label"]
+
+
+def load_pair(row: dict, transform) -> tuple[Tensor, Tensor]:
+    """A manifest row's image and true mask [H, W] bool, through the same (random) transform."""
+    mask = load_mask(row["mask"])
+    if row["crop_bottom"]:
+        mask = mask[:, : mask.shape[1] - row["crop_bottom"]]
+    image, mask = transform(load_image(row["path"], row["crop_bottom"]), tv_tensors.Mask(mask))
+    return image, mask[0].as_subclass(Tensor)
 
 
 def stack_images(rows: list[dict], transform) -> Tensor:

@@ -3,8 +3,6 @@ write `manifest.csv` and `classes.json` (whole folder swapped in atomically)."""
 from __future__ import annotations
 
 import csv
-import json
-import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -15,12 +13,10 @@ from pipeline.config import Config
 from pipeline.data import synthetic
 from pipeline.data.dataset import ImageError, load_image
 from pipeline.data.readers import DatasetError, Record, read_dataset, validate
+from pipeline.data.manifest import CLASSES, COLUMNS, MANIFEST
 from pipeline.io import atomic_dir, write_json
 
-MANIFEST = "manifest.csv"
-CLASSES = "classes.json"
 BAD_IMAGES = "bad_images.txt"
-COLUMNS = ("path", "label", "split", "bbox", "mask", "crop_bottom")
 
 
 def check_image(path: Path) -> str | None:
@@ -96,22 +92,3 @@ def prepare(cfg: Config, out: Path) -> dict:
         write_json(tmp / CLASSES, {str(i): n for i, n in enumerate(names)})
     counts = {s: splits.count(s) for s in ("train", "val", "test")}
     return {"classes": len(names), "images": len(records), "skipped": len(bad), **counts}
-
-
-def read_manifest(prepared: Path) -> tuple[list[dict], list[str]]:
-    """Rows with absolute paths, and the class names; clear errors if the stage did not run."""
-    manifest, classes = Path(prepared) / MANIFEST, Path(prepared) / CLASSES
-    for p in (manifest, classes):
-        if not p.exists():
-            raise DatasetError(f"{p} not found: run `lio prepare` (or `dvc repro prepare`) first")
-    names_by_index = json.loads(classes.read_text())
-    names = [names_by_index[str(i)] for i in range(len(names_by_index))]
-    rows = []
-    with open(manifest, newline="") as f:
-        for row in csv.DictReader(f):
-            row["path"] = os.path.join(prepared, row["path"])
-            row["mask"] = os.path.join(prepared, row["mask"]) if row["mask"] else ""
-            row["label"] = int(row["label"])
-            row["crop_bottom"] = int(row["crop_bottom"] or 0)
-            rows.append(row)
-    return rows, names

@@ -41,3 +41,9 @@ class ClassificationPresetEval(v2.Compose):
 def preprocessing(cfg: TransformConfig) -> dict:
     """The eval preprocessing as plain values, stored beside every deployable model."""
     return {"resize": cfg.resize, "crop": cfg.crop, "mean": list(MEAN), "std": list(STD), "layout": "NCHW RGB float32"}
+
+
+def eval_preset(preprocess: dict) -> ClassificationPresetEval:
+    """The eval preset from a deployable's stored preprocessing (models/<arch>.json), the
+    one source of truth for export, report and predict."""
+    return ClassificationPresetEval(TransformConfig(resize=preprocess["resize"], crop=preprocess["crop"]))

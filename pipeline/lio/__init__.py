@@ -1,10 +1,10 @@
-"""Look-into-Object: training-only heads and losses (SPEC sections 1-5)."""
-from pipeline.lio.model import ARCHS, LIOModel, LIOOutput
+"""Look-into-Object: training-only heads and losses (docs/method.md)."""
+from pipeline.lio.model import LIOModel, LIOOutput
 from pipeline.lio.oel import OELHead, pseudo_mask
 from pipeline.lio.sampler import GroupBatchSampler, group_positives
 from pipeline.lio.scl import SCLHead, polar_targets, scl_loss
 
 __all__ = [
-    "ARCHS", "LIOModel", "LIOOutput", "OELHead", "pseudo_mask", "GroupBatchSampler",
+    "LIOModel", "LIOOutput", "OELHead", "pseudo_mask", "GroupBatchSampler",
     "group_positives", "SCLHead", "polar_targets", "scl_loss",
 ]

@@ -6,19 +6,20 @@ backbone alone, which is what the strip stage proves and ships.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import partial
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import Tensor, nn
 
+from pipeline.backbone import build_backbone
+from pipeline.config import STAGES
 from pipeline.lio.oel import OELHead, pseudo_mask
 from pipeline.lio.scl import SCLHead, polar_targets, reference_cells, scl_loss
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "wide_resnet50_2")
-STAGES = ("layer1", "layer2", "layer3", "layer4")
+MASK_SOURCES = ("pseudo", "gt")
 
 
 @dataclass
@@ -28,11 +29,10 @@ class LIOOutput:
     parts: dict[str, Tensor] = field(default_factory=dict)  # "cls", "<stage>/oel", "<stage>/scl"
 
 
-def build_backbone(arch: str, num_classes: int) -> nn.Module:
-    """The plain torchvision classifier that LIO trains and the pipeline deploys."""
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}: choose one of {', '.join(ARCHS)}")
-    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+def gt_target(masks: Tensor, n: int) -> Tensor:
+    """The "w/ GM" OEL target: true masks [B, H, W] average-pooled to [B, N, N], float32."""
+    with torch.autocast(masks.device.type, enabled=False):
+        return F.adaptive_avg_pool2d(masks.float().unsqueeze(1), n).squeeze(1)
 
 
 def stage_channels(backbone: nn.Module, stage: str) -> int:
@@ -44,8 +44,10 @@ def stage_channels(backbone: nn.Module, stage: str) -> int:
 class LIOModel(nn.Module):
     """Backbone + one (OEL, SCL) head pair per stage; `stages=()` is the plain baseline.
 
-    With SCL on and OEL off (the paper's SCL-only ablation) the OEL head still gives the
-    reference cell and the weights, but L_oel does not train it.
+    `mask_source="gt"` trains OEL against the true mask pooled to N x N (the paper's
+    "LIO w/ GM") instead of the pseudo mask M. With SCL on and OEL off (the SCL-only
+    ablation) there is no OEL head: SCL takes its reference cell and weights from M, which
+    needs no training (an untrained head would give a fixed random projection instead).
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class LIOModel(nn.Module):
         scl_channels: int = 512,
         oel: bool = True,
         scl: bool = True,
+        mask_source: str = "pseudo",
     ):
         super().__init__()
         unknown = [s for s in stages if s not in STAGES]
@@ -66,22 +69,31 @@ class LIOModel(nn.Module):
             raise ValueError(f"unknown stage(s) {unknown}: choose from {', '.join(STAGES)}")
         if pool < 1:
             raise ValueError(f"pool must be >= 1, got {pool}")
+        if mask_source not in MASK_SOURCES:
+            raise ValueError(f"mask_source must be one of {MASK_SOURCES}, got {mask_source!r}")
         self.backbone = build_backbone(arch, num_classes)
         self.arch, self.alpha, self.beta, self.pool = arch, alpha, beta, pool
-        self.use_oel, self.use_scl = oel, scl
-        heads = list(stages) if (oel or scl) else []
-        self.oel = nn.ModuleDict({s: OELHead(stage_channels(self.backbone, s)) for s in heads})
+        self.use_oel, self.use_scl, self.mask_source = oel, scl, mask_source
+        self._stages = list(stages) if (oel or scl) else []
+        self.oel = nn.ModuleDict({s: OELHead(stage_channels(self.backbone, s)) for s in self._stages if oel})
         self.scl = nn.ModuleDict(
-            {s: SCLHead(stage_channels(self.backbone, s), scl_channels) for s in heads if scl}
+            {s: SCLHead(stage_channels(self.backbone, s), scl_channels) for s in self._stages if scl}
         )
         self._feats: dict[str, Tensor] = {}
         self._capture = False
-        for s in heads:
+        for s in self._stages:
             self.backbone.get_submodule(s).register_forward_hook(partial(self._keep, s))
+
+    @classmethod
+    def from_config(cls, lio, arch: str, num_classes: int) -> LIOModel:
+        """From a config's `lio` section (pipeline.config.LIOConfig, or its dict form)."""
+        lio = lio if isinstance(lio, dict) else dataclasses.asdict(lio)
+        names = ("stages", "alpha", "beta", "pool", "scl_channels", "oel", "scl", "mask_source")
+        return cls(arch, num_classes, **{k: lio[k] for k in names if k in lio})
 
     @property
     def stages(self) -> list[str]:
-        return list(self.oel.keys())
+        return list(self._stages)
 
     def _keep(self, stage: str, module: nn.Module, args, output: Tensor) -> None:
         if self._capture:
@@ -98,8 +110,14 @@ class LIOModel(nn.Module):
             feats = {s: F.avg_pool2d(f, self.pool) for s, f in feats.items()}
         return logits, feats
 
-    def forward(self, images: Tensor, labels: Tensor | None = None, positives: Tensor | None = None):
-        """Logits alone without labels (inference); an LIOOutput with labels (training)."""
+    def forward(
+        self, images: Tensor, labels: Tensor | None = None, positives: Tensor | None = None, masks: Tensor | None = None
+    ):
+        """Logits alone without labels (inference); an LIOOutput with labels (training).
+
+        positives: long [B, P] batch indices (docs/method.md, batches); masks: the true
+        object masks [B, H, W] of the batch, needed only with mask_source="gt".
+        """
         if labels is None:
             return self.backbone(images)
         logits, feats = self._run(images)
@@ -107,31 +125,37 @@ class LIOModel(nn.Module):
         loss = parts["cls"]
         if self.stages and positives is None:
             raise ValueError("LIO training needs the [B, P] positives index of the batch")
+        if self.use_oel and self.mask_source == "gt" and masks is None:
+            raise ValueError("mask_source='gt' needs the true masks of the batch")
         for s in self.stages:
             f = feats[s]
-            extent = self.oel[s](f)
-            if self.use_oel:
-                parts[f"{s}/oel"] = F.mse_loss(extent.float(), pseudo_mask(f, positives).float())
+            extent = self.oel[s](f) if self.use_oel else None
+            if extent is not None:
+                target = gt_target(masks, f.shape[-1]) if self.mask_source == "gt" else pseudo_mask(f, positives)
+                parts[f"{s}/oel"] = F.mse_loss(extent.float(), target)
                 loss = loss + self.alpha * parts[f"{s}/oel"]
             if self.use_scl:
-                ref = reference_cells(extent)
+                guide = (extent if extent is not None else pseudo_mask(f, positives)).detach().float()
+                ref = reference_cells(guide)
                 pred_dist, pred_angle = self.scl[s](f, ref)
                 dist, angle = polar_targets(ref, f.shape[-1])
-                parts[f"{s}/scl"] = scl_loss(pred_dist, pred_angle, dist, angle, F.relu(extent.detach()))
+                parts[f"{s}/scl"] = scl_loss(pred_dist, pred_angle, dist, angle, F.relu(guide))
                 loss = loss + self.beta * parts[f"{s}/scl"]
         return LIOOutput(logits, loss, parts)
 
     @torch.no_grad()
-    def extent_maps(self, images: Tensor, positives: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
-        """Per stage, the pseudo mask M and the predicted extent m' (for figures and IoU)."""
+    def extent_maps(self, images: Tensor, positives: Tensor) -> dict[str, dict[str, Tensor]]:
+        """Per stage, {"M": pseudo mask, "m'": predicted extent (OEL only), "ref": the map
+        SCL takes its reference cell from (m' with OEL, else M)}, each [B, N, N]."""
         _, feats = self._run(images)
-        return {s: (pseudo_mask(feats[s], positives), self.oel[s](feats[s])) for s in self.stages}
-
-    @torch.no_grad()
-    def extents(self, images: Tensor) -> dict[str, Tensor]:
-        """Per stage, the predicted extent m' alone (needs no positives)."""
-        _, feats = self._run(images)
-        return {s: self.oel[s](feats[s]) for s in self.stages}
+        out = {}
+        for s in self.stages:
+            maps = {"M": pseudo_mask(feats[s], positives)}
+            if self.use_oel:
+                maps["m'"] = self.oel[s](feats[s]).float()
+            maps["ref"] = maps.get("m'", maps["M"])
+            out[s] = maps
+        return out
 
     def deployable(self) -> nn.Module:
         """The classification path: the plain torchvision backbone, heads left behind."""

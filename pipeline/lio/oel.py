@@ -1,4 +1,4 @@
-"""Object-extent learning (SPEC section 3): the pseudo mask M and the OEL head.
+"""Object-extent learning (docs/method.md, OEL): the pseudo mask M and the OEL head.
 
 The pseudo mask compares every image with its P positives region by region. A naive
 version holds all B*P similarity matrices (N^2 x N^2 each) at once; here each unordered
@@ -16,9 +16,11 @@ CHUNK_BYTES = 64 << 20
 
 @torch.no_grad()
 def pseudo_mask(feats: Tensor, positives: Tensor, chunk_bytes: int = CHUNK_BYTES) -> Tensor:
-    """Mean over the positives of phi(f, f'_p); a target, so computed without gradient.
+    """Mean over the positives of phi(f, f'_p); a target, so computed without gradient, and
+    in float32 even inside an autocast region (a bf16 M is off by about 5% of its spatial
+    contrast, which is the whole training signal; docs/method.md, OEL).
 
-    feats: float [B, C, N, N]; positives: long [B, P] of batch indices.
+    feats: float [B, C, N, N] (any float dtype); positives: long [B, P] of batch indices.
     phi(f, f')[r, c] = max over (r', c') of <f[:, r, c], f'[:, r', c']> / C.
     Returns float [B, N, N].
     """
@@ -26,10 +28,15 @@ def pseudo_mask(feats: Tensor, positives: Tensor, chunk_bytes: int = CHUNK_BYTES
         raise ValueError(f"feats must be [B, C, N, N], got {tuple(feats.shape)}")
     if positives.dim() != 2 or positives.shape[0] != feats.shape[0]:
         raise ValueError(f"positives must be [B, P] with B={feats.shape[0]}, got {tuple(positives.shape)}")
+    with torch.autocast(feats.device.type, enabled=False):
+        return _pseudo_mask(feats.detach().float(), positives, chunk_bytes)
+
+
+def _pseudo_mask(feats: Tensor, positives: Tensor, chunk_bytes: int) -> Tensor:
     b, c, n, _ = feats.shape
     p = positives.shape[1]
     cells = n * n
-    f = feats.detach().flatten(2)  # [B, C, L]
+    f = feats.flatten(2)  # [B, C, L]
     ft = f.transpose(1, 2)  # [B, L, C]
 
     anchor = torch.arange(b, device=feats.device).unsqueeze(1).expand(b, p)

@@ -1,0 +1,54 @@
+"""Where every artifact lives, in data-flow order: the one table of paths (dvc.yaml's outs
+say the same), so that no stage needs another stage's module to find its inputs.
+
+Paths are relative to the repository root, where DVC runs each stage.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.errors import MissingArtifactError
+
+# prepare
+PREPARED = Path("data/prepared")
+# train
+TRAINED = Path("models/lio.pt")
+CHECKPOINTS = Path("checkpoints")
+LIVE = Path("dvclive")
+# strip
+PARITY = Path("reports/parity.json")
+# export: the one table of ONNX variants (precision -> file)
+ONNX_DIR = Path("models/onnx")
+ONNX = {"fp32": ONNX_DIR / "model.onnx", "fp16": ONNX_DIR / "model.fp16.onnx", "int8": ONNX_DIR / "model.int8.onnx"}
+EXPORT_REPORT = Path("reports/export.json")
+# engine
+ENGINE_DIR = Path("models/engine")
+ENGINE = ENGINE_DIR / "model.engine"
+ENGINE_INFO = ENGINE_DIR / "engine.json"
+TIMING_CACHE = Path("models/timing-cache/timing.cache")  # persists between builds
+# report
+METRICS = Path("reports/metrics.json")
+REPORT = Path("reports/report.md")
+LATENCY = Path("reports/latency.json")
+MASKS = Path("reports/masks.png")
+LOCALISATION = Path("reports/localisation.json")
+PER_CLASS = Path("reports/per_class.json")
+CONFUSION = Path("reports/confusion.json")
+
+
+def deployable(arch: str) -> Path:
+    """The stripped plain model's weights; its metadata is the .json beside it."""
+    return Path("models") / f"{arch}.pt"
+
+
+def metadata(weights: Path) -> Path:
+    return Path(weights).with_suffix(".json")
+
+
+
+def require(path: Path, stage: str) -> Path:
+    """`path` if it exists, else MissingArtifactError naming the stage that writes it."""
+    path = Path(path)
+    if not path.exists():
+        raise MissingArtifactError(f"{path} not found: run `dvc repro {stage}` (or `lio {stage}`) first")
+    return path

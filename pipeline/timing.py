@@ -1,0 +1,36 @@
+"""Latency and throughput of a backend: (numpy batch -> logits) callables.
+
+Latency is per call at batch 1 after warm-up (percentiles), throughput at the largest
+profile batch; a `sync` callable (CUDA synchronisation) runs inside the timed region for
+GPU backends so that queued work is counted.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+
+def latency(fn: Callable, x, warmup: int, iters: int, sync: Callable = lambda: None) -> dict:
+    for _ in range(warmup):
+        fn(x)
+    sync()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn(x)
+        sync()
+        times.append((time.perf_counter() - start) * 1000)
+    p50, p90, p99 = np.percentile(times, [50, 90, 99])
+    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99)}
+
+
+def throughput(fn: Callable, x, iters: int, sync: Callable = lambda: None) -> float:
+    fn(x)
+    sync()
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn(x)
+    sync()
+    return len(x) * iters / (time.perf_counter() - start)

@@ -1,0 +1,53 @@
+"""`lio study queue|collect`: the seeded ablation study as DVC experiments (not a stage)."""
+import platform
+import sys
+import time
+
+import click
+
+from pipeline.errors import PipelineError
+from pipeline.study import PRESETS, collect, queue
+
+PRESET = click.option("--preset", type=click.Choice(list(PRESETS)), default="cpu", show_default=True,
+                      help="cpu: 112 px ResNet-18 (each map >= 4x4); gpu: the paper's 448 px, pool 2, ResNet-50.")
+
+
+@click.group("study")
+def command():
+    """{baseline, OEL only, SCL only, LIO, LIO w/ GM} x seeds, as `dvc exp run --queue` experiments."""
+
+
+@command.command("queue")
+@PRESET
+@click.option("--seeds", default=3, show_default=True, help="Seeds for the baseline and LIO.")
+@click.option("--other-seeds", default=2, show_default=True, help="Seeds for the other variants.")
+def queue_command(preset, seeds, other_seeds):
+    """Queue every run; start them with `dvc queue start --jobs 1`."""
+    try:
+        names = queue(preset, seeds, other_seeds)
+    except PipelineError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"queued {len(names)} experiments: {', '.join(names)}\nrun them: dvc queue start --jobs 1")
+
+
+@command.command("collect")
+@PRESET
+@click.option("--out", default="reports", show_default=True, type=click.Path(file_okay=False))
+@click.option("--watch", default=0, show_default=True, help="Re-collect every N seconds while runs are queued.")
+@click.option("--machine", default=f"{platform.machine()}, {platform.processor() or 'cpu'}", show_default=False,
+              help="Where the runs ran, for the table.")
+def collect_command(preset, out, watch, machine):
+    """Aggregate `dvc exp show --json -A` into OUT/study.json and OUT/study.md."""
+    from pathlib import Path
+
+    command_line = f"lio study queue --preset {preset} && dvc queue start --jobs 1 && lio study collect --preset {preset}"
+    while True:
+        try:
+            result = collect(preset, Path(out), command_line, machine)
+        except PipelineError as e:
+            raise click.ClickException(str(e)) from e
+        click.echo(f"{len(result['runs'])} finished runs -> {out}/study.md")
+        if not watch:
+            return
+        sys.stdout.flush()
+        time.sleep(watch)

@@ -1,0 +1,80 @@
+"""dvc.yaml tells the truth: each stage's deps cover every project file its command imports
+(transitively, package __init__ files included), and its params every section it reads."""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("pipeline", "stages")
+DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def module_file(name: str) -> Path | None:
+    base = ROOT / Path(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imports_of(path: Path) -> set[str]:
+    """Project modules imported anywhere in the file (top level or inside functions)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}  # `from pipeline import paths`
+    return {n for n in names if n.split(".")[0] in PACKAGES}
+
+
+def closure(roots: list[str]) -> set[Path]:
+    seen: set[Path] = set()
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # the packages on the way are imported too
+            f = module_file(".".join(parts[:i]))
+            if f is not None and f not in seen:
+                seen.add(f)
+                todo += imports_of(f)
+    return seen
+
+
+def command_modules(cmd: str) -> list[str]:
+    m = re.fullmatch(r"python -m stages (\w+)", cmd.strip())
+    assert m, f"dvc.yaml: cmd {cmd!r}: expected `python -m stages <name>`"
+    return ["stages.__main__", f"stages.{m[1]}"]
+
+
+def covered(path: Path, deps: list[str]) -> bool:
+    rel = path.relative_to(ROOT).as_posix()
+    return any(rel == d or rel.startswith(d.rstrip("/") + "/") for d in deps)
+
+
+@pytest.mark.parametrize("stage", list(DVC))
+def test_every_imported_file_is_a_dep(stage):
+    spec = DVC[stage]
+    deps = [d if isinstance(d, str) else next(iter(d)) for d in spec.get("deps", [])]
+    files = closure(command_modules(spec["cmd"]))
+    missing = sorted(p.relative_to(ROOT).as_posix() for p in files if not covered(p, deps))
+    assert not missing, f"dvc.yaml: stage {stage!r} imports {missing} but does not list them in its deps"
+
+
+def test_report_does_not_depend_on_training_code_it_does_not_run():
+    """Editing the report must not retrain: train's closure excludes the report's modules."""
+    train = {p.relative_to(ROOT).as_posix() for p in closure(command_modules(DVC["train"]["cmd"]))}
+    assert "pipeline/report.py" not in train and "pipeline/export.py" not in train
+
+
+def params_read(path: Path) -> set[str]:
+    """Dotted `cfg.<section>[.<field>]` reads in a file."""
+    text = path.read_text()
+    return set(re.findall(r"\bcfg\.(\w+(?:\.\w+)?)", text))
