@@ -58,10 +58,11 @@ def grid(preset: str, seeds: int, other_seeds: int) -> list[tuple[str, list[str]
     """(experiment name, `-S` overrides) for every run of the study."""
     if preset not in PRESETS:
         raise StudyError(f"unknown study preset {preset!r}; use one of {', '.join(PRESETS)}")
-    runs = []
-    for variant, overrides in VARIANTS.items():
-        for seed in range(seeds if variant in MAIN_VARIANTS else other_seeds):
-            runs.append((f"study-{preset}-{variant}-s{seed}", [f"seed={seed}", *PRESETS[preset]["set"], *overrides]))
+    runs = []  # seed-major, so that a study cut short still has paired runs of every variant
+    for seed in range(max(seeds, other_seeds)):
+        for variant, overrides in VARIANTS.items():
+            if seed < (seeds if variant in MAIN_VARIANTS else other_seeds):
+                runs.append((f"study-{preset}-{variant}-s{seed}", [f"seed={seed}", *PRESETS[preset]["set"], *overrides]))
     return runs
 
 
