@@ -4,6 +4,7 @@ measured in one run at the default sizes.
 
     python benchmarks/data.py [--workers 2] [--batches 30]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,13 +40,14 @@ def main() -> None:
         loader = DataLoader(ds, batch_sampler=sampler, num_workers=args.workers, persistent_workers=args.workers > 0)
         seen, start = 0, None
         while seen < args.batches * batch:
-            for i, (images, _) in enumerate(loader):
+            for images, _ in loader:
                 if start is None:  # the first batch pays for the workers' start
                     start, seen = time.perf_counter(), 0
                     continue
                 seen += len(images)
                 if seen >= args.batches * batch:
                     break
+        assert start is not None
         loader_rate = seen / (time.perf_counter() - start)
 
     model = LIOModel(cfg.model.arch, cfg.data.synthetic.classes, cfg.lio.stages).train()
@@ -53,6 +55,7 @@ def main() -> None:
     x = torch.randn(batch, 3, cfg.data.transforms.crop, cfg.data.transforms.crop)
     y = torch.arange(batch // (P + 1)).repeat_interleave(P + 1) % cfg.data.synthetic.classes
     pos = group_positives(batch // (P + 1), P)
+    start = time.perf_counter()
     for i in range(6):
         if i == 1:
             start = time.perf_counter()
@@ -61,8 +64,10 @@ def main() -> None:
         opt.step()
     step_rate = 5 * batch / (time.perf_counter() - start)
 
-    print(f"default settings: {cfg.data.transforms.crop} px, batch {batch}, {args.workers} workers, "
-          f"{torch.get_num_threads()} torch threads\n")
+    print(
+        f"default settings: {cfg.data.transforms.crop} px, batch {batch}, {args.workers} workers, "
+        f"{torch.get_num_threads()} torch threads\n"
+    )
     print("| what | images/s |")
     print("|---|---|")
     print(f"| data loader (decode + augment) | {loader_rate:.0f} |")

@@ -6,6 +6,7 @@ similarity matrices at once: time and peak extra memory, side by side in one run
 Peak memory: torch.cuda.max_memory_allocated on a GPU; on the CPU, each case runs in a
 fresh subprocess and the peak resident set size above the inputs is taken.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,23 +85,32 @@ def main() -> None:
                 if args.device == "cuda":
                     got[impl] = measure(impl, n, c, "cuda", repeats=5)
                 else:
-                    out = subprocess.run([sys.executable, __file__, "--case", f"{impl},{n},{c}"],
-                                         capture_output=True, text=True, check=True).stdout
+                    out = subprocess.run(
+                        [sys.executable, __file__, "--case", f"{impl},{n},{c}"],
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    ).stdout
                     got[impl] = json.loads(out.strip().splitlines()[-1])
             rows.append((n, c, got))
             a, b = got["chunked"], got["naive"]
-            print(f"N={n:>2} C={c:>4}  chunked {a['seconds'] * 1e3:8.1f} ms {a['peak_bytes'] / 2**20:8.1f} MiB | "
-                  f"naive {b['seconds'] * 1e3:8.1f} ms {b['peak_bytes'] / 2**20:8.1f} MiB | "
-                  f"time x{a['seconds'] / b['seconds']:.2f}  memory x{a['peak_bytes'] / max(b['peak_bytes'], 1):.3f}",
-                  flush=True)
+            print(
+                f"N={n:>2} C={c:>4}  chunked {a['seconds'] * 1e3:8.1f} ms {a['peak_bytes'] / 2**20:8.1f} MiB | "
+                f"naive {b['seconds'] * 1e3:8.1f} ms {b['peak_bytes'] / 2**20:8.1f} MiB | "
+                f"time x{a['seconds'] / b['seconds']:.2f}  memory x{a['peak_bytes'] / max(b['peak_bytes'], 1):.3f}",
+                flush=True,
+            )
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"\n{device}, B={B}, P={P}, float32. Ratios are chunked / naive (lower is better).\n")
     print("| N | C | chunked ms | naive ms | time ratio | chunked peak MiB | naive peak MiB | memory ratio |")
     print("|---|---|---|---|---|---|---|---|")
     for n, c, got in rows:
         a, b = got["chunked"], got["naive"]
-        print(f"| {n} | {c} | {a['seconds'] * 1e3:.1f} | {b['seconds'] * 1e3:.1f} | {a['seconds'] / b['seconds']:.2f} | "
-              f"{a['peak_bytes'] / 2**20:.1f} | {b['peak_bytes'] / 2**20:.1f} | {a['peak_bytes'] / max(b['peak_bytes'], 1):.3f} |")
+        print(
+            f"| {n} | {c} | {a['seconds'] * 1e3:.1f} | {b['seconds'] * 1e3:.1f} | {a['seconds'] / b['seconds']:.2f} | "
+            f"{a['peak_bytes'] / 2**20:.1f} | {b['peak_bytes'] / 2**20:.1f} | "
+            f"{a['peak_bytes'] / max(b['peak_bytes'], 1):.3f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ at the same batch and input size, side by side in one run.
 Peak memory is torch.cuda.max_memory_allocated on a GPU; on the CPU each case runs in a
 fresh subprocess and the rise of the peak resident set size over the step is taken.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,9 @@ def measure(stages: list[str], batch: int, size: int, pool: int, device: str, st
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 200, (batch,), device=device)
     pos = group_positives(batch // 4, 3).to(device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
+    )
 
     def step():
         with autocast:
@@ -79,18 +82,27 @@ def main() -> None:
         if device == "cuda":
             results[name] = measure(CASES[name], batch, size, pool, device, steps)
         else:
-            out = subprocess.run([sys.executable, __file__, "--case", name, "--steps", str(steps)],
-                                 capture_output=True, text=True, check=True).stdout
+            out = subprocess.run(
+                [sys.executable, __file__, "--case", name, "--steps", str(steps)],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             results[name] = json.loads(out.strip().splitlines()[-1])
     where = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"ResNet-50 training step, batch {batch} ({batch // 4} groups of P+1=4), {size} px, pool {pool}, "
-          f"{'bf16' if device == 'cuda' else 'fp32'}, {where}\n")
+    print(
+        f"ResNet-50 training step, batch {batch} ({batch // 4} groups of P+1=4), {size} px, pool {pool}, "
+        f"{'bf16' if device == 'cuda' else 'fp32'}, {where}\n"
+    )
     print("| model | step ms | images/s | step time vs plain | peak MiB | memory vs plain |")
     print("|---|---|---|---|---|---|")
     plain = results["plain"]
     for name, r in results.items():
-        print(f"| {name} | {r['seconds'] * 1e3:.0f} | {batch / r['seconds']:.1f} | {r['seconds'] / plain['seconds']:.2f}x | "
-              f"{r['peak_bytes'] / 2**20:.0f} | {r['peak_bytes'] / max(plain['peak_bytes'], 1):.2f}x |")
+        print(
+            f"| {name} | {r['seconds'] * 1e3:.0f} | {batch / r['seconds']:.1f} | "
+            f"{r['seconds'] / plain['seconds']:.2f}x | "
+            f"{r['peak_bytes'] / 2**20:.0f} | {r['peak_bytes'] / max(plain['peak_bytes'], 1):.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """The plain torchvision classifier: what LIO trains, what strip proves, what ships."""
+
 from __future__ import annotations
 
 import torchvision

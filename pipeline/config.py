@@ -3,9 +3,12 @@
 Every stage reads its own section; an unknown key, a wrong type or a bad value raises
 ConfigError naming the file, the dotted field and what to write instead.
 """
+
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -46,7 +49,7 @@ class TransformConfig:
 @dataclass
 class DataConfig:
     format: Literal["synthetic", "cub", "cars", "aircraft", "imagefolder"] = "synthetic"
-    root: str = ""
+    root: str = "data/raw"
     val_fraction: float = 0.15
     on_bad_image: Literal["fail", "skip"] = "fail"
     workers: int = 2
@@ -141,28 +144,106 @@ class Config:
         check(not bad, "lio.stages", f"unknown stage(s) {bad}; use a subset of {list(STAGES)} ([] is the baseline)")
         check(len(set(self.lio.stages)) == len(self.lio.stages), "lio.stages", "a stage is listed twice")
         check(self.lio.P >= 1, "lio.P", f"must be >= 1, got {self.lio.P}")
-        check(self.lio.mask_source == "pseudo" or (self.lio.oel and bool(self.lio.stages)), "lio.mask_source",
-              "gt replaces OEL's target, so it needs lio.oel: true and at least one stage; use pseudo")
+        check(
+            self.lio.mask_source == "pseudo" or (self.lio.oel and bool(self.lio.stages)),
+            "lio.mask_source",
+            "gt replaces OEL's target, so it needs lio.oel: true and at least one stage; use pseudo",
+        )
         check(self.lio.pool >= 1, "lio.pool", f"must be >= 1, got {self.lio.pool}")
         group = self.lio.P + 1
         check(
             self.train.batch_size >= group and self.train.batch_size % group == 0,
             "train.batch_size",
-            f"{self.train.batch_size} is not a multiple of lio.P+1={group}; use e.g. {group * max(1, self.train.batch_size // group)}",
+            f"{self.train.batch_size} is not a multiple of lio.P+1={group}; "
+            f"use e.g. {group * max(1, self.train.batch_size // group)}",
         )
-        check(self.train.epochs >= 1, "train.epochs", "must be >= 1")
-        check(self.train.lr > 0, "train.lr", "must be > 0")
+        check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}; e.g. 0")
+        syn = self.data.synthetic
+        check(syn.classes >= 2, "data.synthetic.classes", f"must be >= 2, got {syn.classes}; e.g. 6")
+        check(syn.images_per_class >= 4, "data.synthetic.images_per_class", "must be >= 4; e.g. 140")
+        check(0 < syn.test_fraction < 1, "data.synthetic.test_fraction", "must be in (0, 1); e.g. 0.3")
+        check(syn.image_size >= 16, "data.synthetic.image_size", f"must be >= 16 pixels, got {syn.image_size}; e.g. 64")
+        check(
+            self.data.workers >= 0,
+            "data.workers",
+            f"must be >= 0 (0 loads in the main process), got {self.data.workers}",
+        )
+        tf = self.data.transforms
+        check(tf.crop >= 16, "data.transforms.crop", f"must be >= 16 pixels, got {tf.crop}; e.g. 64")
+        check(finite(tf.rotation) and 0 <= tf.rotation <= 180, "data.transforms.rotation", "degrees in [0, 180]")
+        check(
+            DEVICE.fullmatch(self.train.device) is not None,
+            "train.device",
+            f"{self.train.device!r} is not a device; use auto, cpu, cuda or cuda:N",
+        )
+        t = self.train
+        check(t.epochs >= 1, "train.epochs", "must be >= 1")
+        check(finite(t.lr) and t.lr > 0, "train.lr", f"must be a finite number > 0, got {t.lr}; e.g. 1.0e-3")
+        for name in ("weight_decay", "warmup_epochs"):
+            value = getattr(t, name)
+            check(finite(value) and value >= 0, f"train.{name}", f"must be a finite number >= 0, got {value}")
+        check(finite(t.head_lr_mult) and t.head_lr_mult > 0, "train.head_lr_mult", "must be a finite number > 0")
+        check(finite(t.momentum) and 0 <= t.momentum < 1, "train.momentum", "must be in [0, 1); e.g. 0.9")
+        check(finite(t.step_gamma) and t.step_gamma > 0, "train.step_gamma", "must be a finite number > 0; e.g. 0.1")
+        check(t.eval_batch_size >= 1, "train.eval_batch_size", f"must be >= 1, got {t.eval_batch_size}; e.g. 64")
+        for name in ("alpha", "beta"):
+            value = getattr(self.lio, name)
+            check(finite(value) and value >= 0, f"lio.{name}", f"must be a finite number >= 0, got {value}; e.g. 0.1")
+        check(self.lio.scl_channels >= 1, "lio.scl_channels", "must be >= 1; e.g. 512")
+        check(self.export.calib_images >= 1, "export.calib_images", "must be >= 1; e.g. 64")
+        check(self.engine.workspace_mib >= 1, "engine.workspace_mib", "must be >= 1; e.g. 4096")
+        check(0 <= self.engine.optimization_level <= 5, "engine.optimization_level", "must be in 0..5; e.g. 3")
+        r = self.report
+        check(
+            r.warmup >= 0 and r.iters >= 1 and r.throughput_iters >= 1,
+            "report.warmup/iters/throughput_iters",
+            "need warmup >= 0, iters >= 1, throughput_iters >= 1",
+        )
+        check(r.mask_images >= 1, "report.mask_images", "must be >= 1; e.g. 6")
+        check(finite(r.mask_threshold) and 0 < r.mask_threshold < 1, "report.mask_threshold", "must be in (0, 1)")
         check(0 <= self.train.ema_decay < 1, "train.ema_decay", "must be in [0, 1); 0 disables the EMA")
         check(0 < self.data.val_fraction < 1, "data.val_fraction", "must be in (0, 1)")
-        check(self.data.transforms.crop <= self.data.transforms.resize, "data.transforms.crop", "must not exceed data.transforms.resize")
-        check(self.data.format == "synthetic" or bool(self.data.root), "data.root", f"set the dataset folder for format {self.data.format!r}")
+        check(
+            self.data.transforms.crop <= self.data.transforms.resize,
+            "data.transforms.crop",
+            "must not exceed data.transforms.resize",
+        )
+        check(
+            bool(self.data.root) and (self.data.format == "synthetic" or self.data.root != "data/raw"),
+            "data.root",
+            f"set the dataset folder for format {self.data.format!r} (synthetic ignores it; keep data/raw there)",
+        )
         unknown = [p for p in self.export.precisions if p not in ("fp32", "fp16", "int8")]
-        check(not unknown and "fp32" in self.export.precisions, "export.precisions", "a list of fp32, fp16, int8 that includes fp32")
-        check(self.engine.precision in self.export.precisions, "engine.precision", f"{self.engine.precision!r} must be one of export.precisions")
+        check(
+            not unknown and "fp32" in self.export.precisions,
+            "export.precisions",
+            "a list of fp32, fp16, int8 that includes fp32",
+        )
+        check(
+            self.engine.precision in self.export.precisions,
+            "engine.precision",
+            f"{self.engine.precision!r} must be one of export.precisions",
+        )
         e = self.engine
-        check(1 <= e.min_batch <= e.opt_batch <= e.max_batch, "engine.min_batch/opt_batch/max_batch", "need 1 <= min <= opt <= max")
+        check(
+            1 <= e.min_batch <= e.opt_batch <= e.max_batch,
+            "engine.min_batch/opt_batch/max_batch",
+            "need 1 <= min <= opt <= max",
+        )
         check(self.export.opset >= 18, "export.opset", "must be >= 18 (torch's ONNX exporter)")
         return self
+
+
+def finite(x: float) -> bool:
+    return math.isfinite(x)
+
+
+#: Sections a params file must set: a file that leaves one out would silently run the
+#: code's defaults (the paper's 448 px recipe), a different experiment. Fields inside a
+#: section may be left out and take the defaults of the dataclasses above.
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+REQUIRED = ("seed", "data", "model", "lio", "train", "export", "engine", "report")
+REQUIRED_DATA = ("format", "transforms")
 
 
 def _build(cls, data, where: str, path: str):
@@ -202,6 +283,11 @@ def _coerce(hint, value, where: str, name: str):
         return [_coerce(item, v, where, f"{name}[{i}]") for i, v in enumerate(value)]
     if origin in (typing.Union, types.UnionType):
         raise TypeError(f"unsupported config type {hint}")
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: {name}: expected a number, got {value!r}") from None
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),
@@ -221,6 +307,16 @@ def load_config(path: str | Path = "params.yaml") -> Config:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections ({', '.join(REQUIRED)})")
+    missing = [k for k in REQUIRED if k not in data]
+    missing += [f"data.{k}" for k in REQUIRED_DATA if isinstance(data.get("data"), dict) and k not in data["data"]]
+    if missing:
+        raise ConfigError(
+            f"{path}: missing {', '.join(missing)}; every section must be set (its fields may be left out and "
+            "then take the code's defaults, which are the paper's 448 px recipe): copy them from the repository's "
+            "params.yaml"
+        )
     return _build(Config, data, str(path), "").validate(str(path))
 
 

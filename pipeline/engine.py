@@ -5,6 +5,7 @@ The build is strongly typed: precision comes from the ONNX variant, not builder 
 TensorRT 10.12+ and 11.x. TensorRT needs an NVIDIA GPU: where it or the GPU is missing,
 `tensorrt_or_reason` says why, and the stage records that instead of building.
 """
+
 from __future__ import annotations
 
 import json
@@ -145,8 +146,14 @@ def build_engine(cfg) -> dict:
     if trt is None:
         if cfg.required == "true":
             raise EngineError(f"engine.required is true but the engine cannot be built here: {reason}")
-        info = {"built": False, "reason": reason, "precision": cfg.precision, "onnx": str(onnx_path),
-                "profile": profile, **meta}
+        info = {
+            "built": False,
+            "reason": reason,
+            "precision": cfg.precision,
+            "onnx": str(onnx_path),
+            "profile": profile,
+            **meta,
+        }
     else:
         info = build(trt, onnx_path, paths.ENGINE, paths.TIMING_CACHE, cfg, meta)
     write_info(paths.ENGINE_INFO, info)

@@ -5,6 +5,7 @@ variant strongly typed. Each file is written atomically and checked before it la
 FP32 export must pass `onnx.checker` (full check) and match PyTorch on the test images;
 the variants are checked in ONNX Runtime and compared with FP32.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,8 +36,15 @@ def export_fp32(model: nn.Module, path: Path, input_size: int, opset: int, meta:
     dummy = torch.randn(2, 3, input_size, input_size)
     with atomic_path(path) as tmp:
         torch.onnx.export(
-            model.eval(), (dummy,), str(tmp), dynamo=True, opset_version=opset, external_data=False,
-            input_names=[INPUT], output_names=[OUTPUT], dynamic_shapes=({0: torch.export.Dim("batch")},),
+            model.eval(),
+            (dummy,),
+            str(tmp),
+            dynamo=True,
+            opset_version=opset,
+            external_data=False,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
         )
         proto = onnx.load(str(tmp))
         onnx_runtime.write_meta(proto, meta)
@@ -49,8 +57,13 @@ def check_parity(ort_logits: np.ndarray, torch_logits: np.ndarray, tolerance: fl
     scale = float(np.abs(torch_logits).max())
     max_diff = float(np.abs(ort_logits - torch_logits).max())
     same_top1 = bool((ort_logits.argmax(1) == torch_logits.argmax(1)).all())
-    return {"images": len(torch_logits), "same_top1": same_top1, "max_abs_diff": max_diff,
-            "largest_logit": scale, "passed": same_top1 and max_diff <= tolerance * scale}
+    return {
+        "images": len(torch_logits),
+        "same_top1": same_top1,
+        "max_abs_diff": max_diff,
+        "largest_logit": scale,
+        "passed": same_top1 and max_diff <= tolerance * scale,
+    }
 
 
 def export_fp16(fp32: Path, path: Path, meta: dict) -> None:
@@ -68,14 +81,20 @@ def export_int8(fp32: Path, path: Path, calibration: np.ndarray, meta: dict) -> 
     from modelopt.onnx.quantization import quantize
 
     with atomic_path(path) as tmp:
-        quantize(onnx_path=str(fp32), quantize_mode="int8", calibration_data=calibration.astype(np.float32),
-                 calibration_method="entropy", calibration_eps=["cpu"], output_path=str(tmp),
-                 high_precision_dtype="fp32", log_level="WARNING")
+        quantize(
+            onnx_path=str(fp32),
+            quantize_mode="int8",
+            calibration_data=calibration.astype(np.float32),
+            calibration_method="entropy",
+            calibration_eps=["cpu"],
+            output_path=str(tmp),
+            high_precision_dtype="fp32",
+            log_level="WARNING",
+        )
         proto = onnx.load(str(tmp))
         onnx_runtime.write_meta(proto, meta)
         onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(tmp))
-
 
 
 def export_all(arch: str, precisions: list[str], opset: int, calib_images: int, seed: int) -> dict:
@@ -97,14 +116,22 @@ def export_all(arch: str, precisions: list[str], opset: int, calib_images: int, 
     fp32 = paths.ONNX["fp32"]
     export_fp32(model, fp32, meta["preprocess"]["crop"], opset, meta)
     session = onnx_runtime.session(fp32)
-    out = logits_over({"pytorch": torch_runner(model), "fp32": lambda x: onnx_runtime.run(session, x)}, test_rows, preset)
+    out = logits_over(
+        {"pytorch": torch_runner(model), "fp32": lambda x: onnx_runtime.run(session, x)}, test_rows, preset
+    )
     fp32_logits = out["fp32"]
     parity = check_parity(fp32_logits, out["pytorch"])
     if not parity["passed"]:
         fp32.unlink()
         raise ExportError(f"{fp32}: ONNX Runtime disagrees with PyTorch on the test images ({parity}); file removed")
-    result = {"fp32": {"file": str(fp32), "provider": onnx_runtime.provider(session), "parity_vs_pytorch": parity,
-                       "test_top1": accuracy(fp32_logits, labels)["top1"]}}
+    result = {
+        "fp32": {
+            "file": str(fp32),
+            "provider": onnx_runtime.provider(session),
+            "parity_vs_pytorch": parity,
+            "test_top1": accuracy(fp32_logits, labels)["top1"],
+        }
+    }
 
     train_rows = [r for r in rows if r["split"] == "train"]
     order = np.random.default_rng(seed).permutation(len(train_rows))[:calib_images]
@@ -121,7 +148,8 @@ def export_all(arch: str, precisions: list[str], opset: int, calib_images: int, 
     runs = {precision: (lambda x, s=s: onnx_runtime.run(s, x)) for precision, s in sessions.items()}
     for precision, logits in logits_over(runs, test_rows, preset).items():
         result[precision] = {
-            "file": str(paths.ONNX[precision]), "provider": onnx_runtime.provider(sessions[precision]),
+            "file": str(paths.ONNX[precision]),
+            "provider": onnx_runtime.provider(sessions[precision]),
             "top1_agreement_vs_fp32": agreement(logits, fp32_logits),
             "max_abs_diff_vs_fp32": float(np.abs(logits - fp32_logits).max()),
             "test_top1": accuracy(logits, labels)["top1"],

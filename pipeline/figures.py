@@ -1,5 +1,6 @@
 """reports/masks.png: one row per test image, its extent maps, the true mask, and the
 IoU of each map written on it, with column titles, so the figure reads on its own."""
+
 from __future__ import annotations
 
 import torch
@@ -20,13 +21,18 @@ def heat(m: Tensor) -> Tensor:
     return torch.stack([m, m.sqrt() * 0.9, 0.5 * (1 - m)], dim=1)
 
 
-def extent_figure(path, images: Tensor, columns: dict[str, Tensor], masks: Tensor, ious: dict[str, Tensor]) -> None:
-    """images [B, 3, H, W] (normalised); columns: title -> maps [B, N, N]; ious: title -> [B]."""
+def extent_figure(
+    path, images: Tensor, columns: dict[str, Tensor], masks: Tensor | None, ious: dict[str, Tensor]
+) -> None:
+    """images [B, 3, H, W] (normalised); columns: title -> maps [B, N, N]; masks [B, H, W]
+    or None (a dataset without masks); ious: title -> [B]."""
     mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
     tiles = [(images * std + mean).clamp(0, 1)] + [heat(upsample(m, TILE)) for m in columns.values()]
     tiles = [torch.nn.functional.interpolate(t, size=(TILE, TILE), mode="nearest") for t in tiles]
-    tiles.append(torch.nn.functional.interpolate(masks[:, None].float(), size=(TILE, TILE)).expand(-1, 3, -1, -1))
-    titles = ["image", *columns, "true mask"]
+    titles = ["image", *columns]
+    if masks is not None:
+        tiles.append(torch.nn.functional.interpolate(masks[:, None].float(), size=(TILE, TILE)).expand(-1, 3, -1, -1))
+        titles.append("true mask")
     grid = make_grid(torch.stack(tiles, dim=1).flatten(0, 1), nrow=len(tiles), padding=2, pad_value=1.0)
     body = to_pil_image(grid)
     canvas = Image.new("RGB", (body.width, body.height + HEADER), "white")

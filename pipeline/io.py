@@ -1,5 +1,6 @@
 """Atomic file output: write to a temporary sibling, then rename, so a crash or a failed
 check never leaves a half-written artifact for DVC to cache."""
+
 from __future__ import annotations
 
 import contextlib
@@ -11,21 +12,83 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from pipeline.errors import ArtifactError, PipelineError
+
+
+class OutputError(PipelineError, OSError):
+    """An output could not be written (full disk, read-only folder); the old file is intact."""
+
+
+TMP_MARK = ".tmp-"  # temporaries are named .<stem>.tmp-<random><suffix>, beside their target
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yields a temporary path beside `path`; renames it onto `path` only on success."""
+    """Yields a temporary path beside `path`; renames it onto `path` only on success.
+
+    A failed write (full disk, no permission) raises OutputError naming the file, and
+    leaves the previous `path`, if any, untouched.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=path.suffix, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.stem}{TMP_MARK}", suffix=path.suffix, dir=path.parent)
+    except OSError as e:
+        raise _output_error(path, e) from e
     os.close(fd)
-    tmp = Path(tmp)
+    tmp = Path(name)
     try:
         yield tmp
         tmp.chmod(0o644)
         os.replace(tmp, path)
+    except OutputError:
+        raise
+    except OSError as e:
+        raise _output_error(path, e) from e
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _output_error(path: Path, e: BaseException) -> OutputError:
+    why = getattr(e, "strerror", None) or str(e).splitlines()[0]
+    kept = "the previous file is unchanged" if path.exists() else "nothing was written"
+    return OutputError(f"could not write {path}: {why}; {kept}. Free disk space or fix the folder's permissions")
+
+
+def save_torch(obj, path: str | Path) -> None:
+    """torch.save, atomically; a full disk (torch reports "unexpected pos") becomes OutputError."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:  # PytorchStreamWriter wraps the OS error
+            raise _output_error(Path(path), e) from e
+
+
+def load_torch(path: str | Path, fix: str):
+    """torch.load(weights_only=True); an unreadable file raises ArtifactError naming it and the fix."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError) as e:
+        reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        raise ArtifactError(f"{path}: cannot be read, it is truncated or corrupt ({reason}); {fix}") from e
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Deletes temporaries this project left behind in `folder` (a run killed mid-write)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.iterdir() if p.name.startswith(".") and TMP_MARK in p.name and p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 @contextlib.contextmanager
@@ -60,3 +123,30 @@ def sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def exclusive(path: str | Path, what: str) -> Iterator[None]:
+    """Holds an exclusive lock on `<path>.lock` (a sibling), or fails at once naming the
+    process that holds it: two writers of one output must not race."""
+    import fcntl
+
+    path = Path(path)
+    lock = path.parent / f".{path.name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise PipelineError(f"{path} is being written by {holder}; wait for it to finish, or stop it") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{what} (pid {os.getpid()})")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)
+            fcntl.flock(f, fcntl.LOCK_UN)

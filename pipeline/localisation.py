@@ -8,6 +8,7 @@ training masks), a seeded random map, and the ceiling (the true mask pooled to N
 best any N x N map can do). Pointing accuracy asks whether the argmax cell of the map SCL
 uses (m', or M when OEL is off) lies on the object, beside its chance rate.
 """
+
 from __future__ import annotations
 
 import math
@@ -62,8 +63,12 @@ def reference_maps(masks: Tensor, n: int, area: float, seed: int) -> dict[str, T
     b, size = masks.shape[0], masks.shape[-1]
     disc = pooled(centre_disc(size, area)[None], n).expand(b, n, n)
     g = torch.Generator().manual_seed(seed)
-    return {"all-ones": torch.ones(b, n, n), "centre prior": disc, "random": torch.rand(b, n, n, generator=g),
-            "ceiling": pooled(masks, n)}
+    return {
+        "all-ones": torch.ones(b, n, n),
+        "centre prior": disc,
+        "random": torch.rand(b, n, n, generator=g),
+        "ceiling": pooled(masks, n),
+    }
 
 
 def pointing(maps: Tensor, masks: Tensor) -> Tensor:
@@ -87,8 +92,9 @@ def mean_area(rows: list[dict], transform, limit: int = 512, seed: int = 0) -> f
 
 
 @torch.no_grad()
-def evaluate_maps(model, rows: list[dict], transform, P: int, threshold: float, area: float, seed: int,
-                  batch_groups: int = 8) -> dict:
+def evaluate_maps(
+    model, rows: list[dict], transform, P: int, threshold: float, area: float, seed: int, batch_groups: int = 8
+) -> dict:
     """Per stage: mean IoU of m', M and each reference, pointing accuracy and its chance.
 
     Test images are grouped by class in groups of P+1 (each image is an anchor once, its
@@ -98,8 +104,8 @@ def evaluate_maps(model, rows: list[dict], transform, P: int, threshold: float, 
     sums: dict[str, dict[str, list[Tensor]]] = {s: {} for s in model.stages}
     done: set[int] = set()
     for batch in tqdm(list(sampler), desc="localisation", unit="batch", leave=False):
-        images, masks = zip(*(load_pair(rows[i], transform) for i in batch))
-        images, masks = torch.stack(images), torch.stack(masks)
+        pairs = [load_pair(rows[i], transform) for i in batch]
+        images, masks = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
         keep = torch.tensor([i not in done for i in batch])  # groups topped up from their class repeat images
         done.update(batch)
         maps = model.extent_maps(images, group_positives(len(batch) // (P + 1), P))

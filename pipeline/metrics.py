@@ -1,4 +1,5 @@
 """Classification metrics shared by training, export and the report (one definition each)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,9 +28,14 @@ def per_class(predicted: np.ndarray, labels: np.ndarray, classes: list[str]) -> 
         mine = labels == k
         wrong = predicted[mine & (predicted != k)]
         confused = np.bincount(wrong, minlength=len(classes)) if len(wrong) else None
-        rows.append({"class": name, "images": int(mine.sum()),
-                     "top1": float((predicted[mine] == k).mean()) if mine.any() else None,
-                     "most_confused_with": classes[int(confused.argmax())] if confused is not None else None})
+        rows.append(
+            {
+                "class": name,
+                "images": int(mine.sum()),
+                "top1": float((predicted[mine] == k).mean()) if mine.any() else None,
+                "most_confused_with": classes[int(confused.argmax())] if confused is not None else None,
+            }
+        )
     return rows
 
 

@@ -3,6 +3,7 @@
 onnxruntime-gpu lists CUDA and TensorRT providers even without a GPU, and a CUDA session
 silently falls back to the CPU; so the provider reported is `session.get_providers()[0]`.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,4 +53,6 @@ def read_meta(path: str | Path) -> dict:
     for entry in model.metadata_props:
         if entry.key == META_KEY:
             return json.loads(entry.value)
-    raise ArtifactError(f"{path}: has no '{META_KEY}' metadata (class names, preprocessing); export it with `lio export`")
+    raise ArtifactError(
+        f"{path}: has no '{META_KEY}' metadata (class names, preprocessing); export it with `lio export`"
+    )

@@ -3,6 +3,7 @@ say the same), so that no stage needs another stage's module to find its inputs.
 
 Paths are relative to the repository root, where DVC runs each stage.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -43,7 +44,6 @@ def deployable(arch: str) -> Path:
 
 def metadata(weights: Path) -> Path:
     return Path(weights).with_suffix(".json")
-
 
 
 def require(path: Path, stage: str) -> Path:

@@ -3,18 +3,19 @@
 Each artifact carries its class names and preprocessing: the .pt in the .json beside it,
 the .onnx in its metadata, the .engine in the engine.json beside it.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from pipeline.config import TransformConfig
-from pipeline.data.dataset import load_image
+from pipeline.data.dataset import ImageError, load_image
 from pipeline.data.readers import IMAGE_SUFFIXES
-from pipeline.data.transforms import ClassificationPresetEval
+from pipeline.data.transforms import eval_preset
 from pipeline.errors import ArtifactError
 
 
@@ -22,17 +23,13 @@ def load_predictor(path: Path):
     """(run(np)->logits, metadata) for a model file, by its suffix."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such model file")
+        raise ArtifactError(f"{path}: no such model file")
     if path.suffix == ".pt":
-        from pipeline.deploy import load_deployable
+        from pipeline.deploy import load_deployable, torch_runner
 
         model, meta = load_deployable(path)
 
-        def run(x):
-            with torch.no_grad():
-                return model(torch.from_numpy(x)).numpy()
-
-        return run, meta
+        return torch_runner(model), meta
     if path.suffix == ".onnx":
         from pipeline import onnx_runtime
 
@@ -44,7 +41,7 @@ def load_predictor(path: Path):
 
         info = path.with_name("engine.json")
         if not info.exists():
-            raise FileNotFoundError(f"{info} not found: an engine needs the engine.json written beside it by `lio engine`")
+            raise ArtifactError(f"{info} not found: an engine needs the engine.json written beside it by `lio engine`")
         return EngineRunner(path, info), json.loads(info.read_text())
     raise ArtifactError(f"{path}: unknown model type {path.suffix!r}; use a .pt, .onnx or .engine file")
 
@@ -62,15 +59,29 @@ def image_paths(inputs: list[Path]) -> list[Path]:
     return out
 
 
-def predict(model_path: Path, inputs: list[Path], k: int = 5) -> list[dict]:
+def predict(model_path: Path, inputs: list[Path], k: int = 5, strict: bool = False) -> list[dict]:
+    """Top-k classes per image; an unreadable image gets {"image", "error"} instead (or,
+    with `strict`, stops everything with its ImageError)."""
     run, meta = load_predictor(model_path)
-    pre = meta["preprocess"]
-    preset = ClassificationPresetEval(TransformConfig(resize=pre["resize"], crop=pre["crop"]))
-    results = []
+    preset = eval_preset(meta["preprocess"])
+    results: list[dict[str, Any]] = []
     for path in image_paths(inputs):
-        x = preset(load_image(path))[None].numpy()
+        try:
+            x = preset(load_image(path))[None].numpy()
+        except ImageError as e:
+            if strict:
+                raise
+            results.append({"image": str(path), "error": str(e)})
+            continue
         probs = torch.softmax(torch.from_numpy(np.asarray(run(x), dtype=np.float32)), dim=1)[0]
         top = probs.topk(min(k, len(probs)))
-        results.append({"image": str(path), "top": [{"class": meta["classes"][i], "probability": float(p)}
-                                                    for p, i in zip(top.values.tolist(), top.indices.tolist())]})
+        results.append(
+            {
+                "image": str(path),
+                "top": [
+                    {"class": meta["classes"][i], "probability": float(p)}
+                    for p, i in zip(top.values.tolist(), top.indices.tolist())
+                ],
+            }
+        )
     return results

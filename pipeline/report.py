@@ -1,23 +1,25 @@
 """The report: every backend available here scored on the test split (accuracy, agreement,
 latency, size), per-class results of the deployed model, and the localisation evidence
 of the trained heads, written to reports/ as JSON (metrics, plots) and Markdown."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from pipeline import onnx_runtime, paths
 from pipeline.config import Config
-from pipeline.data.dataset import batches, load_pair, logits_over
+from pipeline.data.dataset import batches, load_image, load_pair, logits_over
 from pipeline.data.manifest import read_manifest
 from pipeline.data.transforms import eval_preset
 from pipeline.deploy import load_deployable, torch_runner
 from pipeline.engine import EngineError, EngineRunner
 from pipeline.figures import extent_figure
-from pipeline.io import write_json, atomic_path, write_text
+from pipeline.io import atomic_path, write_json, write_text
 from pipeline.lio.sampler import group_positives
 from pipeline.localisation import evaluate_maps, iou, mean_area
 from pipeline.metrics import accuracy, agreement, confusions, per_class
@@ -27,25 +29,53 @@ from pipeline.train import load_trained
 
 def backends(model: torch.nn.Module, weights: Path, cuda: bool) -> tuple[list[dict], dict[str, str]]:
     """Everything that runs here, each {name, run(np)->np, sync, file, device}; and what was skipped, with why."""
-    found = [{"name": "pytorch", "run": torch_runner(model, "cpu"), "sync": lambda: None, "file": weights,
-              "device": "cpu"}]
-    skipped = {}
+    found: list[dict[str, Any]] = [
+        {"name": "pytorch", "run": torch_runner(model, "cpu"), "sync": lambda: None, "file": weights, "device": "cpu"}
+    ]
+    skipped: dict[str, str] = {}
     if cuda:
-        found.append({"name": "pytorch-cuda", "run": torch_runner(model, "cuda"), "sync": torch.cuda.synchronize,
-                      "file": weights, "device": "cuda"})
+        found.append(
+            {
+                "name": "pytorch-cuda",
+                "run": torch_runner(model, "cuda"),
+                "sync": torch.cuda.synchronize,
+                "file": weights,
+                "device": "cuda",
+            }
+        )
     for precision, path in paths.ONNX.items():
         if not path.exists():
-            skipped[f"onnxruntime-{precision}"] = f"{path} not found (not in export.precisions, or `lio export` not run)"
+            skipped[f"onnxruntime-{precision}"] = (
+                f"{path} not found (not in export.precisions, or `lio export` not run)"
+            )
             continue
         sess = onnx_runtime.session(path, "cuda" if cuda else "cpu")
-        found.append({"name": f"onnxruntime-{precision}", "run": lambda x, s=sess: onnx_runtime.run(s, x),
-                      "sync": lambda: None, "file": path, "device": onnx_runtime.provider(sess)})
+        found.append(
+            {
+                "name": f"onnxruntime-{precision}",
+                "run": lambda x, s=sess: onnx_runtime.run(s, x),
+                "sync": lambda: None,
+                "file": path,
+                "device": onnx_runtime.provider(sess),
+            }
+        )
     info_file = paths.ENGINE_INFO
-    info = json.loads(info_file.read_text()) if info_file.exists() else {"built": False, "reason": f"{info_file} not found"}
+    info: dict[str, Any] = (
+        json.loads(info_file.read_text())
+        if info_file.exists()
+        else {"built": False, "reason": f"{info_file} not found"}
+    )
     if info.get("built"):
         try:
-            found.append({"name": f"tensorrt-{info['precision']}", "run": EngineRunner(paths.ENGINE, info_file),
-                          "sync": lambda: None, "file": paths.ENGINE, "device": info["gpu"]["name"]})
+            found.append(
+                {
+                    "name": f"tensorrt-{info['precision']}",
+                    "run": EngineRunner(paths.ENGINE, info_file),
+                    "sync": lambda: None,
+                    "file": paths.ENGINE,
+                    "device": info["gpu"]["name"],
+                }
+            )
         except EngineError as e:
             skipped["tensorrt"] = str(e)
     else:
@@ -55,40 +85,49 @@ def backends(model: torch.nn.Module, weights: Path, cuda: bool) -> tuple[list[di
 
 def localisation(cfg: Config, rows: list[dict], preset) -> dict:
     """Per LIO stage: IoU of m' and M beside the reference predictors, pointing accuracy
-    (pipeline.localisation), on the test images with true masks; and reports/masks.png."""
+    (pipeline.localisation), on the test images with true masks; and reports/masks.png,
+    which every run writes (a baseline's shows the images and masks alone)."""
     model, blob = load_trained(paths.require(paths.TRAINED, "train"))
-    test = [r for r in rows if r["split"] == "test" and r["mask"]]
-    if not model.stages or not test:
+    P, threshold = blob["model"]["P"], cfg.report.mask_threshold
+    test = [r for r in rows if r["split"] == "test"]
+    masked = [r for r in test if r["mask"]]
+    figure(cfg, model, masked or test, preset, P, threshold, with_masks=bool(masked))
+    if not model.stages or not masked:
         return {}
     train_masks = [r for r in rows if r["split"] == "train" and r["mask"]]
     area = mean_area(train_masks, preset, seed=cfg.seed)
-    P, threshold = blob["model"]["P"], cfg.report.mask_threshold
-    stages = evaluate_maps(model, test, preset, P, threshold, area, cfg.seed)
-    figure(cfg, model, test, preset, P, threshold)
+    stages = evaluate_maps(model, masked, preset, P, threshold, area, cfg.seed)
     return {"stages": stages, "train_mask_area": area, "threshold": threshold}
 
 
-def figure(cfg: Config, model, test: list[dict], preset, P: int, threshold: float) -> None:
+def figure(cfg: Config, model, test: list[dict], preset, P: int, threshold: float, with_masks: bool) -> None:
     """One test image per class (round robin), each with P positives of its class."""
     by_class: dict[int, list[dict]] = {}
     for r in test:
         by_class.setdefault(r["label"], []).append(r)
     classes = sorted(by_class)
-    chosen = [by_class[classes[i % len(classes)]][i // len(classes)] for i in range(cfg.report.mask_images)
-              if i // len(classes) < len(by_class[classes[i % len(classes)]])]
+    chosen = [
+        by_class[classes[i % len(classes)]][i // len(classes)]
+        for i in range(cfg.report.mask_images)
+        if i // len(classes) < len(by_class[classes[i % len(classes)]])
+    ]
     rng = np.random.default_rng(cfg.seed)
-    images, masks = [], []
+    images: list[torch.Tensor] = []
+    masks: list[torch.Tensor | None] = []
     for r in chosen:
         pool = [q for q in by_class[r["label"]] if q is not r] or [r]
         group = [r] + [pool[i] for i in rng.choice(len(pool), P, replace=len(pool) < P)]
-        pairs = [load_pair(q, preset) for q in group]
-        images += [p[0] for p in pairs]
-        masks.append(pairs[0][1])
+        if with_masks:
+            pairs = [load_pair(q, preset) for q in group]
+            images += [p[0] for p in pairs]
+            masks.append(pairs[0][1])
+        else:
+            images += [preset(load_image(q["path"], q["crop_bottom"])) for q in group]
     maps = model.extent_maps(torch.stack(images), group_positives(len(chosen), P))
     anchors = slice(0, len(images), P + 1)
-    true = torch.stack(masks)
+    true = torch.stack([m for m in masks if m is not None]) if with_masks else None
     columns = {f"{name} {s}": m[anchors] for s, d in maps.items() for name, m in d.items() if name != "ref"}
-    ious = {title: iou(m, true, threshold) for title, m in columns.items()}
+    ious = {title: iou(m, true, threshold) for title, m in columns.items()} if true is not None else {}
     with atomic_path(paths.MASKS) as tmp:
         extent_figure(tmp, torch.stack(images)[anchors], columns, true, ious)
 
@@ -111,27 +150,46 @@ def write_report(cfg: Config) -> list[str]:
     for b in found:
         print(f"timing {b['name']} ({b['device']})")
         logits = scored[b["name"]]
-        table.append({"backend": b["name"], "device": b["device"], **accuracy(logits, labels),
-                      "agreement": agreement(logits, scored["pytorch"]),
-                      **latency(b["run"], sample[:1], rc.warmup, rc.iters, b["sync"]),
-                      "throughput": throughput(b["run"], big, rc.throughput_iters, b["sync"]),
-                      "size_mb": Path(b["file"]).stat().st_size / 2**20})
+        table.append(
+            {
+                "backend": b["name"],
+                "device": b["device"],
+                **accuracy(logits, labels),
+                "agreement": agreement(logits, scored["pytorch"]),
+                **latency(b["run"], sample[:1], rc.warmup, rc.iters, b["sync"]),
+                "throughput": throughput(b["run"], big, rc.throughput_iters, b["sync"]),
+                "size_mb": Path(b["file"]).stat().st_size / 2**20,
+            }
+        )
 
     deployed = "onnxruntime-fp32" if "onnxruntime-fp32" in scored else "pytorch"
     predicted = scored[deployed].argmax(1)
     classes_table = per_class(predicted, labels, classes)
     mistakes = confusions(predicted, labels, classes)
-    write_json(paths.CONFUSION, [{"actual": classes[a], "predicted": classes[p]}
-                                 for a, p in zip(labels.tolist(), predicted.tolist())])
+    write_json(
+        paths.CONFUSION,
+        [{"actual": classes[a], "predicted": classes[p]} for a, p in zip(labels.tolist(), predicted.tolist())],
+    )
     write_json(paths.PER_CLASS, {"backend": deployed, "classes": classes_table})
 
     loc = localisation(cfg, rows, preset)
-    metrics = {"test_top1": table[0]["top1"], "backends": {r["backend"]: r for r in table}, "skipped": skipped,
-               "localisation": loc.get("stages", {})}
+    metrics = {
+        "test_top1": table[0]["top1"],
+        "backends": {r["backend"]: r for r in table},
+        "skipped": skipped,
+        "localisation": loc.get("stages", {}),
+    }
     write_json(paths.METRICS, metrics)
     write_json(paths.LATENCY, [{"backend": r["backend"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"]} for r in table])
-    write_json(paths.LOCALISATION, [{"map": f"{s} {k[4:]}", "iou": v} for s, d in loc.get("stages", {}).items()
-                                    for k, v in d.items() if k.startswith("iou ")])
+    write_json(
+        paths.LOCALISATION,
+        [
+            {"map": f"{s} {k[4:]}", "iou": v}
+            for s, d in loc.get("stages", {}).items()
+            for k, v in d.items()
+            if k.startswith("iou ")
+        ],
+    )
     lines = markdown(cfg, table, skipped, len(labels), deployed, classes_table, mistakes, loc)
     write_text(paths.REPORT, "\n".join(lines) + "\n")
     return lines
@@ -139,37 +197,76 @@ def write_report(cfg: Config) -> list[str]:
 
 def markdown(cfg, table, skipped, n_test, deployed, classes_table, mistakes, loc) -> list[str]:
     batch = cfg.engine.max_batch
-    columns = [("backend", "backend", ""), ("device", "device / provider", ""), ("top1", "top-1", ".4f"),
-               ("top5", "top-5", ".4f"), ("agreement", "top-1 agreement", ".4f"), ("p50_ms", "p50 ms", ".2f"),
-               ("p90_ms", "p90 ms", ".2f"), ("p99_ms", "p99 ms", ".2f"),
-               ("throughput", f"img/s @ batch {batch}", ".1f"), ("size_mb", "MiB", ".1f")]
-    lines = ["# LIO report", "", f"Test split: {n_test} images. Latency at batch 1.", "",
-             markdown_table(table, columns), ""]
+    columns = [
+        ("backend", "backend", ""),
+        ("device", "device / provider", ""),
+        ("top1", "top-1", ".4f"),
+        ("top5", "top-5", ".4f"),
+        ("agreement", "top-1 agreement", ".4f"),
+        ("p50_ms", "p50 ms", ".2f"),
+        ("p90_ms", "p90 ms", ".2f"),
+        ("p99_ms", "p99 ms", ".2f"),
+        ("throughput", f"img/s @ batch {batch}", ".1f"),
+        ("size_mb", "MiB", ".1f"),
+    ]
+    lines = [
+        "# LIO report",
+        "",
+        f"Test split: {n_test} images. Latency at batch 1.",
+        "",
+        markdown_table(table, columns),
+        "",
+    ]
     lines += [f"- {name}: not measured: {why}" for name, why in skipped.items()]
     worst = sorted((r for r in classes_table if r["top1"] is not None), key=lambda r: (r["top1"], r["class"]))[:5]
-    lines += ["", f"## Per class ({deployed})", "", "Lowest top-1 (all classes in `reports/per_class.json`, "
-              "confusion matrix: `dvc plots show reports/confusion.json`):", "",
-              markdown_table(worst, [("class", "class", ""), ("images", "test images", ""), ("top1", "top-1", ".3f"),
-                                     ("most_confused_with", "most often predicted instead", "")]), ""]
+    lines += [
+        "",
+        f"## Per class ({deployed})",
+        "",
+        "Lowest top-1 (all classes in `reports/per_class.json`, "
+        "confusion matrix: `dvc plots show reports/confusion.json`):",
+        "",
+        markdown_table(
+            worst,
+            [
+                ("class", "class", ""),
+                ("images", "test images", ""),
+                ("top1", "top-1", ".3f"),
+                ("most_confused_with", "most often predicted instead", ""),
+            ],
+        ),
+        "",
+    ]
     if mistakes:
-        lines += ["Most frequent confusions:", "",
-                  markdown_table(mistakes, [("actual", "actual", ""), ("predicted", "predicted", ""),
-                                            ("images", "images", "")]), ""]
+        lines += [
+            "Most frequent confusions:",
+            "",
+            markdown_table(
+                mistakes, [("actual", "actual", ""), ("predicted", "predicted", ""), ("images", "images", "")]
+            ),
+            "",
+        ]
     if loc:
         rows = [{"stage": s, **d} for s, d in loc["stages"].items()]
         fmt = ".3f"
         cols = [("stage", "stage", ""), ("N", "N", ".0f"), ("images", "images", "")]
         cols += [(k, k[4:], fmt) for k in rows[0] if k.startswith("iou ")]
         cols += [("pointing", "pointing", fmt), ("pointing chance", "pointing chance", fmt)]
-        lines += ["## Object extent", "",
-                  f"IoU with the true masks of each map thresholded at {loc['threshold']} after min-max "
-                  "normalisation, on the test images with masks. m' is OEL's predicted extent, M the pseudo mask; "
-                  "the next columns are reference maps at the same N: all-ones, a centred disc with the mean "
-                  f"object area of the training masks ({loc['train_mask_area']:.3f} of the image), a seeded "
-                  "random map, and the ceiling (the true mask pooled to N x N, the best any N x N map can score). "
-                  "Pointing: share of images whose reference cell for SCL (argmax of m', or of M without OEL) "
-                  "lies on the object, beside the share of object cells (a random cell's rate).", "",
-                  markdown_table(rows, cols), "", f"![extent]({paths.MASKS.name})"]
+        lines += [
+            "## Object extent",
+            "",
+            f"IoU with the true masks of each map thresholded at {loc['threshold']} after min-max "
+            "normalisation, on the test images with masks. m' is OEL's predicted extent, M the pseudo mask; "
+            "the next columns are reference maps at the same N: all-ones, a centred disc with the mean "
+            f"object area of the training masks ({loc['train_mask_area']:.3f} of the image), a seeded "
+            "random map, and the ceiling (the true mask pooled to N x N, the best any N x N map can score). "
+            "Pointing: share of images whose reference cell for SCL (argmax of m', or of M without OEL) "
+            "lies on the object, beside the share of object cells (a random cell's rate).",
+            "",
+            markdown_table(rows, cols),
+            "",
+            f"![extent]({paths.MASKS.name})",
+        ]
     return lines
 
 

@@ -4,25 +4,26 @@ The deployable model is `torchvision.models.<arch>(num_classes=K)` with the trai
 backbone weights and nothing more. Five checks prove the trained model's classification
 path is that plain model; each failure comes with a readable diff.
 """
+
 from __future__ import annotations
 
 import difflib
-from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.fx
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from pipeline.backbone import build_backbone
 from pipeline.data.dataset import load_image
 from pipeline.data.manifest import read_manifest
 from pipeline.data.transforms import eval_preset
 from pipeline.deploy import deploy_meta, write_deployable
 from pipeline.errors import PipelineError
 from pipeline.io import write_json
-from pipeline.backbone import build_backbone
 from pipeline.paths import metadata, require
 from pipeline.train import load_trained
 
@@ -170,8 +171,10 @@ def prove_parity(
 
 
 def report(checks: list[Check]) -> dict:
-    return {"passed": all(c.passed for c in checks),
-            "checks": {c.name: {"passed": c.passed, **c.detail, **({"diff": c.diff} if c.diff else {})} for c in checks}}
+    return {
+        "passed": all(c.passed for c in checks),
+        "checks": {c.name: {"passed": c.passed, **c.detail, **({"diff": c.diff} if c.diff else {})} for c in checks},
+    }
 
 
 def explain(checks: list[Check]) -> str:
@@ -194,8 +197,9 @@ def strip(trained: Path, prepared: Path, out: Path, parity_path: Path, test_imag
     test = [r for r in rows if r["split"] == "test"][:test_images]
     images = torch.stack([preset(load_image(r["path"], r["crop_bottom"])) for r in test])
     arch, k = blob["model"]["arch"], blob["model"]["num_classes"]
-    checks, stripped = prove_parity(model, model.deployable(), lambda: build_backbone(arch, k), images,
-                                    blob["preprocess"]["crop"])
+    checks, stripped = prove_parity(
+        model, model.deployable(), lambda: build_backbone(arch, k), images, blob["preprocess"]["crop"]
+    )
     result = report(checks)
     write_json(parity_path, result)
     if not result["passed"]:

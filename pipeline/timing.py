@@ -4,6 +4,7 @@ Latency is per call at batch 1 after warm-up (percentiles), throughput at the la
 profile batch; a `sync` callable (CUDA synchronisation) runs inside the timed region for
 GPU backends so that queued work is counted.
 """
+
 from __future__ import annotations
 
 import time

@@ -7,6 +7,7 @@ the test split is evaluated once, at the end. A checkpoint is written atomically
 every epoch, and an unfinished run with the same settings resumes from it exactly: every
 epoch reseeds all randomness from (seed, epoch), so resuming gives the same weights.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,9 +32,10 @@ from pipeline.config import Config, to_dict
 from pipeline.data.dataset import ManifestDataset
 from pipeline.data.manifest import read_manifest
 from pipeline.data.transforms import ClassificationPresetEval, ClassificationPresetTrain, preprocessing
-from pipeline.errors import PipelineError
-from pipeline.io import atomic_path, sha256
+from pipeline.errors import ArtifactError, PipelineError
+from pipeline.io import load_torch, remove_stale_temporaries, save_torch, sha256, write_text
 from pipeline.lio import GroupBatchSampler, LIOModel, group_positives
+from pipeline.paths import require
 
 
 class TrainingError(PipelineError, RuntimeError):
@@ -87,7 +89,7 @@ def load_pretrained(backbone: nn.Module, arch: str, pretrained: str) -> None:
                 f"downloaded here; copy the file {path.name} into {path.parent} (or set model.pretrained to a path)"
             )
         raise TrainingError(f"model.pretrained: {path} not found")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_torch(path, "point model.pretrained at a valid state dict")
     state = state.get("state_dict", state)
     own = backbone.state_dict()
     for key in ("fc.weight", "fc.bias"):
@@ -99,19 +101,24 @@ def load_pretrained(backbone: nn.Module, arch: str, pretrained: str) -> None:
     if wrong or shapes:
         raise TrainingError(
             f"model.pretrained: {path} does not fit {arch}: "
-            f"{len(wrong)} missing/unexpected keys (e.g. {wrong[:3]}), {len(shapes)} shape mismatches (e.g. {shapes[:3]})"
+            f"{len(wrong)} missing/unexpected keys (e.g. {wrong[:3]}), "
+            f"{len(shapes)} shape mismatches (e.g. {shapes[:3]})"
         )
 
 
 def build_optimizer(cfg: Config, model: LIOModel) -> torch.optim.Optimizer:
     """Backbone at train.lr; new layers (heads, classifier) at lr * head_lr_mult; no decay on norms and biases."""
     t = cfg.train
-    new = {id(p) for p in [*model.head_parameters(), *model.backbone.fc.parameters()]}
+    new = {id(p) for p in [*model.head_parameters(), *model.backbone.get_submodule("fc").parameters()]}
     groups: dict[tuple[bool, bool], list] = {}
     for p in model.parameters():
         groups.setdefault((id(p) in new, p.ndim <= 1), []).append(p)
     param_groups = [
-        {"params": ps, "lr": t.lr * (t.head_lr_mult if is_new else 1.0), "weight_decay": 0.0 if flat else t.weight_decay}
+        {
+            "params": ps,
+            "lr": t.lr * (t.head_lr_mult if is_new else 1.0),
+            "weight_decay": 0.0 if flat else t.weight_decay,
+        }
         for (is_new, flat), ps in sorted(groups.items())
     ]
     if t.optimizer == "sgd":
@@ -154,6 +161,31 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b:
             out.append(f"{prefix}{k}: {a!r} -> {b!r}")
     return out
+
+
+def check_files(rows: list[dict], prepared: Path) -> None:
+    """Every image of the manifest is still on disk with the size `prepare` saw: a dataset
+    edited since then (data.root lies outside the repository) is refused before training."""
+    for r in rows:
+        path = Path(r["path"])
+        size = path.stat().st_size if path.exists() else None
+        if size is None or (r.get("bytes") and size != r["bytes"]):
+            now = "is missing" if size is None else f"has {size} bytes, not {r['bytes']}"
+            raise TrainingError(
+                f"{prepared}/manifest.csv lists {path}, which {now}: the dataset changed since `lio prepare`; "
+                "run `dvc repro prepare` (or `dvc repro`)"
+            )
+
+
+def truncate_live_plots(live_dir: Path, step: int) -> None:
+    """Drops the rows at or after `step` from dvclive's plot files, so a resumed run logs each step once."""
+    for tsv in Path(live_dir).glob("plots/metrics/**/*.tsv"):
+        lines = tsv.read_text().splitlines()
+        if not lines:
+            continue
+        col = lines[0].split("\t").index("step")
+        kept = [lines[0]] + [ln for ln in lines[1:] if int(ln.split("\t")[col]) < step]
+        write_text(tsv, "\n".join(kept) + "\n")
 
 
 # ---------------------------------------------------------------- loops
@@ -223,18 +255,25 @@ def evaluate(model: nn.Module, loader, device, amp: bool = False, desc: str = "e
 def replicas_identical(model: nn.Module) -> bool:
     """Whether every rank holds the same parameters (BN buffers may differ: DDP re-broadcasts them)."""
     blob = b"".join(p.detach().cpu().numpy().tobytes() for p in model.parameters())
-    digests = [None] * dist.get_world_size()
+    digests: list[str | None] = [None] * dist.get_world_size()
     dist.all_gather_object(digests, hashlib.sha256(blob).hexdigest())
     return len(set(digests)) == 1
 
 
 def save_checkpoint(path: Path, epoch: int, stamp: str, settings: dict, model, optimizer, scheduler, ema, best) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({
-            "epoch": epoch, "fingerprint": stamp, "settings": settings,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None, "best": best,
-        }, tmp)
+    save_torch(
+        {
+            "epoch": epoch,
+            "fingerprint": stamp,
+            "settings": settings,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
+            "best": best,
+        },
+        path,
+    )
 
 
 def resume(path: Path, stamp: str, settings: dict, model, optimizer, scheduler, ema) -> tuple[int, dict]:
@@ -246,7 +285,7 @@ def resume(path: Path, stamp: str, settings: dict, model, optimizer, scheduler, 
     fresh = (0, {"epoch": -1, "val_top1": -1.0, "state": None})
     if not path.exists():
         return fresh
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_torch(path, "delete it to start training over")
     if state["epoch"] >= state["settings"]["train"]["epochs"]:
         return fresh
     if state["fingerprint"] != stamp:
@@ -270,6 +309,7 @@ def train(cfg: Config, prepared: Path, out_model: Path, checkpoints: Path, live_
     main = rank == 0
     device = resolve_device(cfg.train.device, local_rank)
     rows, classes = read_manifest(prepared)
+    check_files(rows, prepared)
     tf = cfg.data.transforms
     gt = cfg.lio.mask_source == "gt"
     train_set = ManifestDataset(rows, "train", ClassificationPresetTrain(tf), masks=gt)
@@ -291,8 +331,14 @@ def train(cfg: Config, prepared: Path, out_model: Path, checkpoints: Path, live_
     sampler = GroupBatchSampler(train_set.labels, P, cfg.train.batch_size // (P + 1), cfg.seed, rank, world, classes)
     loader_gen = torch.Generator()
     workers = cfg.data.workers
-    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=workers, generator=loader_gen,
-                        pin_memory=device.type == "cuda", persistent_workers=False)
+    loader = DataLoader(
+        train_set,
+        batch_sampler=sampler,
+        num_workers=workers,
+        generator=loader_gen,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
 
     def eval_loader(ds):
         return DataLoader(ds, batch_size=cfg.train.eval_batch_size, num_workers=workers)
@@ -303,17 +349,23 @@ def train(cfg: Config, prepared: Path, out_model: Path, checkpoints: Path, live_
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, len(sampler)))
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True) \
-        if cfg.train.ema_decay > 0 else None
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
+        if cfg.train.ema_decay > 0
+        else None
+    )
 
     checkpoint = checkpoints / "last.pt"
+    if main:  # a run killed while saving leaves its temporary (up to the checkpoint's size) behind
+        for folder in (checkpoints, out_model.parent):
+            remove_stale_temporaries(folder)
     settings = run_settings(cfg)
     stamp = fingerprint(settings, prepared / "manifest.csv")
     start, best = resume(checkpoint, stamp, settings, model, optimizer, scheduler, ema)
     if start and main:
         print(f"resuming from {checkpoint} after epoch {start}")
 
-    net = model
+    net: nn.Module = model
     if world > 1:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -321,7 +373,10 @@ def train(cfg: Config, prepared: Path, out_model: Path, checkpoints: Path, live_
     if main:
         from dvclive import Live
 
+        if start:
+            truncate_live_plots(live_dir, start)
         live = Live(str(live_dir), resume=start > 0, dvcyaml=None, save_dvc_exp=False)
+        live.step = start  # the checkpoint's epoch, not dvclive's own count (a run killed mid-save logged one more)
     scored = ema.module if ema is not None else model
     started = time.perf_counter()
     for epoch in range(start, cfg.train.epochs):
@@ -331,41 +386,59 @@ def train(cfg: Config, prepared: Path, out_model: Path, checkpoints: Path, live_
         stats = train_one_epoch(net, loader, optimizer, scheduler, ema, device, cfg, epoch, main)
         val = evaluate(scored, eval_loader(val_set), device, cfg.train.amp, "val", main)
         if val["top1"] > best["val_top1"]:
-            best = {"epoch": epoch + 1, "val_top1": val["top1"],
-                    "state": {k: v.detach().cpu().clone() for k, v in scored.state_dict().items()}}
-        if main:
+            best = {
+                "epoch": epoch + 1,
+                "val_top1": val["top1"],
+                "state": {k: v.detach().cpu().clone() for k, v in scored.state_dict().items()},
+            }
+        if live is not None:
             for k, v in stats.items():
                 live.log_metric(f"train/{k}", v)
             live.log_metric("val/top1", val["top1"])
             live.log_metric("val/loss", val["loss"])
             live.log_metric("lr", optimizer.param_groups[0]["lr"])
             live.next_step()
-            print(f"epoch {epoch + 1}/{cfg.train.epochs}: loss {stats['loss']:.4f} train top1 {stats['top1']:.3f} "
-                  f"val top1 {val['top1']:.3f}")
+            print(
+                f"epoch {epoch + 1}/{cfg.train.epochs}: loss {stats['loss']:.4f} train top1 {stats['top1']:.3f} "
+                f"val top1 {val['top1']:.3f}"
+            )
             save_checkpoint(checkpoint, epoch + 1, stamp, settings, model, optimizer, scheduler, ema, best)
     identical = replicas_identical(model) if world > 1 else None
     if not main:
         dist.destroy_process_group()
         return {}
 
+    assert live is not None  # rank 0
     scored.load_state_dict(best["state"])
     test = evaluate(scored, eval_loader(test_set), device, cfg.train.amp, "test", True)
-    summary = {"best_epoch": best["epoch"], "best_val_top1": best["val_top1"], "test_top1": test["top1"],
-               "test_top5": test["top5"], "chance": 1 / len(classes)}
+    summary = {
+        "best_epoch": best["epoch"],
+        "best_val_top1": best["val_top1"],
+        "test_top1": test["top1"],
+        "test_top5": test["top5"],
+        "chance": 1 / len(classes),
+    }
     if identical is not None:
         summary["ddp_replicas_identical"] = identical
-    live.summary.update({"best": {"epoch": best["epoch"], "val_top1": best["val_top1"]},
-                         "test": {"top1": test["top1"], "top5": test["top5"]}, "chance": 1 / len(classes),
-                         "train_seconds": time.perf_counter() - started})
+    live.summary.update(
+        {
+            "best": {"epoch": best["epoch"], "val_top1": best["val_top1"]},
+            "test": {"top1": test["top1"], "top5": test["top5"]},
+            "chance": 1 / len(classes),
+            "train_seconds": time.perf_counter() - started,
+        }
+    )
     live.end()
-    with atomic_path(out_model) as tmp:
-        torch.save({
+    save_torch(
+        {
             "state_dict": {k: v.cpu() for k, v in scored.state_dict().items()},
             "model": {"num_classes": len(classes), **dataclasses.asdict(cfg.model), **dataclasses.asdict(cfg.lio)},
             "classes": classes,
             "preprocess": preprocessing(tf),
             "metrics": summary,
-        }, tmp)
+        },
+        out_model,
+    )
     if world > 1:
         dist.destroy_process_group()
     return summary
@@ -373,10 +446,12 @@ def train(cfg: Config, prepared: Path, out_model: Path, checkpoints: Path, live_
 
 def load_trained(path: Path) -> tuple[LIOModel, dict]:
     """The trained LIOModel (heads included) and its metadata, from `lio train`'s output."""
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{path} not found: run `lio train` (or `dvc repro train`) first")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    m = blob["model"]
-    model = LIOModel.from_config(m, m["arch"], m["num_classes"])
-    model.load_state_dict(blob["state_dict"])
+    blob = load_torch(require(path, "train"), "rerun `dvc repro train`")
+    try:
+        m = blob["model"]
+        model = LIOModel.from_config(m, m["arch"], m["num_classes"])
+        model.load_state_dict(blob["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as e:
+        detail = " ".join(line.strip() for line in str(e).splitlines()[:3])[:600]
+        raise ArtifactError(f"{path}: not a model written by `lio train` ({detail}); rerun `dvc repro train`") from e
     return model.eval(), blob

@@ -1,6 +1,7 @@
 """The `lio` command: one subcommand per pipeline stage, in data-flow order, plus `predict`
 and `study`. Each subcommand's module is imported only when it runs, so a stage loads
 exactly the code dvc.yaml declares for it."""
+
 import importlib
 
 import click

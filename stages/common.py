@@ -1,4 +1,5 @@
 """What every stage command shares: --params, the validated Config, clean error exits."""
+
 from __future__ import annotations
 
 import functools
@@ -14,8 +15,14 @@ def with_config(fn):
     """Loads --params into a validated Config; turns the project's own errors into a
     one-line exit 1 (anything else is a bug and keeps its traceback)."""
 
-    @click.option("--params", "params_file", default="params.yaml", show_default=True,
-                  type=click.Path(dir_okay=False), help="The parameters file (DVC's params.yaml).")
+    @click.option(
+        "--params",
+        "params_file",
+        default="params.yaml",
+        show_default=True,
+        type=click.Path(dir_okay=False),
+        help="The parameters file (DVC's params.yaml).",
+    )
     @functools.wraps(fn)
     def wrapper(params_file: str, **kwargs):
         try:

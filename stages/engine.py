@@ -1,5 +1,6 @@
 """`lio engine`: params `engine`; models/onnx/ -> models/engine/ (model.engine where TensorRT
 and a GPU exist, engine.json always, saying why not where it did not build)."""
+
 import click
 
 from pipeline import paths

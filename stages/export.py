@@ -1,4 +1,5 @@
 """`lio export`: params `export`, `seed`, `model.arch`; models/<arch>.pt -> models/onnx/, reports/export.json."""
+
 import click
 
 from pipeline.export import export_all

@@ -1,5 +1,7 @@
 """`lio predict MODEL IMAGE...`: the deployer's smoke test (not a DVC stage)."""
+
 import json
+import sys
 
 import click
 
@@ -12,16 +14,28 @@ from pipeline.predict import predict
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("-k", "--top-k", default=5, show_default=True, help="How many classes to show per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def command(model, images, top_k, as_json):
-    """Top-k classes of IMAGES (files or folders) from a .pt, .onnx or .engine MODEL."""
+@click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
+def command(model, images, top_k, as_json, strict):
+    """Top-k classes of IMAGES (files or folders) from a .pt, .onnx or .engine MODEL.
+
+    An unreadable image is skipped with a warning and listed at the end (exit status 2),
+    unless --strict.
+    """
     try:
-        results = predict(model, list(images), top_k)
-    except (PipelineError, FileNotFoundError) as e:
+        results = predict(model, list(images), top_k, strict)
+    except PipelineError as e:
         raise click.ClickException(str(e)) from e
+    failed = [r for r in results if "error" in r]
     if as_json:
         click.echo(json.dumps(results, indent=2))
-        return
-    for r in results:
-        click.echo(r["image"])
-        for t in r["top"]:
-            click.echo(f"  {t['probability']:.3f}  {t['class']}")
+    else:
+        for r in results:
+            if "error" in r:
+                click.secho(f"warning: skipped {r['error']}", fg="yellow", err=True)
+                continue
+            click.echo(r["image"])
+            for t in r["top"]:
+                click.echo(f"  {t['probability']:.3f}  {t['class']}")
+    if failed:
+        click.secho(f"{len(failed)} of {len(results)} image(s) could not be read", fg="yellow", err=True)
+        sys.exit(2)

@@ -1,4 +1,5 @@
 """`lio prepare`: params `seed`, `data` -> data/prepared/ (manifest.csv, classes.json)."""
+
 import click
 
 from pipeline.data.prepare import prepare

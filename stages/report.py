@@ -1,5 +1,6 @@
 """`lio report`: params `report`, `seed`, `model.arch`, `engine.max_batch` -> reports/
 (metrics.json, report.md, latency.json, localisation.json, per_class.json, confusion.json, masks.png)."""
+
 import click
 
 from pipeline.report import write_report

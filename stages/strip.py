@@ -1,4 +1,5 @@
 """`lio strip`: param `model.arch`; models/lio.pt -> models/<arch>.pt + .json, reports/parity.json."""
+
 import click
 
 from pipeline import paths

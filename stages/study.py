@@ -1,4 +1,5 @@
 """`lio study queue|collect`: the seeded ablation study as DVC experiments (not a stage)."""
+
 import platform
 import sys
 import time
@@ -8,8 +9,13 @@ import click
 from pipeline.errors import PipelineError
 from pipeline.study import PRESETS, collect, queue
 
-PRESET = click.option("--preset", type=click.Choice(list(PRESETS)), default="cpu", show_default=True,
-                      help="cpu: 112 px ResNet-18 (each map >= 4x4); gpu: the paper's 448 px, pool 2, ResNet-50.")
+PRESET = click.option(
+    "--preset",
+    type=click.Choice(list(PRESETS)),
+    default="cpu",
+    show_default=True,
+    help="cpu: 112 px ResNet-18 (each map >= 4x4); gpu: the paper's 448 px, pool 2, ResNet-50.",
+)
 
 
 @click.group("study")
@@ -34,13 +40,19 @@ def queue_command(preset, seeds, other_seeds):
 @PRESET
 @click.option("--out", default="reports", show_default=True, type=click.Path(file_okay=False))
 @click.option("--watch", default=0, show_default=True, help="Re-collect every N seconds while runs are queued.")
-@click.option("--machine", default=f"{platform.machine()}, {platform.processor() or 'cpu'}", show_default=False,
-              help="Where the runs ran, for the table.")
+@click.option(
+    "--machine",
+    default=f"{platform.machine()}, {platform.processor() or 'cpu'}",
+    show_default=False,
+    help="Where the runs ran, for the table.",
+)
 def collect_command(preset, out, watch, machine):
     """Aggregate `dvc exp show --json -A` into OUT/study.json and OUT/study.md."""
     from pathlib import Path
 
-    command_line = f"lio study queue --preset {preset} && dvc queue start --jobs 1 && lio study collect --preset {preset}"
+    command_line = (
+        f"lio study queue --preset {preset} && dvc queue start --jobs 1 && lio study collect --preset {preset}"
+    )
     while True:
         try:
             result = collect(preset, Path(out), command_line, machine)

@@ -1,4 +1,5 @@
 """`lio train`: params `seed`, `data`, `model`, `lio`, `train` -> models/lio.pt, checkpoints/, dvclive/."""
+
 import click
 
 from pipeline import paths

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny configs and datasets, and DVC kept out of the home folder."""
+
 from __future__ import annotations
 
 import os
@@ -64,10 +65,10 @@ def exported(tmp_path_factory, tiny_prepared) -> Path:
     import yaml
     from click.testing import CliRunner
 
+    from pipeline.backbone import build_backbone
     from pipeline.config import to_dict
     from pipeline.data.transforms import preprocessing
     from pipeline.deploy import deploy_meta, write_deployable
-    from pipeline.backbone import build_backbone
     from stages import export
 
     root = tmp_path_factory.mktemp("exported")

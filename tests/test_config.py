@@ -1,13 +1,22 @@
 """params.yaml validation: every bad value names the file, the field and the fix."""
+
 import pytest
 import yaml
 
 from pipeline.config import ConfigError, load_config
 
 
-def write(tmp_path, data):
+def merge(base, over):
+    for k, v in over.items():
+        base[k] = merge(dict(base.get(k) or {}), v) if isinstance(v, dict) and v else v
+    return base
+
+
+def write(tmp_path, data, full=True):
+    """params.yaml = the repository's, with `data` merged over it (or `data` alone)."""
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(data))
+    base = yaml.safe_load(open("params.yaml")) if full else {}
+    path.write_text(yaml.safe_dump(merge(base, data)))
     return path
 
 
@@ -26,9 +35,22 @@ def test_repository_params_load():
         ({"train": {"batch_size": 10}}, "train.batch_size", "multiple of lio.P+1=4"),
         ({"lio": {"P": 5}, "train": {"batch_size": 16}}, "train.batch_size", "use e.g. 12"),
         ({"train": {"epochs": "ten"}}, "train.epochs", "expected int"),
-        ({"trian": {}}, "trian", "known:"),
-        ({"data": {"format": "cub"}}, "data.root", "dataset folder"),
-        ({"engine": {"precision": "int8"}, "export": {"precisions": ["fp32"]}}, "engine.precision", "export.precisions"),
+        ({"trian": {"a": 1}}, "trian", "known:"),
+        ({"data": {"format": "cub", "root": ""}}, "data.root", "dataset folder"),
+        ({"train": {"eval_batch_size": 0}}, "train.eval_batch_size", "e.g. 64"),
+        ({"train": {"lr": float("inf")}}, "train.lr", "finite"),
+        ({"train": {"lr": "fast"}}, "train.lr", "expected a number"),
+        ({"data": {"workers": -1}}, "data.workers", ">= 0"),
+        ({"seed": -1}, "seed", ">= 0"),
+        ({"train": {"device": "gpu"}}, "train.device", "auto, cpu, cuda or cuda:N"),
+        ({"data": {"synthetic": {"image_size": 0}}}, "data.synthetic.image_size", ">= 16"),
+        ({"data": {"synthetic": {"classes": 0}}}, "data.synthetic.classes", ">= 2"),
+        ({"lio": {"mask_source": "gt", "oel": False}}, "lio.mask_source", "lio.oel: true"),
+        (
+            {"engine": {"precision": "int8"}, "export": {"precisions": ["fp32"]}},
+            "engine.precision",
+            "export.precisions",
+        ),
     ],
 )
 def test_bad_values(tmp_path, data, field, fix):
@@ -45,3 +67,22 @@ def test_missing_file(tmp_path):
 
 def test_engine_required_accepts_yaml_booleans(tmp_path):
     assert load_config(write(tmp_path, {"engine": {"required": True}})).engine.required == "true"
+
+
+def test_yaml_exponent_without_a_dot_is_a_number(tmp_path):
+    """YAML 1.1 reads `1e-3` as a string; the config takes it as the number it means."""
+    path = tmp_path / "params.yaml"
+    path.write_text(open("params.yaml").read().replace("lr: 0.001", "lr: 1e-3"))
+    assert load_config(path).train.lr == 1e-3
+
+
+@pytest.mark.parametrize(
+    "text,missing",
+    [("", "seed, data, model"), ("seed: 0\n", "data, model, lio"), ("data: {format: synthetic}\n", "data.transforms")],
+)
+def test_a_file_that_sets_nothing_is_refused(tmp_path, text, missing):
+    """An empty file would silently train the paper's 448 px recipe on 64 px data."""
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=f"missing .*{missing}.*copy them from the repository's params.yaml"):
+        load_config(path)

@@ -1,4 +1,5 @@
 """The synthetic generator, the readers on fixtures in the official layouts, and bad input."""
+
 import csv
 import hashlib
 import json
@@ -129,7 +130,10 @@ def make_cars_devkit(root):
 
     (root / "devkit").mkdir(parents=True)
     savemat(root / "devkit" / "cars_meta.mat", {"class_names": np.array([["Audi A4"], ["BMW M3"]], dtype=object).T})
-    for split, mat, folder in [("train", "cars_train_annos.mat", "cars_train"), ("test", "cars_test_annos_withlabels.mat", "cars_test")]:
+    for split, mat, folder in [
+        ("train", "cars_train_annos.mat", "cars_train"),
+        ("test", "cars_test_annos_withlabels.mat", "cars_test"),
+    ]:
         rows = []
         for i in range(4):
             fname = f"{split}_{i:05d}.jpg"
@@ -146,10 +150,21 @@ def make_cars_annos(root):
     for i in range(6):
         rel = f"car_ims/{i:06d}.jpg"
         save_image(root / rel)
-        rows.append({"relative_im_path": rel, "bbox_x1": 1, "bbox_y1": 2, "bbox_x2": 30, "bbox_y2": 20,
-                     "class": i % 2 + 1, "test": int(i >= 4)})
-    savemat(root / "cars_annos.mat", {"annotations": annotations(rows),
-                                      "class_names": np.array([["Audi A4"], ["BMW M3"]], dtype=object).T})
+        rows.append(
+            {
+                "relative_im_path": rel,
+                "bbox_x1": 1,
+                "bbox_y1": 2,
+                "bbox_x2": 30,
+                "bbox_y2": 20,
+                "class": i % 2 + 1,
+                "test": int(i >= 4),
+            }
+        )
+    savemat(
+        root / "cars_annos.mat",
+        {"annotations": annotations(rows), "class_names": np.array([["Audi A4"], ["BMW M3"]], dtype=object).T},
+    )
 
 
 def make_aircraft(root):
@@ -246,7 +261,7 @@ def test_truncated_image_fails_or_is_skipped(tmp_path):
     with pytest.raises(DatasetError) as e:
         prepare(cfg, out)
     assert str(bad) in str(e.value) and "on_bad_image: skip" in str(e.value)
-    assert not out.exists() and not list(out.parent.iterdir())  # nothing half-written
+    assert not out.exists() and [p.name for p in out.parent.iterdir()] == [".prepared.lock"]  # nothing half-written
     cfg.data.on_bad_image = "skip"
     summary = prepare(cfg, out)
     assert summary["skipped"] == 1 and str(bad) in (out / BAD_IMAGES).read_text()
@@ -267,7 +282,7 @@ def test_label_out_of_range_duplicate_id_and_empty_class(tmp_path):
         prepare(cfg, tmp_path / "out")
     (root / "image_class_labels.txt").write_text(good)
     split = (root / "train_test_split.txt").read_text().splitlines()
-    (root / "train_test_split.txt").write_text("\n".join(l[:-1] + "0" if int(l.split()[0]) > 3 else l for l in split))
+    (root / "train_test_split.txt").write_text("\n".join(s[:-1] + "0" if int(s.split()[0]) > 3 else s for s in split))
     with pytest.raises(DatasetError, match="no training images: 002.Auklet"):
         prepare(cfg, tmp_path / "out")
 

@@ -1,5 +1,6 @@
 """dvc.yaml tells the truth: each stage's deps cover every project file its command imports
 (transitively, package __init__ files included), and its params every section it reads."""
+
 from __future__ import annotations
 
 import ast

@@ -1,6 +1,7 @@
 """The engine stage. TensorRT cannot run without an NVIDIA GPU, so its builder is the one
 thing replaced by a fake here: FakeTensorRT records the calls the build makes, and the
 checks below hold the build to the TensorRT 10.12+/11 strongly typed API."""
+
 import json
 import shutil
 
@@ -205,7 +206,9 @@ def test_engine_from_another_machine_is_refused(workspace, monkeypatch):
     fake = FakeTensorRT()
     monkeypatch.setattr(engine_lib, "tensorrt_or_reason", lambda: (fake, None))
     info = workspace / "engine.json"
-    info.write_text(json.dumps({"tensorrt": "10.13.0", "gpu": GPU, "input": {"name": "input"}, "output": {"name": "logits"}}))
+    info.write_text(
+        json.dumps({"tensorrt": "10.13.0", "gpu": GPU, "input": {"name": "input"}, "output": {"name": "logits"}})
+    )
     monkeypatch.setattr(engine_lib, "gpu_info", lambda: {"name": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0"})
     with pytest.raises(EngineError, match=r"built for name 'NVIDIA H100 80GB HBM3' but this machine has 'NVIDIA A100"):
         EngineRunner(workspace / "model.engine", info)

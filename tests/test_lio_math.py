@@ -1,5 +1,6 @@
-"""The three fixed functions of SPEC section 5 against hand-worked values and an
-independent, loop-by-loop implementation of the SPEC formulas."""
+"""The three fixed functions of docs/method.md (the fixed signatures) against hand-worked values and an
+independent, loop-by-loop implementation of the formulas of docs/method.md."""
+
 import math
 
 import pytest
@@ -16,17 +17,16 @@ def phi_loop(f, g):
     out = torch.empty(n, n, dtype=torch.float64)
     for r in range(n):
         for col in range(n):
-            out[r, col] = max(
-                float(f[:, r, col].double() @ g[:, r2, c2].double()) for r2 in range(n) for c2 in range(n)
-            ) / c
+            out[r, col] = (
+                max(float(f[:, r, col].double() @ g[:, r2, c2].double()) for r2 in range(n) for c2 in range(n)) / c
+            )
     return out
 
 
 def pseudo_mask_loop(feats, positives):
-    return torch.stack([
-        torch.stack([phi_loop(feats[i], feats[j]) for j in positives[i].tolist()]).mean(0)
-        for i in range(len(feats))
-    ])
+    return torch.stack(
+        [torch.stack([phi_loop(feats[i], feats[j]) for j in positives[i].tolist()]).mean(0) for i in range(len(feats))]
+    )
 
 
 def scl_loss_loop(pd, pa, d, a, w):

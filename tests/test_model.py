@@ -1,9 +1,10 @@
-"""LIOModel: gradients flow where SPEC says, training works, eval is the bare backbone."""
+"""LIOModel: gradients flow where docs/method.md says, training works, eval is the bare backbone."""
+
 import pytest
 import torch
 
-from pipeline.lio import LIOModel, group_positives
 from pipeline.backbone import build_backbone
+from pipeline.lio import LIOModel, group_positives
 
 
 def batch(groups=2, P=3, size=64, classes=4, seed=0):
@@ -149,12 +150,16 @@ def test_from_config_matches_the_lio_section():
 
 def test_head_parameters_match_the_paper():
     model = LIOModel("resnet50", 200)
-    per_stage = {s: sum(p.numel() for p in [*model.oel[s].parameters(), *model.scl[s].parameters()]) for s in model.stages}
+    per_stage = {
+        s: sum(p.numel() for p in [*model.oel[s].parameters(), *model.scl[s].parameters()]) for s in model.stages
+    }
     assert per_stage["layer2"] == 265_219  # paper: 0.26 M for the 28x28 stage
     assert per_stage == {"layer2": 265_219, "layer3": 527_875, "layer4": 1_053_187}
 
 
-@pytest.mark.parametrize("kwargs,match", [({"arch": "vgg16"}, "unknown arch"), ({"stages": ["layer9"]}, "unknown stage")])
+@pytest.mark.parametrize(
+    "kwargs,match", [({"arch": "vgg16"}, "unknown arch"), ({"stages": ["layer9"]}, "unknown stage")]
+)
 def test_bad_model_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LIOModel(**{"num_classes": 3, **kwargs})

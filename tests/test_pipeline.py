@@ -1,4 +1,5 @@
 """End to end: `dvc repro` in a temporary copy of the repository, then an experiment."""
+
 import json
 import os
 import shutil
@@ -11,8 +12,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {  # every stage runs, in about a minute
-    "data": {"synthetic": {"classes": 3, "images_per_class": 16, "test_fraction": 0.25, "image_size": 32},
-             "transforms": {"resize": 36, "crop": 32}, "workers": 0},
+    "data": {
+        "synthetic": {"classes": 3, "images_per_class": 16, "test_fraction": 0.25, "image_size": 32},
+        "transforms": {"resize": 36, "crop": 32},
+        "workers": 0,
+    },
     "model": {"arch": "resnet18"},
     "lio": {"scl_channels": 32},
     "train": {"epochs": 1, "batch_size": 12},
@@ -49,8 +53,13 @@ def all_data(node):
 @pytest.mark.slow
 def test_dvc_repro_then_experiment(tmp_path):
     repo = tmp_path / "repo"
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, text=True, check=True).stdout.split()
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     for rel in listed:
         if (ROOT / rel).is_file():
             (repo / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -58,9 +67,15 @@ def test_dvc_repro_then_experiment(tmp_path):
     params = merge(yaml.safe_load((repo / "params.yaml").read_text()), SMALL)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "GIT_AUTHOR_NAME": "ci", "GIT_AUTHOR_EMAIL": "ci@example.invalid",
-           "GIT_COMMITTER_NAME": "ci", "GIT_COMMITTER_EMAIL": "ci@example.invalid", "OMP_NUM_THREADS": "2"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "GIT_AUTHOR_NAME": "ci",
+        "GIT_AUTHOR_EMAIL": "ci@example.invalid",
+        "GIT_COMMITTER_NAME": "ci",
+        "GIT_COMMITTER_EMAIL": "ci@example.invalid",
+        "OMP_NUM_THREADS": "2",
+    }
     sh(["git", "init", "-q"], repo, env)
     sh(["git", "add", "-A"], repo, env)
     sh(["git", "commit", "-qm", "copy"], repo, env)
@@ -70,9 +85,19 @@ def test_dvc_repro_then_experiment(tmp_path):
     assert (repo / "data/prepared/manifest.csv").exists()
     parity = json.loads((repo / "reports/parity.json").read_text())
     assert parity["passed"] and all(c["passed"] for c in parity["checks"].values())
-    for rel in ["models/lio.pt", "models/resnet18.pt", "models/resnet18.json", "models/onnx/model.onnx",
-                "models/onnx/model.fp16.onnx", "models/onnx/model.int8.onnx", "models/engine/engine.json",
-                "reports/report.md", "reports/masks.png", "reports/latency.json", "dvclive/metrics.json"]:
+    for rel in [
+        "models/lio.pt",
+        "models/resnet18.pt",
+        "models/resnet18.json",
+        "models/onnx/model.onnx",
+        "models/onnx/model.fp16.onnx",
+        "models/onnx/model.int8.onnx",
+        "models/engine/engine.json",
+        "reports/report.md",
+        "reports/masks.png",
+        "reports/latency.json",
+        "dvclive/metrics.json",
+    ]:
         assert (repo / rel).exists(), rel
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert {"pytorch", "onnxruntime-fp32", "onnxruntime-fp16", "onnxruntime-int8"} <= set(metrics["backends"])
@@ -81,15 +106,31 @@ def test_dvc_repro_then_experiment(tmp_path):
     loc = metrics["localisation"]
     assert set(loc) == {"layer2", "layer3", "layer4"}
     for stage in loc.values():  # m' and M beside every reference map, pointing beside its chance rate
-        assert {"iou m'", "iou M", "iou all-ones", "iou centre prior", "iou random", "iou ceiling", "pointing",
-                "pointing chance", "N"} <= set(stage)
+        assert {
+            "iou m'",
+            "iou M",
+            "iou all-ones",
+            "iou centre prior",
+            "iou random",
+            "iou ceiling",
+            "pointing",
+            "pointing chance",
+            "N",
+        } <= set(stage)
         assert all(0 <= v <= 1 for k, v in stage.items() if k != "N" and k != "images")
     report = (repo / "reports/report.md").read_text()
     assert "| layer2 | 4 |" in report and "ceiling" in report and "## Per class" in report
     confusion = json.loads((repo / "reports/confusion.json").read_text())
-    assert len(confusion) == json.loads((repo / "reports/export.json").read_text())["fp32"]["parity_vs_pytorch"]["images"]
+    assert (
+        len(confusion) == json.loads((repo / "reports/export.json").read_text())["fp32"]["parity_vs_pytorch"]["images"]
+    )
     assert "| onnxruntime-int8 | CPUExecutionProvider |" in (repo / "reports/report.md").read_text()
     assert "Data and pipelines are up to date" in sh([*dvc, "status"], repo, env)
+    extra = repo / "data/raw/new-image.png"  # data.root is a dep of prepare: DVC sees an edited dataset
+    extra.write_bytes(b"new")
+    status = sh([*dvc, "status"], repo, env)
+    assert "prepare:" in status and "modified:" in status and "data/raw" in status
+    extra.unlink()
     sh(["git", "add", "-A"], repo, env)  # the baseline: dvc.lock and the small metrics files
     sh(["git", "commit", "-qm", "baseline run"], repo, env)
 

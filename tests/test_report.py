@@ -1,4 +1,5 @@
 """Report helpers: accuracy, per-class results, latency statistics, the Markdown table."""
+
 import numpy as np
 
 from pipeline.metrics import accuracy, confusions, per_class
@@ -19,7 +20,9 @@ def test_per_class_and_confusions_by_hand():
     assert [r["top1"] for r in rows] == [1 / 3, 1.0, 0.0]
     assert rows[0]["most_confused_with"] == "b" and rows[1]["most_confused_with"] is None
     assert confusions(predicted, labels, ["a", "b", "c"]) == [
-        {"actual": "a", "predicted": "b", "images": 2}, {"actual": "c", "predicted": "a", "images": 1}]
+        {"actual": "a", "predicted": "b", "images": 2},
+        {"actual": "c", "predicted": "a", "images": 1},
+    ]
 
 
 def test_latency_percentiles_are_ordered():

@@ -1,4 +1,5 @@
-"""GroupBatchSampler invariants (SPEC section 2)."""
+"""GroupBatchSampler invariants (docs/method.md, "Batches")."""
+
 from collections import Counter
 
 import pytest

@@ -1,4 +1,5 @@
 """The parity proof passes on a trained model and fails readably on altered backbones."""
+
 import json
 import types
 
@@ -7,8 +8,8 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from torch import nn
 
-from pipeline.lio import LIOModel, group_positives
 from pipeline.backbone import build_backbone
+from pipeline.lio import LIOModel, group_positives
 from pipeline.strip import explain, prove_parity
 
 
@@ -108,15 +109,20 @@ def test_strip_stage_writes_nothing_deployable_on_failure(tmp_path, tiny_prepare
     shutil.copytree(tiny_prepared, tmp_path / "data/prepared")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(to_dict(tiny_config())))
     model = trained_model(k=3)
-    blob = {"model": {"arch": "resnet18", "num_classes": 3}, "classes": ["a", "b", "c"],
-            "preprocess": preprocessing(tiny_config().data.transforms)}
+    blob = {
+        "model": {"arch": "resnet18", "num_classes": 3},
+        "classes": ["a", "b", "c"],
+        "preprocess": preprocessing(tiny_config().data.transforms),
+    }
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models").mkdir()
     (tmp_path / "models/lio.pt").touch()  # stands for the trained model, whose loader is replaced below
     monkeypatch.setattr(strip_lib, "load_trained", lambda path: (model, blob))
     result = CliRunner().invoke(strip.command, [])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "models/resnet18.pt").exists() and json.loads((tmp_path / "reports/parity.json").read_text())["passed"]
+    assert (tmp_path / "models/resnet18.pt").exists() and json.loads((tmp_path / "reports/parity.json").read_text())[
+        "passed"
+    ]
 
     model.backbone.fc = nn.Sequential(nn.Linear(512, 512), nn.Linear(512, 3))
     result = CliRunner().invoke(strip.command, [])

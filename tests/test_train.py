@@ -1,4 +1,5 @@
 """The training stage on a tiny generated dataset, on the CPU."""
+
 import json
 import os
 import shutil
@@ -26,8 +27,15 @@ def workspace(tmp_path, prepared, **overrides):
 
 def lio(tmp_path, *args, **kwargs):
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    return subprocess.Popen([sys.executable, "-m", "stages", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "stages", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 def final_weights(tmp_path):
@@ -36,7 +44,9 @@ def final_weights(tmp_path):
 
 def test_training_writes_model_metrics_plots_and_checkpoint(tmp_path, tiny_prepared):
     cfg = workspace(tmp_path, tiny_prepared)
-    summary = train(cfg, tmp_path / "data/prepared", tmp_path / "models/lio.pt", tmp_path / "checkpoints", tmp_path / "dvclive")
+    summary = train(
+        cfg, tmp_path / "data/prepared", tmp_path / "models/lio.pt", tmp_path / "checkpoints", tmp_path / "dvclive"
+    )
     assert 1 <= summary["best_epoch"] <= 2 and 0 <= summary["test_top1"] <= 1
     metrics = json.loads((tmp_path / "dvclive/metrics.json").read_text())
     assert metrics["test"]["top1"] == summary["test_top1"] and metrics["best"]["epoch"] == summary["best_epoch"]
@@ -93,13 +103,17 @@ def test_unfinished_checkpoint_with_other_settings_is_refused(tmp_path, tiny_pre
     torch.save(state, tmp_path / "checkpoints/last.pt")
     cfg.model.arch = "resnet34"
     with pytest.raises(TrainingError, match=r"model.arch: 'resnet18' -> 'resnet34'.*delete the file"):
-        train(cfg, tmp_path / "data/prepared", tmp_path / "models/lio.pt", tmp_path / "checkpoints", tmp_path / "dvclive")
+        train(
+            cfg, tmp_path / "data/prepared", tmp_path / "models/lio.pt", tmp_path / "checkpoints", tmp_path / "dvclive"
+        )
 
 
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path, tiny_prepared):
     cfg = workspace(tmp_path, tiny_prepared, **{"train.lr": 1e30, "train.warmup_epochs": 0.0})
     with pytest.raises(TrainingError, match="non-finite loss at epoch 1"):
-        train(cfg, tmp_path / "data/prepared", tmp_path / "models/lio.pt", tmp_path / "checkpoints", tmp_path / "dvclive")
+        train(
+            cfg, tmp_path / "data/prepared", tmp_path / "models/lio.pt", tmp_path / "checkpoints", tmp_path / "dvclive"
+        )
     assert not (tmp_path / "models/lio.pt").exists()
 
 
@@ -113,7 +127,9 @@ def test_class_without_training_images_is_refused_before_training(tmp_path, tiny
     manifest.write_text("\n".join([lines[0], *kept]) + "\n")
     cfg = tiny_config()
     with pytest.raises(TrainingError, match=r"manifest.csv: class\(es\) with no training images: "):
-        train(cfg, tmp_path / "data/prepared", tmp_path / "models/lio.pt", tmp_path / "checkpoints", tmp_path / "dvclive")
+        train(
+            cfg, tmp_path / "data/prepared", tmp_path / "models/lio.pt", tmp_path / "checkpoints", tmp_path / "dvclive"
+        )
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "models").exists()
 
 
@@ -141,8 +157,9 @@ def test_torchrun_two_ranks_gloo_end_identical(tmp_path, tiny_prepared):
     workspace(tmp_path, tiny_prepared, **{"train.epochs": 1})
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533"]
-    proc = subprocess.run([*torchrun, "-m", "stages", "train"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [*torchrun, "-m", "stages", "train"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     metrics = torch.load(tmp_path / "models/lio.pt", weights_only=True)["metrics"]
     assert metrics["ddp_replicas_identical"] is True

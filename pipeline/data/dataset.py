@@ -25,7 +25,8 @@ def load_image(path: str | Path, crop_bottom: int = 0) -> Tensor:
     except FileNotFoundError as e:
         raise ImageError(f"{path}: no such image") from e
     except (RuntimeError, ValueError) as e:
-        raise ImageError(f"{path}: cannot decode image ({str(e).splitlines()[-1][:120]})") from e
+        reason = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        raise ImageError(f"{path}: cannot decode image ({reason})") from e
     return image[:, : image.shape[1] - crop_bottom] if crop_bottom else image
 
 
@@ -78,7 +79,7 @@ def batches(rows: list[dict], transform, size: int = 32):
 
 def logits_over(runs: dict, rows: list[dict], transform, size: int = 32) -> dict[str, np.ndarray]:
     """Each run's (float32 NCHW numpy -> logits numpy) outputs over all `rows`, decoding every image once."""
-    out = {name: [] for name in runs}
+    out: dict[str, list[np.ndarray]] = {name: [] for name in runs}
     for b in batches(rows, transform, size):
         x = b.numpy()
         for name, run in runs.items():

@@ -11,7 +11,7 @@ from pipeline.paths import require
 
 MANIFEST = "manifest.csv"
 CLASSES = "classes.json"
-COLUMNS = ("path", "label", "split", "bbox", "mask", "crop_bottom")
+COLUMNS = ("path", "label", "split", "bbox", "mask", "crop_bottom", "bytes")
 
 
 def read_manifest(prepared: Path) -> tuple[list[dict], list[str]]:
@@ -26,5 +26,6 @@ def read_manifest(prepared: Path) -> tuple[list[dict], list[str]]:
             row["mask"] = os.path.join(prepared, row["mask"]) if row["mask"] else ""
             row["label"] = int(row["label"])
             row["crop_bottom"] = int(row["crop_bottom"] or 0)
+            row["bytes"] = int(row.get("bytes") or 0)  # 0: unknown (a manifest from before the column)
             rows.append(row)
     return rows, names

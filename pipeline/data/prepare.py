@@ -14,7 +14,7 @@ from pipeline.data import synthetic
 from pipeline.data.dataset import ImageError, load_image
 from pipeline.data.readers import DatasetError, Record, read_dataset, validate
 from pipeline.data.manifest import CLASSES, COLUMNS, MANIFEST
-from pipeline.io import atomic_dir, write_json
+from pipeline.io import atomic_dir, exclusive, write_json
 
 BAD_IMAGES = "bad_images.txt"
 
@@ -57,7 +57,7 @@ def _stored(path: Path, folder: Path) -> str:
 def prepare(cfg: Config, out: Path) -> dict:
     """Build `out` (e.g. data/prepared); returns a summary for the log."""
     data = cfg.data
-    with atomic_dir(out) as tmp:
+    with exclusive(out, "`lio prepare`"), atomic_dir(out) as tmp:
         root = Path(data.root)
         if data.format == "synthetic":
             synthetic.generate(tmp / "synthetic", data.synthetic, cfg.seed)
@@ -88,7 +88,7 @@ def prepare(cfg: Config, out: Path) -> dict:
             for r, split in zip(records, splits):
                 mask = "" if r.mask is None else _stored(r.mask, tmp)
                 bbox = "" if r.bbox is None else " ".join(f"{v:g}" for v in r.bbox)
-                writer.writerow([_stored(r.path, tmp), r.label, split, bbox, mask, r.crop_bottom])
+                writer.writerow([_stored(r.path, tmp), r.label, split, bbox, mask, r.crop_bottom, r.path.stat().st_size])
         write_json(tmp / CLASSES, {str(i): n for i, n in enumerate(names)})
     counts = {s: splits.count(s) for s in ("train", "val", "test")}
     return {"classes": len(names), "images": len(records), "skipped": len(bad), **counts}

@@ -6,6 +6,8 @@ are cut off when the image is loaded (FGVC-Aircraft's copyright banner).
 """
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,11 @@ class Record:
     bbox: tuple[float, float, float, float] | None = None
     mask: Path | None = None
     crop_bottom: int = 0
+
+
+def _box(values) -> tuple[float, float, float, float]:
+    x, y, w, h = (float(v) for v in values)
+    return x, y, w, h
 
 
 def _need(path: Path, fmt: str) -> Path:
@@ -67,7 +74,7 @@ def read_cub(root: Path) -> tuple[list[Record], list[str]]:
                 path=root / "images" / rel,
                 label=int(labels[key][0]) - 1,
                 split="train" if splits[key][0] == "1" else "test",
-                bbox=tuple(float(v) for v in boxes[key]) if key in boxes else None,
+                bbox=_box(boxes[key]) if key in boxes else None,
                 mask=mask if mask.exists() else None,
             )
         )
@@ -158,7 +165,7 @@ def read_imagefolder(root: Path) -> tuple[list[Record], list[str]]:
     if not names:
         raise DatasetError(f"{fmt}: {train} has no class folders")
     index = {n: i for i, n in enumerate(names)}
-    records = []
+    records, ignored = [], []
     for split, folder in [("train", train), ("test", test)]:
         for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
             if class_dir.name not in index:
@@ -166,6 +173,15 @@ def read_imagefolder(root: Path) -> tuple[list[Record], list[str]]:
             for path in sorted(class_dir.iterdir()):
                 if path.suffix.lower() in IMAGE_SUFFIXES:
                     records.append(Record(path, index[class_dir.name], split))
+                elif path.is_file():
+                    ignored.append(path)
+    if ignored:
+        kinds = sorted({p.suffix.lower() or "(no suffix)" for p in ignored})
+        warnings.warn(
+            f"{fmt}: ignored {len(ignored)} file(s) that are not {'/'.join(sorted(IMAGE_SUFFIXES))} images "
+            f"({', '.join(kinds)}): {', '.join(map(str, ignored[:20]))}{' ...' if len(ignored) > 20 else ''}",
+            stacklevel=2,
+        )
     return records, names
 
 

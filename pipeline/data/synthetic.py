@@ -52,11 +52,12 @@ def arrangements(num_classes: int, rng: np.random.Generator) -> list[np.ndarray]
 
 
 def _part_polygon(shape: str, cx: float, cy: float, size: float, angle: float) -> list[tuple[float, float]]:
-    corners = {
+    shapes: dict[str, list[tuple[float, float]]] = {
         "square": [(-1, -1), (1, -1), (1, 1), (-1, 1)],
         "triangle": [(0, -1.2), (1.1, 0.9), (-1.1, 0.9)],
         "bar": [(-1.4, -0.45), (1.4, -0.45), (1.4, 0.45), (-1.4, 0.45)],
-    }[shape]
+    }
+    corners = shapes[shape]
     c, s = math.cos(angle), math.sin(angle)
     return [(cx + size * (x * c - y * s), cy + size * (x * s + y * c)) for x, y in corners]
 
@@ -108,7 +109,11 @@ def generate(root: Path, cfg: SyntheticConfig, seed: int) -> None:
     n_test = round(cfg.images_per_class * cfg.test_fraction)
     if cfg.images_per_class < 2 or not 0 < n_test < cfg.images_per_class:
         raise DatasetError("data.synthetic: images_per_class and test_fraction must leave train and test images")
-    images, labels, splits, boxes, classes = [], [], [], [], []
+    images: list[str] = []
+    labels: list[str] = []
+    splits: list[str] = []
+    boxes: list[str] = []
+    classes: list[str] = []
     for c, layout in enumerate(layouts, start=1):
         name = f"{c:03d}.arrangement_{c:02d}"
         classes.append(f"{c} {name}")

@@ -4,6 +4,7 @@ The stage feature maps are read with forward hooks, so the backbone's modules an
 forward are exactly torchvision's; in eval mode (or without labels) the model is the
 backbone alone, which is what the strip stage proves and ships.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -123,7 +124,9 @@ class LIOModel(nn.Module):
         logits, feats = self._run(images)
         parts = {"cls": F.cross_entropy(logits, labels)}
         loss = parts["cls"]
-        if self.stages and positives is None:
+        if not self.stages:
+            return LIOOutput(logits, loss, parts)
+        if positives is None:
             raise ValueError("LIO training needs the [B, P] positives index of the batch")
         if self.use_oel and self.mask_source == "gt" and masks is None:
             raise ValueError("mask_source='gt' needs the true masks of the batch")
@@ -131,7 +134,8 @@ class LIOModel(nn.Module):
             f = feats[s]
             extent = self.oel[s](f) if self.use_oel else None
             if extent is not None:
-                target = gt_target(masks, f.shape[-1]) if self.mask_source == "gt" else pseudo_mask(f, positives)
+                target = gt_target(masks, f.shape[-1]) if masks is not None and self.mask_source == "gt" else None
+                target = pseudo_mask(f, positives) if target is None else target
                 parts[f"{s}/oel"] = F.mse_loss(extent.float(), target)
                 loss = loss + self.alpha * parts[f"{s}/oel"]
             if self.use_scl:

@@ -5,6 +5,7 @@ version holds all B*P similarity matrices (N^2 x N^2 each) at once; here each un
 pair {i, j} gets one matrix, whose row maxima give phi(i, j) and whose column maxima give
 phi(j, i), and the pairs are processed in chunks so peak memory stays bounded.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,8 +1,9 @@
-"""Batches of same-class groups (SPEC section 2).
+"""Batches of same-class groups (docs/method.md, "Batches").
 
 Each batch is a run of groups of P+1 images of one class; an image's positives are the
 other P members of its group, so one forward pass serves anchors and positives alike.
 """
+
 from __future__ import annotations
 
 import warnings

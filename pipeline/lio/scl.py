@@ -1,4 +1,5 @@
-"""Spatial context learning (SPEC section 4): polar targets, the SCL head and its loss."""
+"""Spatial context learning (docs/method.md, SCL): polar targets, the SCL head and its loss."""
+
 from __future__ import annotations
 
 import math
@@ -26,7 +27,7 @@ def polar_targets(ref: Tensor, n: int) -> tuple[Tensor, Tensor]:
 
 
 def scl_loss(pred_dist: Tensor, pred_angle: Tensor, dist: Tensor, angle: Tensor, weight: Tensor) -> Tensor:
-    """Mean over the batch of L_dis + L_ang, each a weighted root-mean-square (SPEC 4).
+    """Mean over the batch of L_dis + L_ang, each a weighted root-mean-square (docs/method.md, SCL).
 
     All inputs [B, N, N]. The weights are a target-side quantity and get no gradient.
     The angle gap is wrapped into [0, 1) and only its weighted spread is penalised, so the
