@@ -22,6 +22,9 @@ from pipeline.errors import PipelineError
 #: torchvision classifiers LIO can train (each has layer1..layer4 and an `fc` head).
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "wide_resnet50_2")
 STAGES = ("layer1", "layer2", "layer3", "layer4")
+#: ONNX variants (pipeline/paths.py names their files): fp32 from torch.export, fp16 by ModelOpt
+#: AutoCast, int8 by ModelOpt post-training quantization.
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 class ConfigError(PipelineError, ValueError):
@@ -99,14 +102,14 @@ class TrainConfig:
 @dataclass
 class ExportConfig:
     opset: int = 18  # torch.export-based exporter; TensorRT 10.12+ parses it
-    precisions: list[str] = field(default_factory=lambda: ["fp32", "fp16", "int8"])
+    precisions: list[str] = field(default_factory=lambda: list(PRECISIONS))
     calib_images: int = 64
 
 
 @dataclass
 class EngineConfig:
     required: Literal["auto", "true", "false"] = "auto"
-    precision: Literal["fp32", "fp16", "int8"] = "fp16"
+    precision: str = "fp16"  # one of PRECISIONS, and of export.precisions
     min_batch: int = 1
     opt_batch: int = 8
     max_batch: int = 32
@@ -213,11 +216,11 @@ class Config:
             "data.root",
             f"set the dataset folder for format {self.data.format!r} (synthetic ignores it; keep data/raw there)",
         )
-        unknown = [p for p in self.export.precisions if p not in ("fp32", "fp16", "int8")]
+        unknown = [p for p in self.export.precisions if p not in PRECISIONS]
         check(
             not unknown and "fp32" in self.export.precisions,
             "export.precisions",
-            "a list of fp32, fp16, int8 that includes fp32",
+            f"a list of {', '.join(PRECISIONS)} that includes fp32",
         )
         check(
             self.engine.precision in self.export.precisions,

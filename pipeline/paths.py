@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.config import PRECISIONS
 from pipeline.errors import MissingArtifactError
 
 # prepare
@@ -20,13 +21,14 @@ LIVE = Path("dvclive")
 PARITY = Path("reports/parity.json")
 # export: the one table of ONNX variants (precision -> file)
 ONNX_DIR = Path("models/onnx")
-ONNX = {"fp32": ONNX_DIR / "model.onnx", "fp16": ONNX_DIR / "model.fp16.onnx", "int8": ONNX_DIR / "model.int8.onnx"}
+ONNX = {p: ONNX_DIR / ("model.onnx" if p == "fp32" else f"model.{p}.onnx") for p in PRECISIONS}
 EXPORT_REPORT = Path("reports/export.json")
 # engine
 ENGINE_DIR = Path("models/engine")
 ENGINE = ENGINE_DIR / "model.engine"
 ENGINE_INFO = ENGINE_DIR / "engine.json"
 TIMING_CACHE = Path("models/timing-cache/timing.cache")  # persists between builds
+TRITON = Path("models/triton")  # a Triton model repository (ONNX always, TensorRT when built)
 # report
 METRICS = Path("reports/metrics.json")
 REPORT = Path("reports/report.md")

@@ -19,6 +19,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -35,6 +36,7 @@ from pipeline.data.transforms import ClassificationPresetEval, ClassificationPre
 from pipeline.errors import ArtifactError, PipelineError
 from pipeline.io import load_torch, remove_stale_temporaries, save_torch, sha256, write_text
 from pipeline.lio import GroupBatchSampler, LIOModel, group_positives
+from pipeline.metrics import accuracy
 from pipeline.paths import require
 
 
@@ -238,18 +240,17 @@ def train_one_epoch(model, loader, optimizer, scheduler, ema, device, cfg: Confi
 def evaluate(model: nn.Module, loader, device, amp: bool = False, desc: str = "eval", show: bool = True) -> dict:
     """Top-1, top-5 and loss of the classification path (the backbone alone)."""
     model.eval()
-    correct1 = correct5 = seen = 0
+    outputs, targets = [], []
     loss = 0.0
     for images, labels in tqdm(loader, desc=desc, unit="batch", disable=not show, leave=False):
         images, labels = images.to(device), labels.to(device)
         with autocast(device, amp):
             logits = model(images).float()
         loss += F.cross_entropy(logits, labels, reduction="sum").item()
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        correct1 += (top[:, 0] == labels).sum().item()
-        correct5 += (top == labels[:, None]).any(1).sum().item()
-        seen += len(labels)
-    return {"top1": correct1 / seen, "top5": correct5 / seen, "loss": loss / seen}
+        outputs.append(logits.cpu().numpy())
+        targets.append(labels.cpu().numpy())
+    labels_all = np.concatenate(targets)
+    return {**accuracy(np.concatenate(outputs), labels_all), "loss": loss / len(labels_all)}
 
 
 def replicas_identical(model: nn.Module) -> bool:

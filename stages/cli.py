@@ -6,7 +6,7 @@ import importlib
 
 import click
 
-COMMANDS = ("prepare", "train", "strip", "export", "engine", "report", "predict", "study")
+COMMANDS = ("prepare", "train", "strip", "export", "engine", "triton", "report", "predict", "study")
 
 
 class LazyGroup(click.Group):

@@ -4,8 +4,8 @@ and a GPU exist, engine.json always, saying why not where it did not build)."""
 import click
 
 from pipeline import paths
+from pipeline.command import with_config
 from pipeline.engine import build_engine
-from stages.common import with_config
 
 
 @click.command("engine")

@@ -2,8 +2,8 @@
 
 import click
 
+from pipeline.command import with_config
 from pipeline.export import export_all
-from stages.common import with_config
 
 
 @click.command("export")

@@ -2,9 +2,9 @@
 
 import click
 
+from pipeline.command import with_config
 from pipeline.data.prepare import prepare
 from pipeline.paths import PREPARED
-from stages.common import with_config
 
 
 @click.command("prepare")

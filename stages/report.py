@@ -3,8 +3,8 @@
 
 import click
 
+from pipeline.command import with_config
 from pipeline.report import write_report
-from stages.common import with_config
 
 
 @click.command("report")

@@ -3,8 +3,8 @@
 import click
 
 from pipeline import paths
+from pipeline.command import with_config
 from pipeline.strip import strip
-from stages.common import with_config
 
 
 @click.command("strip")

@@ -3,8 +3,8 @@
 import click
 
 from pipeline import paths
+from pipeline.command import with_config
 from pipeline.train import train
-from stages.common import with_config
 
 
 @click.command("train")

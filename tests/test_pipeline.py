@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -125,6 +126,18 @@ def test_dvc_repro_then_experiment(tmp_path):
         len(confusion) == json.loads((repo / "reports/export.json").read_text())["fp32"]["parity_vs_pytorch"]["images"]
     )
     assert "| onnxruntime-int8 | CPUExecutionProvider |" in (repo / "reports/report.md").read_text()
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = (repo / "models/triton/lio_onnx/config.pbtxt").read_text()
+    assert text_format.Parse(config, model_config_pb2.ModelConfig()).max_batch_size == 8
+
+    # The plots page opens offline: every script is inline, nothing is fetched from a CDN.
+    sh([*dvc, "plots", "show", "-o", "plots-page"], repo, env)
+    page = (repo / "plots-page/index.html").read_text()
+    assert re.search(r"<(script|link|img)[^>]+(src|href)=[\"']?(https?:)?//", page) is None
+    assert "vegaEmbed" in page and "confusion" in page.lower() and "localisation" in page
+    shutil.rmtree(repo / "plots-page")
     assert "Data and pipelines are up to date" in sh([*dvc, "status"], repo, env)
     extra = repo / "data/raw/new-image.png"  # data.root is a dep of prepare: DVC sees an edited dataset
     extra.write_bytes(b"new")

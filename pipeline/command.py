@@ -1,4 +1,4 @@
-"""What every stage command shares: --params, the validated Config, clean error exits."""
+"""What every stage command (stages/) shares: --params, the validated Config, clean error exits."""
 
 from __future__ import annotations
 

@@ -1,0 +1,140 @@
+"""A Triton Inference Server model repository from the exported artifacts.
+
+`tritonserver --model-repository=models/triton` loads it as it is:
+
+- `lio_onnx`: the FP32 ONNX model on the `onnxruntime_onnx` platform, CPU instances, so the
+  repository also serves on a CPU-only Triton;
+- `lio_tensorrt`: the TensorRT engine as a `tensorrt_plan`, GPU instances, when it was built
+  (Triton's TensorRT backend must be of the TensorRT version in engine.json).
+
+Every `config.pbtxt` is filled from the artifacts' own metadata: tensor names, dtypes and
+dims from the ONNX graph (or engine.json), `max_batch_size` and dynamic batching from the
+engine profile, and `labels.txt` (the class names) for Triton's classification extension.
+`preprocess.json` says what a client must do to an image before sending it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import onnx
+
+from pipeline.errors import ArtifactError
+from pipeline.io import atomic_dir, write_json
+from pipeline.onnx_runtime import read_meta
+
+ONNX_MODEL, TRT_MODEL = "lio_onnx", "lio_tensorrt"
+#: ONNX TensorProto element types -> Triton data types
+TRITON_TYPES: dict[int, str] = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16"}
+
+
+def tensor_spec(value: onnx.ValueInfoProto) -> tuple[str, str, list[int]]:
+    """(name, Triton data type, dims without the batch axis) of a graph input or output."""
+    t = value.type.tensor_type
+    if t.elem_type not in TRITON_TYPES:
+        raise ArtifactError(f"tensor {value.name!r}: element type {t.elem_type} has no Triton mapping here")
+    dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
+    return value.name, TRITON_TYPES[t.elem_type], dims[1:]
+
+
+def config_text(
+    name: str,
+    platform: str,
+    max_batch: int,
+    preferred: list[int],
+    inputs: list[tuple[str, str, list[int]]],
+    outputs: list[tuple[str, str, list[int]]],
+    kind: str,
+    model_file: str,
+) -> str:
+    """One config.pbtxt (protobuf text format of inference.ModelConfig)."""
+
+    def tensors(specs, labels: bool) -> str:
+        items = []
+        for tensor, dtype, dims in specs:
+            label = '\n    label_filename: "labels.txt"' if labels else ""
+            shape = ", ".join(map(str, dims))
+            items.append(f'  {{\n    name: "{tensor}"\n    data_type: {dtype}\n    dims: [ {shape} ]{label}\n  }}')
+        return ",\n".join(items)
+
+    return (
+        f'name: "{name}"\nplatform: "{platform}"\ndefault_model_filename: "{model_file}"\n'
+        f"max_batch_size: {max_batch}\n"
+        f"input [\n{tensors(inputs, False)}\n]\n"
+        f"output [\n{tensors(outputs, True)}\n]\n"
+        f"dynamic_batching {{\n  preferred_batch_size: [ {', '.join(map(str, preferred))} ]\n"
+        f"  max_queue_delay_microseconds: 100\n}}\n"
+        f"instance_group [\n  {{\n    count: 1\n    kind: {kind}\n  }}\n]\n"
+    )
+
+
+def build_repository(out: Path, onnx_path: Path, engine_info_path: Path, engine_path: Path) -> dict:
+    """The triton stage: the repository from models/onnx and models/engine."""
+    import json
+
+    from pipeline.paths import require
+
+    info = json.loads(require(engine_info_path, "engine").read_text())
+    return write_repository(out, require(onnx_path, "export"), info, engine_path)
+
+
+def write_repository(out: Path, onnx_path: Path, engine_info: dict, engine_path: Path) -> dict:
+    """Writes the repository folder `out` whole (swapped in atomically); returns a summary."""
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    meta = read_meta(onnx_path)
+    profile = engine_info.get("profile", {})
+    lo, opt, hi = (_batch(profile.get(k)) for k in ("min", "opt", "max"))
+    if not (lo and opt and hi):
+        raise ArtifactError("engine.json: no batch profile (min/opt/max); rerun `dvc repro engine`")
+    preferred = sorted({opt, hi})
+    labels = "\n".join(meta["classes"]) + "\n"
+    served = []
+    with atomic_dir(out) as tmp:
+        folder = tmp / ONNX_MODEL
+        (folder / "1").mkdir(parents=True)
+        shutil.copyfile(onnx_path, folder / "1" / "model.onnx")
+        inputs = [tensor_spec(v) for v in model.graph.input]
+        outputs = [tensor_spec(v) for v in model.graph.output]
+        (folder / "config.pbtxt").write_text(
+            config_text(ONNX_MODEL, "onnxruntime_onnx", hi, preferred, inputs, outputs, "KIND_CPU", "model.onnx")
+        )
+        (folder / "labels.txt").write_text(labels)
+        served.append(ONNX_MODEL)
+        if engine_info.get("built"):
+            folder = tmp / TRT_MODEL
+            (folder / "1").mkdir(parents=True)
+            shutil.copyfile(engine_path, folder / "1" / "model.plan")
+            chw = engine_info["input"]["shape"][1:]
+            k = engine_info["output"]["shape"][1:]
+            trt_in = [(engine_info["input"]["name"], "TYPE_FP32", chw)]
+            trt_out = [(engine_info["output"]["name"], "TYPE_FP32", k)]
+            (folder / "config.pbtxt").write_text(
+                config_text(TRT_MODEL, "tensorrt_plan", hi, preferred, trt_in, trt_out, "KIND_GPU", "model.plan")
+            )
+            (folder / "labels.txt").write_text(labels)
+            served.append(TRT_MODEL)
+        client = {
+            "models": served,
+            "input": {"name": inputs[0][0], "datatype": "FP32", "shape": ["batch", *inputs[0][2]]},
+            "output": {"name": outputs[0][0], "classes": len(meta["classes"])},
+            "preprocess": meta["preprocess"],
+            "steps": [
+                "decode the image as RGB",
+                f"resize the shorter side to {meta['preprocess']['resize']} (bilinear, antialiased)",
+                f"centre-crop {meta['preprocess']['crop']} x {meta['preprocess']['crop']}",
+                "scale to [0, 1], subtract mean and divide by std per channel",
+                "lay out as NCHW float32, batch first",
+            ],
+            "tensorrt": engine_info.get("tensorrt") if engine_info.get("built") else None,
+            "tensorrt_not_served": None if engine_info.get("built") else engine_info.get("reason"),
+        }
+        write_json(tmp / "preprocess.json", client)
+    return client
+
+
+def _batch(shape) -> int | None:
+    """The batch size from a profile entry: an int, or a full shape list (engine.json of a built engine)."""
+    if isinstance(shape, list):
+        return int(shape[0]) if shape else None
+    return int(shape) if shape else None

@@ -1,0 +1,88 @@
+"""The Triton model repository: every config.pbtxt parses under Triton's own schema
+(tritonclient's model_config_pb2) and agrees with the ONNX model and engine.json.
+
+No Triton server runs here: PyPI's `tritonserver` is a 0.0.1 placeholder, and the server
+ships as an NGC container (no Docker engine on this machine). The TensorRT engine is a
+stand-in file: TensorRT cannot be installed here (its plan is copied, never parsed).
+"""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+from google.protobuf import text_format
+
+from pipeline.triton import ONNX_MODEL, TRT_MODEL, write_repository
+
+model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+DT = model_config_pb2.DataType
+KIND = model_config_pb2.ModelInstanceGroup.Kind
+
+
+def parse(path):
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def not_built(profile=(1, 8, 32)):
+    return {"built": False, "reason": "TensorRT is not installed", "profile": dict(zip(("min", "opt", "max"), profile))}
+
+
+def test_onnx_model_config_matches_the_onnx_graph(tmp_path, exported):
+    onnx_path = exported / "models/onnx/model.onnx"
+    client = write_repository(tmp_path / "triton", onnx_path, not_built(), tmp_path / "none.engine")
+    folder = tmp_path / "triton" / ONNX_MODEL
+    config = parse(folder / "config.pbtxt")
+    graph = onnx.load(str(onnx_path)).graph
+    assert config.name == ONNX_MODEL and config.platform == "onnxruntime_onnx"
+    assert config.max_batch_size == 32 and list(config.dynamic_batching.preferred_batch_size) == [8, 32]
+    (inp,), (out,) = config.input, config.output
+    assert inp.name == graph.input[0].name == "input" and inp.data_type == DT.TYPE_FP32
+    assert list(inp.dims) == [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim[1:]] == [3, 32, 32]
+    assert out.name == graph.output[0].name == "logits" and list(out.dims) == [3]
+    assert out.label_filename == "labels.txt" and (folder / "labels.txt").read_text().split() == ["a", "b", "c"]
+    assert config.instance_group[0].kind == KIND.KIND_CPU
+    assert (folder / "1/model.onnx").read_bytes() == onnx_path.read_bytes()
+    assert not (tmp_path / "triton" / TRT_MODEL).exists()
+    saved = json.loads((tmp_path / "triton/preprocess.json").read_text())
+    assert saved == client and saved["preprocess"]["crop"] == 32 and saved["models"] == [ONNX_MODEL]
+    assert "TensorRT is not installed" in saved["tensorrt_not_served"]
+
+
+def test_tensorrt_model_config_matches_engine_json(tmp_path, exported):
+    """A built engine (stand-in bytes: TensorRT's builder cannot run here) is served as a plan."""
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"PLAN")
+    info = {
+        "built": True,
+        "tensorrt": "10.13.0",
+        "precision": "fp16",
+        "profile": {"min": [1, 3, 32, 32], "opt": [4, 3, 32, 32], "max": [16, 3, 32, 32]},
+        "input": {"name": "input", "shape": [-1, 3, 32, 32]},
+        "output": {"name": "logits", "shape": [-1, 3]},
+    }
+    write_repository(tmp_path / "triton", exported / "models/onnx/model.onnx", info, engine)
+    folder = tmp_path / "triton" / TRT_MODEL
+    config = parse(folder / "config.pbtxt")
+    assert config.platform == "tensorrt_plan" and config.default_model_filename == "model.plan"
+    assert config.max_batch_size == 16 and list(config.dynamic_batching.preferred_batch_size) == [4, 16]
+    assert list(config.input[0].dims) == [3, 32, 32] and list(config.output[0].dims) == [3]
+    assert config.instance_group[0].kind == KIND.KIND_GPU and (folder / "1/model.plan").read_bytes() == b"PLAN"
+    assert parse(tmp_path / "triton" / ONNX_MODEL / "config.pbtxt").max_batch_size == 16
+
+
+def test_the_repository_is_replaced_whole(tmp_path, exported):
+    """A second run drops a TensorRT model that is no longer built."""
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"PLAN")
+    built = {
+        **not_built(),
+        "built": True,
+        "input": {"name": "input", "shape": [-1, 3, 32, 32]},
+        "output": {"name": "logits", "shape": [-1, 3]},
+        "tensorrt": "10.13.0",
+    }
+    write_repository(tmp_path / "triton", exported / "models/onnx/model.onnx", built, engine)
+    write_repository(tmp_path / "triton", exported / "models/onnx/model.onnx", not_built(), engine)
+    assert sorted(p.name for p in (tmp_path / "triton").iterdir()) == [ONNX_MODEL, "preprocess.json"]
