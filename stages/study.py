@@ -27,10 +27,11 @@ def command():
 @PRESET
 @click.option("--seeds", default=3, show_default=True, help="Seeds for the baseline and LIO.")
 @click.option("--other-seeds", default=2, show_default=True, help="Seeds for the other variants.")
-def queue_command(preset, seeds, other_seeds):
+@click.option("--variants", default="", help="Comma-separated subset of the variants (default: all).")
+def queue_command(preset, seeds, other_seeds, variants):
     """Queue every run; start them with `dvc queue start --jobs 1`."""
     try:
-        names = queue(preset, seeds, other_seeds)
+        names = queue(preset, seeds, other_seeds, [v for v in variants.split(",") if v] or None)
     except PipelineError as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"queued {len(names)} experiments: {', '.join(names)}\nrun them: dvc queue start --jobs 1")

@@ -9,13 +9,18 @@ from pipeline.study import VARIANTS, StudyError, aggregate, grid, markdown, reco
 def test_grid_has_every_variant_at_the_same_budget():
     runs = grid("cpu", seeds=3, other_seeds=2)
     names = [n for n, _ in runs]
-    assert len(runs) == 3 * 2 + 2 * 3 and len(set(names)) == len(names)
-    assert names[:5] == [f"study-cpu-{v}-s0" for v in VARIANTS]  # seed-major: a study cut short stays paired
+    assert len(runs) == 3 * 3 + 2 * 3 and len(set(names)) == len(names)
+    assert names[: len(VARIANTS)] == [
+        f"study-cpu-{v}-s0" for v in VARIANTS
+    ]  # seed-major: a study cut short stays paired
     budgets = {tuple(o for o in overrides if not o.startswith(("seed=", "lio."))) for _, overrides in runs}
     assert len(budgets) == 1  # epochs, images, resolution: identical for every run
     assert ("study-cpu-baseline-s2", ["seed=2", *next(iter(budgets)), "lio.stages=[]"]) in runs
     with pytest.raises(StudyError, match="unknown study preset"):
         grid("tpu", 1, 1)
+    assert [n for n, _ in grid("cpu", 2, 1, ["lio-gm"])] == ["study-cpu-lio-gm-s0"]
+    with pytest.raises(StudyError, match="unknown variant"):
+        grid("cpu", 1, 1, ["lio-v2"])
 
 
 def exp(name, top1, loc=None, seconds=100.0):
