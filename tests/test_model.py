@@ -56,6 +56,7 @@ def test_pseudo_mask_target_carries_no_gradient():
     torch.testing.assert_close(live, feats.grad, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_resnet50_training_step_and_loss_falls():
     torch.manual_seed(0)
     model = LIOModel("resnet50", 4).train()

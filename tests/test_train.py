@@ -68,6 +68,7 @@ def test_baseline_trains_through_the_same_code(tmp_path, tiny_prepared):
     assert not (tmp_path / "dvclive/plots/metrics/train/layer4").exists()
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, tiny_prepared):
     overrides = {"train.epochs": 4}
     straight, broken = tmp_path / "straight", tmp_path / "broken"
@@ -153,6 +154,7 @@ def test_pretrained_weights_from_other_arch_or_missing(tmp_path):
         del os.environ["TORCH_HOME"]
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_gloo_end_identical(tmp_path, tiny_prepared):
     workspace(tmp_path, tiny_prepared, **{"train.epochs": 1})
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
