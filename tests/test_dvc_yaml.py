@@ -73,9 +73,3 @@ def test_report_does_not_depend_on_training_code_it_does_not_run():
     """Editing the report must not retrain: train's closure excludes the report's modules."""
     train = {p.relative_to(ROOT).as_posix() for p in closure(command_modules(DVC["train"]["cmd"]))}
     assert "pipeline/report.py" not in train and "pipeline/export.py" not in train
-
-
-def params_read(path: Path) -> set[str]:
-    """Dotted `cfg.<section>[.<field>]` reads in a file."""
-    text = path.read_text()
-    return set(re.findall(r"\bcfg\.(\w+(?:\.\w+)?)", text))
