@@ -71,7 +71,7 @@ PRESETS = {
         ],
     },
 }
-NAME = re.compile(r"^study-(?P<preset>[a-z0-9]+)-(?P<variant>[a-z-]+)-s(?P<seed>\d+)$")
+NAME = re.compile(r"^study-(?P<preset>[a-z0-9]+)-(?P<variant>[a-z0-9.-]+)-s(?P<seed>\d+)$")
 
 
 class StudyError(PipelineError):

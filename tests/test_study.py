@@ -47,6 +47,7 @@ def test_aggregate_pairs_seeds_with_the_baseline():
                 exp("study-cpu-lio-s1", 0.72, {"layer2": {"iou m'": 0.5}}),
                 exp("study-gpu-lio-s0", 0.99),
                 exp("other-experiment", 0.1),
+                exp("study-cpu-lio-alpha0.01-s0", 0.5),
                 {"revs": [{"name": "study-cpu-lio-s2", "data": {"params": {}, "metrics": {}}}]},
             ],
         },
@@ -57,6 +58,7 @@ def test_aggregate_pairs_seeds_with_the_baseline():
         "study-cpu-baseline-s1",
         "study-cpu-lio-s0",
         "study-cpu-lio-s1",
+        "study-cpu-lio-alpha0.01-s0",
     ]  # other presets, names and unfinished runs left out
     v = aggregate(runs)
     assert v["lio"]["test_top1_mean"] == pytest.approx(0.785)
