@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -69,8 +70,6 @@ def read_metadata(path: Path) -> dict:
 def torch_runner(model: torch.nn.Module, device: str = "cpu"):
     """(float32 NCHW numpy -> logits numpy) for a torch model, on its own copy of the model
     (`nn.Module.to` moves in place, so backends on two devices must not share one)."""
-    import copy
-
     net = copy.deepcopy(model).to(device).eval()
 
     def run(x):

@@ -4,11 +4,14 @@ check never leaves a half-written artifact for DVC to cache."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,9 +71,6 @@ def save_torch(obj, path: str | Path) -> None:
 
 def load_torch(path: str | Path, fix: str):
     """torch.load(weights_only=True); an unreadable file raises ArtifactError naming it and the fix."""
-    import pickle
-    import zipfile
-
     import torch
 
     try:
@@ -129,8 +129,6 @@ def sha256(path: str | Path) -> str:
 def exclusive(path: str | Path, what: str) -> Iterator[None]:
     """Holds an exclusive lock on `<path>.lock` (a sibling), or fails at once naming the
     process that holds it: two writers of one output must not race."""
-    import fcntl
-
     path = Path(path)
     lock = path.parent / f".{path.name}.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.errors import PipelineError
+from pipeline.io import write_json, write_text
 
 #: variant -> its `-S` overrides (on top of the preset); "lio" is multi-stage LIO as in params.yaml.
 VARIANTS = {
@@ -265,8 +266,6 @@ def markdown(preset: str, runs: list[dict], variants: dict, command: str, machin
 
 def collect(preset: str, out_dir: Path, command: str, machine: str, dvc: list[str] | None = None) -> dict:
     """Reads `dvc exp show --json -A` and writes study.json and study.md under `out_dir`."""
-    from pipeline.io import write_json, write_text
-
     dvc = dvc or [sys.executable, "-m", "dvc"]
     proc = subprocess.run([*dvc, "exp", "show", "--json", "-A"], capture_output=True, text=True)
     if proc.returncode:

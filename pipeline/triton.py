@@ -15,6 +15,7 @@ engine profile, and `labels.txt` (the class names) for Triton's classification e
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import onnx
 from pipeline.errors import ArtifactError
 from pipeline.io import atomic_dir, write_json
 from pipeline.onnx_runtime import read_meta
+from pipeline.paths import require
 
 ONNX_MODEL, TRT_MODEL = "lio_onnx", "lio_tensorrt"
 #: ONNX TensorProto element types -> Triton data types
@@ -71,10 +73,6 @@ def config_text(
 
 def build_repository(out: Path, onnx_path: Path, engine_info_path: Path, engine_path: Path) -> dict:
     """The triton stage: the repository from models/onnx and models/engine."""
-    import json
-
-    from pipeline.paths import require
-
     info = json.loads(require(engine_info_path, "engine").read_text())
     return write_repository(out, require(onnx_path, "export"), info, engine_path)
 

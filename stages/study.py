@@ -3,6 +3,7 @@
 import platform
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -49,8 +50,6 @@ def queue_command(preset, seeds, other_seeds, variants):
 )
 def collect_command(preset, out, watch, machine):
     """Aggregate `dvc exp show --json -A` into OUT/study.json and OUT/study.md."""
-    from pathlib import Path
-
     command_line = (
         f"lio study queue --preset {preset} && dvc queue start --jobs 1 && lio study collect --preset {preset}"
     )
