@@ -37,6 +37,9 @@ class SyntheticConfig:
     images_per_class: int = 140
     test_fraction: float = 0.3
     image_size: int = 64
+    extra_test_per_class: int = 0  # more test images per class, from their own random stream: train/val unchanged
+    layout_seed: int = -1  # seed of the class arrangements; -1: `seed` (one stream for layouts and images)
+    skip_classes: int = 0  # draw this many arrangements first and leave them out (disjoint pre-training classes)
 
 
 @dataclass
@@ -77,6 +80,8 @@ class LIOConfig:
     oel: bool = True
     scl: bool = True
     mask_source: Literal["pseudo", "gt"] = "pseudo"  # OEL target: pseudo mask M, or the true mask ("w/ GM")
+    target_grad: bool = True  # L_oel back-propagates through M as in the released code; false: M is a constant
+    scl_weights: Literal["extent", "binary"] = "extent"  # SCL weights: relu(m') (paper) or m' > mean(m') (code)
 
 
 @dataclass
@@ -165,6 +170,9 @@ class Config:
         check(syn.classes >= 2, "data.synthetic.classes", f"must be >= 2, got {syn.classes}; e.g. 6")
         check(syn.images_per_class >= 4, "data.synthetic.images_per_class", "must be >= 4; e.g. 140")
         check(0 < syn.test_fraction < 1, "data.synthetic.test_fraction", "must be in (0, 1); e.g. 0.3")
+        check(syn.extra_test_per_class >= 0, "data.synthetic.extra_test_per_class", "must be >= 0; e.g. 0")
+        check(syn.layout_seed >= -1, "data.synthetic.layout_seed", "must be >= 0, or -1 to follow `seed`")
+        check(syn.skip_classes >= 0, "data.synthetic.skip_classes", "must be >= 0; e.g. 0")
         check(syn.image_size >= 16, "data.synthetic.image_size", f"must be >= 16 pixels, got {syn.image_size}; e.g. 64")
         check(
             self.data.workers >= 0,

@@ -17,42 +17,74 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from scipy import stats
+
 from pipeline.errors import PipelineError
 from pipeline.io import write_json, write_text
 
-#: variant -> its `-S` overrides (on top of the preset); "lio" is multi-stage LIO as in params.yaml.
+#: variant -> its `-S` overrides (on top of the preset). Every LIO setting a variant depends on
+#: is spelled out, so a variant means the same thing whatever params.yaml's defaults are.
+_GRAD, _DETACHED = "lio.target_grad=true", "lio.target_grad=false"
 VARIANTS = {
     "baseline": ["lio.stages=[]"],
-    "oel-only": ["lio.scl=false"],
-    "scl-only": ["lio.oel=false"],
-    "lio": [],
-    "lio-gm": ["lio.mask_source=gt"],
-    # From scratch, alpha = 0.1 lets layer2's L_oel run away (M grows with the square of the
-    # features, m' only linearly); 0.01 kept it falling in a seed-0 training run (README, study).
-    "lio-alpha0.01": ["lio.alpha=0.01"],
+    "lio": [_GRAD, "lio.scl_weights=extent"],  # multi-stage, gradient through M (the released code)
+    "lio-detached": [_DETACHED, "lio.scl_weights=extent"],  # M as a constant target (the first study's LIO)
+    "oel-only": ["lio.scl=false", _GRAD],
+    "scl-only": ["lio.oel=false", "lio.scl_weights=extent"],  # SCL's guide is M, without gradient either way
+    "lio-gm": ["lio.mask_source=gt", "lio.scl_weights=extent"],
+    "lio-binary": [_GRAD, "lio.scl_weights=binary"],  # the released code's SCL weights, m' > mean(m')
 }
-#: variants that get the full seed count; the others may get fewer when the budget demands
-MAIN_VARIANTS = ("baseline", "lio", "lio-alpha0.01")
+#: variants that get the full seed count; the others get `other_seeds`
+MAIN_VARIANTS = ("baseline", "lio")
 
 _FAST_DEPLOY = ["export.precisions=[fp32]", "engine.precision=fp32", "report.iters=5", "report.throughput_iters=1"]
 # The embedded default's 6 classes x 140 images are too easy at 112 px (a ResNet-18 baseline
 # reached 0.996 test top-1, leaving nothing to measure); 16 classes x 40 images is a few-shot,
 # fine-grained regime where the baseline reached 0.854 (validation still rising at epoch 14).
-_FEW_SHOT = ["data.synthetic.classes=16", "data.synthetic.images_per_class=40"]
+# 52 extra test images per class make the test split 16 x 64 = 1024 images (binomial error
+# about 1 point instead of 2) without changing the training or validation images.
+_FEW_SHOT = [
+    "data.synthetic.classes=16",
+    "data.synthetic.images_per_class=40",
+    "data.synthetic.extra_test_per_class=52",
+]
+_112PX = ["data.synthetic.image_size=112", "data.transforms.resize=126", "data.transforms.crop=112"]
+#: The transfer regime: arrangements from one fixed stream; the first PRETRAIN_CLASSES of it
+#: pre-train a backbone once (`lio study pretrain`), the next 16 are the study's classes.
+LAYOUT_SEED, PRETRAIN_CLASSES = 1000, 48
+PRETRAINED = Path("models/pretrained/transfer-resnet18.pt")
 PRESETS = {
     # 2 CPU cores: every LIO map at least 4x4 (112 px -> 14/7/4), a ResNet-18 for the study alone.
     "cpu": {
-        "description": "synthetic 16 classes x 40 images (24 train, 4 val, 12 test per class) at 112 px, "
-        "ResNet-18 from scratch, 14 epochs of AdamW, batch 24, maps 14x14 / 7x7 / 4x4 (layer2/3/4)",
+        "description": "synthetic 16 classes x 40 images (24 train, 4 val, 12 + 52 extra test per class: 1024 test "
+        "images) at 112 px, ResNet-18 from scratch, 14 epochs of AdamW, batch 24, maps 14x14 / 7x7 / 4x4",
+        "set": [*_FEW_SHOT, *_112PX, "model.arch=resnet18", "train.epochs=14", *_FAST_DEPLOY],
+        "variants": list(VARIANTS),
+    },
+    # The paper's regime: fine-tuning a pre-trained backbone with SGD, new layers at 10x the lr.
+    "transfer": {
+        "description": f"a ResNet-18 pre-trained once on {PRETRAIN_CLASSES} synthetic classes (`lio study pretrain`), "
+        "fine-tuned on 16 other classes with 16 images each (9 train, 3 val, 4 + 60 extra test per class: 1024 test "
+        "images) at 112 px; SGD lr 0.001 (new layers 0.01), momentum 0.9, weight decay 1e-4, 14 epochs, batch 24",
         "set": [
-            *_FEW_SHOT,
-            "data.synthetic.image_size=112",
-            "data.transforms.resize=126",
-            "data.transforms.crop=112",
+            "data.synthetic.classes=16",
+            "data.synthetic.images_per_class=16",
+            "data.synthetic.test_fraction=0.25",
+            "data.synthetic.extra_test_per_class=60",
+            "data.val_fraction=0.25",
+            f"data.synthetic.layout_seed={LAYOUT_SEED}",
+            f"data.synthetic.skip_classes={PRETRAIN_CLASSES}",
+            *_112PX,
             "model.arch=resnet18",
+            "model.pretrained={pretrained}",
+            "train.optimizer=sgd",
+            "train.lr=0.001",
+            "train.head_lr_mult=10",
+            "train.weight_decay=0.0001",
             "train.epochs=14",
             *_FAST_DEPLOY,
         ],
+        "variants": ["baseline", "lio", "lio-detached"],
     },
     # The paper's geometry on one GPU: 448 px, maps pooled by 2 to 28/14/7, ResNet-50.
     "gpu": {
@@ -70,8 +102,20 @@ PRESETS = {
             "data.workers=8",
             *_FAST_DEPLOY,
         ],
+        "variants": list(VARIANTS),
     },
 }
+#: The pre-training run of the transfer preset: a plain ResNet-18 on classes the study never sees.
+PRETRAIN_SET = [
+    "seed=0",
+    f"data.synthetic.classes={PRETRAIN_CLASSES}",
+    "data.synthetic.images_per_class=40",
+    f"data.synthetic.layout_seed={LAYOUT_SEED}",
+    *_112PX,
+    "model.arch=resnet18",
+    "lio.stages=[]",
+    "train.epochs=14",
+]
 NAME = re.compile(r"^study-(?P<preset>[a-z0-9]+)-(?P<variant>[a-z0-9.-]+)-s(?P<seed>\d+)$")
 
 
@@ -79,32 +123,45 @@ class StudyError(PipelineError):
     pass
 
 
-def grid(preset: str, seeds: int, other_seeds: int, variants: list[str] | None = None) -> list[tuple[str, list[str]]]:
-    """(experiment name, `-S` overrides) for every run of the study (of `variants`, default all)."""
+def grid(
+    preset: str, seeds: int, other_seeds: int, variants: list[str] | None = None, pretrained: Path = PRETRAINED
+) -> list[tuple[str, list[str]]]:
+    """(experiment name, `-S` overrides) for every run of the study (of `variants`, default the preset's)."""
     if preset not in PRESETS:
         raise StudyError(f"unknown study preset {preset!r}; use one of {', '.join(PRESETS)}")
-    unknown = sorted(set(variants or []) - set(VARIANTS))
+    allowed = PRESETS[preset]["variants"]
+    unknown = sorted(set(variants or []) - set(allowed))
     if unknown:
-        raise StudyError(f"unknown variant(s) {', '.join(unknown)}; use some of {', '.join(VARIANTS)}")
+        raise StudyError(
+            f"unknown variant(s) {', '.join(unknown)} for preset {preset}; use some of {', '.join(allowed)}"
+        )
+    settings = [o.format(pretrained=pretrained.resolve()) for o in PRESETS[preset]["set"]]
     runs = []  # seed-major, so that a study cut short still has paired runs of every variant
     for seed in range(max(seeds, other_seeds)):
-        for variant, overrides in VARIANTS.items():
+        for variant in allowed:
             if variants and variant not in variants:
                 continue
             if seed < (seeds if variant in MAIN_VARIANTS else other_seeds):
-                runs.append(
-                    (f"study-{preset}-{variant}-s{seed}", [f"seed={seed}", *PRESETS[preset]["set"], *overrides])
-                )
+                runs.append((f"study-{preset}-{variant}-s{seed}", [f"seed={seed}", *settings, *VARIANTS[variant]]))
     return runs
 
 
 def queue(
-    preset: str, seeds: int, other_seeds: int, variants: list[str] | None = None, dvc: list[str] | None = None
+    preset: str,
+    seeds: int,
+    other_seeds: int,
+    variants: list[str] | None = None,
+    dvc: list[str] | None = None,
+    pretrained: Path = PRETRAINED,
 ) -> list[str]:
     """Queues every run with `dvc exp run --queue`; returns the names."""
+    if preset == "transfer" and not pretrained.exists():
+        raise StudyError(
+            f"the transfer preset fine-tunes {pretrained}, which is missing: run `lio study pretrain` first"
+        )
     dvc = dvc or [sys.executable, "-m", "dvc"]
     names = []
-    for name, overrides in grid(preset, seeds, other_seeds, variants):
+    for name, overrides in grid(preset, seeds, other_seeds, variants, pretrained):
         args = [*dvc, "exp", "run", "--queue", "--name", name]
         for o in overrides:
             args += ["-S", o]
@@ -113,6 +170,35 @@ def queue(
             raise StudyError(f"`{' '.join(args)}` failed: {proc.stderr.strip() or proc.stdout.strip()}")
         names.append(name)
     return names
+
+
+def pretrain(work: Path, out: Path, params: Path = Path("params.yaml")) -> dict:
+    """The transfer preset's backbone: a plain ResNet-18 trained on PRETRAIN_CLASSES synthetic
+    classes disjoint from the study's (same arrangement stream, earlier classes), saved as a
+    state dict for `model.pretrained`. Runs prepare and train in `work`, once."""
+    import yaml
+
+    from pipeline.config import load_config
+    from pipeline.data.prepare import prepare
+    from pipeline.io import save_torch
+    from pipeline.train import load_trained, train
+
+    data = yaml.safe_load(params.read_text())
+    for override in PRETRAIN_SET:  # `-S key=value`, as DVC applies it
+        key, value = override.split("=", 1)
+        *parents, last = key.split(".")
+        node = data
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[last] = yaml.safe_load(value)
+    work.mkdir(parents=True, exist_ok=True)
+    write_text(work / "params.yaml", yaml.safe_dump(data, sort_keys=False))
+    cfg = load_config(work / "params.yaml")
+    prepare(cfg, work / "prepared")
+    summary = train(cfg, work / "prepared", work / "model.pt", work / "checkpoints", work / "dvclive")
+    model, _ = load_trained(work / "model.pt")
+    save_torch(model.backbone.state_dict(), out)
+    return summary
 
 
 def experiments(shown) -> Iterator[tuple[str, dict]]:
@@ -168,18 +254,35 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return mean, std
 
 
+def paired(values: dict[int, float], baseline: dict[int, float]) -> dict:
+    """Per-seed differences to the baseline, their mean, sample std, 95% t-interval and win count."""
+    diffs = {seed: v - baseline[seed] for seed, v in sorted(values.items()) if seed in baseline}
+    mean, std = _mean_std(list(diffs.values()))
+    ci = None
+    if std is not None:
+        half = stats.t.ppf(0.975, len(diffs) - 1) * std / math.sqrt(len(diffs))
+        ci = [mean - half, mean + half]
+    return {
+        "per_seed": diffs,
+        "mean": mean,
+        "std": std,
+        "ci95": ci,
+        "wins": sum(d > 0 for d in diffs.values()),
+        "n": len(diffs),
+    }
+
+
 def aggregate(runs: list[dict]) -> dict:
-    """Per variant: top-1 mean/std over seeds, paired difference to the baseline (same seed),
-    localisation means per stage, and mean training time."""
-    baseline = {r["seed"]: r["test_top1"] for r in runs if r["variant"] == "baseline"}
+    """Per variant: top-1 mean/std over seeds, the paired difference to the baseline (same seed)
+    on test and on validation with 95% t-intervals, localisation means per stage, training time."""
+    base_test = {r["seed"]: r["test_top1"] for r in runs if r["variant"] == "baseline"}
+    base_val = {r["seed"]: r["best_val_top1"] for r in runs if r["variant"] == "baseline"}
     variants = {}
     for variant in VARIANTS:
         mine = [r for r in runs if r["variant"] == variant]
         if not mine:
             continue
         mean, std = _mean_std([r["test_top1"] for r in mine])
-        diffs = {r["seed"]: r["test_top1"] - baseline[r["seed"]] for r in mine if r["seed"] in baseline}
-        dmean, dstd = _mean_std(list(diffs.values()))
         loc: dict[str, dict[str, float | None]] = {}
         for stage in sorted({s for r in mine for s in r["localisation"]}):
             keys = sorted({k for r in mine for k in r["localisation"].get(stage, {})})
@@ -190,14 +293,28 @@ def aggregate(runs: list[dict]) -> dict:
             "seeds": sorted(r["seed"] for r in mine),
             "test_top1_mean": mean,
             "test_top1_std": std,
-            "diff_vs_baseline_per_seed": diffs,
-            "diff_vs_baseline_mean": dmean,
-            "diff_vs_baseline_std": dstd,
             "val_top1_mean": _mean_std([r["best_val_top1"] for r in mine if r["best_val_top1"] is not None])[0],
+            "test_vs_baseline": paired({r["seed"]: r["test_top1"] for r in mine}, base_test),
+            "val_vs_baseline": paired(
+                {r["seed"]: r["best_val_top1"] for r in mine if r["best_val_top1"] is not None}, base_val
+            ),
             "train_seconds_min": min((r["train_seconds"] for r in mine if r["train_seconds"]), default=None),
             "localisation": loc,
         }
     return variants
+
+
+def verdict(v: dict) -> str:
+    """One sentence: does the 95% interval of the paired test difference exclude zero?"""
+    d = v["test_vs_baseline"]
+    if d["ci95"] is None:
+        return "fewer than two paired seeds: no interval"
+    lo, hi = d["ci95"]
+    if lo > 0:
+        return "the interval lies above zero: better than the baseline"
+    if hi < 0:
+        return "the interval lies below zero: worse than the baseline"
+    return "the interval includes zero: no difference shown"
 
 
 def _f(v, fmt=".3f", signed=False) -> str:
@@ -206,28 +323,43 @@ def _f(v, fmt=".3f", signed=False) -> str:
     return format(v, ("+" if signed else "") + fmt)
 
 
-def markdown(preset: str, runs: list[dict], variants: dict, command: str, machine: str) -> str:
+def _ci(d: dict) -> str:
+    return "n/a" if d["ci95"] is None else f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+
+
+def markdown_section(preset: str, study: dict) -> list[str]:
+    """One preset's tables: variants with paired intervals, localisation, and every run."""
+    runs, variants = study["runs"], study["variants"]
     lines = [
-        f"# LIO study ({preset} preset)",
+        f"## {preset} preset",
         "",
-        f"Setting: {PRESETS[preset]['description']}. Overrides of every run: "
-        f"`{' '.join('-S ' + s for s in PRESETS[preset]['set'])}`.",
+        f"Setting: {study['setting']['description']}. Overrides of every run: "
+        f"`{' '.join('-S ' + s for s in study['setting']['set'])}`.",
         "",
-        f"Command: `{command}`. Machine: {machine}.",
+        f"Command: `{study['command']}`. Machine: {study['machine']}.",
         "",
-        "Test top-1 of the best-validation epoch; difference to the baseline paired by seed (same data, "
-        "same initialisation seed). Mean and sample standard deviation over seeds. Train s: wall time of the "
-        "training stage, the fastest run of the variant (runs that shared the machine with other work took longer).",
+        "Test top-1 of the best-validation epoch. Differences to the baseline are paired by seed (same data, same "
+        "initialisation seed): mean, 95% t-interval over seeds, and the seeds where the variant beats the baseline. "
+        "Val columns are the same on the validation split (what a choice may use). Train s: the fastest run's "
+        "training stage.",
         "",
-        "| variant | seeds | test top-1 | std | val top-1 | vs baseline (mean) | std | per seed | train s (min) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| variant | seeds | test top-1 | std | vs baseline, test | 95% CI | wins | verdict | val top-1 | "
+        "vs baseline, val | 95% CI (val) | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for variant, v in variants.items():
-        per_seed = ", ".join(f"s{s}: {d:+.3f}" for s, d in sorted(v["diff_vs_baseline_per_seed"].items()))
+        t, val = v["test_vs_baseline"], v["val_vs_baseline"]
+        base = variant == "baseline"
         lines.append(
             f"| {variant} | {len(v['seeds'])} | {_f(v['test_top1_mean'])} | {_f(v['test_top1_std'])} | "
-            f"{_f(v['val_top1_mean'])} | {_f(v['diff_vs_baseline_mean'], signed=True)} | "
-            f"{_f(v['diff_vs_baseline_std'])} | {per_seed or 'n/a'} | {_f(v['train_seconds_min'], '.0f')} |"
+            + (
+                "— | — | — | — | "
+                if base
+                else f"{_f(t['mean'], signed=True)} | {_ci(t)} | {t['wins']}/{t['n']} | {verdict(v)} | "
+            )
+            + f"{_f(v['val_top1_mean'])} | "
+            + ("— | — | " if base else f"{_f(val['mean'], signed=True)} | {_ci(val)} | ")
+            + f"{_f(v['train_seconds_min'], '.0f')} |"
         )
     loc_keys = (
         "iou m'",
@@ -261,25 +393,54 @@ def markdown(preset: str, runs: list[dict], variants: dict, command: str, machin
         f"{_f(r['train_seconds'], '.0f')} |"
         for r in runs
     ]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def markdown(study: dict) -> str:
+    lines = [
+        "# LIO study",
+        "",
+        "Written by `lio study collect`; each preset's section is updated as its runs finish.",
+        "",
+    ]
+    for preset, section in study["presets"].items():
+        lines += [*markdown_section(preset, section), ""]
+    return "\n".join(lines)
+
+
+def load_study(path: Path) -> dict:
+    """The recorded study, or an empty one; a file from before presets were sections is read as the cpu preset's."""
+    if not path.exists():
+        return {"presets": {}}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise StudyError(f"{path}: not valid JSON ({e}); restore it with `git checkout {path}`") from e
+    return data if "presets" in data else {"presets": {data["preset"]: data}}
 
 
 def collect(preset: str, out_dir: Path, command: str, machine: str, dvc: list[str] | None = None) -> dict:
-    """Reads `dvc exp show --json -A` and writes study.json and study.md under `out_dir`."""
+    """Adds the finished runs of `dvc exp show --json -A` to OUT/study.json (runs already recorded
+    there stay: experiments live only on the machine that ran them) and rewrites OUT/study.md."""
     dvc = dvc or [sys.executable, "-m", "dvc"]
     proc = subprocess.run([*dvc, "exp", "show", "--json", "-A"], capture_output=True, text=True)
     if proc.returncode:
         raise StudyError(f"`dvc exp show --json -A` failed: {proc.stderr.strip()}")
-    runs = records(json.loads(proc.stdout), preset)
-    variants = aggregate(runs)
-    result = {
+    study = load_study(out_dir / "study.json")
+    old = study["presets"].get(preset, {})
+    found = records(json.loads(proc.stdout), preset)
+    if not found and old:
+        return old  # nothing new: the committed study stays byte for byte
+    merged = {r["name"]: r for r in old.get("runs", [])} | {r["name"]: r for r in found}
+    runs = sorted(merged.values(), key=lambda r: (list(VARIANTS).index(r["variant"]), r["seed"]))
+    study["presets"][preset] = {
         "preset": preset,
-        "setting": PRESETS[preset],
+        "setting": {k: PRESETS[preset][k] for k in ("description", "set")},
         "command": command,
-        "machine": machine,
-        "variants": variants,
+        "machine": machine if found else old.get("machine", machine),
+        "variants": aggregate(runs),
         "runs": runs,
     }
-    write_json(out_dir / "study.json", result)
-    write_text(out_dir / "study.md", markdown(preset, runs, variants, command, machine))
-    return result
+    write_json(out_dir / "study.json", study)
+    write_text(out_dir / "study.md", markdown(study))
+    return study["presets"][preset]

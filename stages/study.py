@@ -8,26 +8,27 @@ from pathlib import Path
 import click
 
 from pipeline.errors import PipelineError
-from pipeline.study import PRESETS, collect, queue
+from pipeline.study import PRESETS, PRETRAINED, collect, pretrain, queue
 
 PRESET = click.option(
     "--preset",
     type=click.Choice(list(PRESETS)),
     default="cpu",
     show_default=True,
-    help="cpu: 112 px ResNet-18 (each map >= 4x4); gpu: the paper's 448 px, pool 2, ResNet-50.",
+    help="cpu: 112 px ResNet-18 from scratch (each map >= 4x4); transfer: fine-tuning a backbone from "
+    "`lio study pretrain`; gpu: the paper's 448 px, pool 2, ResNet-50.",
 )
 
 
 @click.group("study")
 def command():
-    """{baseline, OEL only, SCL only, LIO, LIO w/ GM} x seeds, as `dvc exp run --queue` experiments."""
+    """The paper's variants x seeds, as `dvc exp run --queue` experiments, paired by seed."""
 
 
 @command.command("queue")
 @PRESET
-@click.option("--seeds", default=3, show_default=True, help="Seeds for the baseline and LIO.")
-@click.option("--other-seeds", default=2, show_default=True, help="Seeds for the other variants.")
+@click.option("--seeds", default=8, show_default=True, help="Seeds for the baseline and LIO.")
+@click.option("--other-seeds", default=3, show_default=True, help="Seeds for the other variants.")
 @click.option("--variants", default="", help="Comma-separated subset of the variants (default: all).")
 def queue_command(preset, seeds, other_seeds, variants):
     """Queue every run; start them with `dvc queue start --jobs 1`."""
@@ -36,6 +37,17 @@ def queue_command(preset, seeds, other_seeds, variants):
     except PipelineError as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"queued {len(names)} experiments: {', '.join(names)}\nrun them: dvc queue start --jobs 1")
+
+
+@command.command("pretrain")
+@click.option("--work", default="models/pretrained/work", show_default=True, type=click.Path(file_okay=False))
+def pretrain_command(work):
+    """Pre-train the transfer preset's backbone once (ResNet-18 on classes the study never sees)."""
+    try:
+        summary = pretrain(Path(work), PRETRAINED)
+    except PipelineError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"wrote {PRETRAINED}: {summary}")
 
 
 @command.command("collect")
@@ -49,10 +61,10 @@ def queue_command(preset, seeds, other_seeds, variants):
     help="Where the runs ran, for the table.",
 )
 def collect_command(preset, out, watch, machine):
-    """Aggregate `dvc exp show --json -A` into OUT/study.json and OUT/study.md."""
+    """Add the finished runs of `dvc exp show --json -A` to OUT/study.json (recorded runs stay) and OUT/study.md."""
     command_line = (
-        f"lio study queue --preset {preset} && dvc queue start --jobs 1 && lio study collect --preset {preset}"
-    )
+        "lio study pretrain && " if preset == "transfer" else ""
+    ) + f"lio study queue --preset {preset} && dvc queue start --jobs 1 && lio study collect --preset {preset}"
     while True:
         try:
             result = collect(preset, Path(out), command_line, machine)

@@ -79,6 +79,50 @@ def test_pseudo_mask_has_no_gradient():
     assert not m.requires_grad
 
 
+def pseudo_mask_naive(feats, positives):
+    """Unchunked, with autograd through amax: every B*P similarity matrix at once."""
+    b, c, n, _ = feats.shape
+    f = feats.flatten(2)
+    sim = torch.einsum("bcl,bpcm->bplm", f, f[positives])
+    return (sim.amax(dim=3) / c).mean(1).view(b, n, n)
+
+
+GRAD_CASES = [
+    # (b, c, n, positives): groups of P+1 (each pair seen from both sides), repeats, the anchor itself
+    (4, 3, 2, [[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]]),
+    (3, 4, 3, [[1, 1], [0, 0], [2, 0]]),
+    (5, 2, 2, [[4], [3], [2], [1], [0]]),
+]
+
+
+@pytest.mark.parametrize("b,c,n,positives", GRAD_CASES)
+@pytest.mark.parametrize("chunk", [1, 1 << 30])
+def test_pseudo_mask_gradient_matches_naive_autograd(b, c, n, positives, chunk):
+    g = torch.Generator().manual_seed(b * 10 + c)
+    feats = torch.randn(b, c, n, n, generator=g, dtype=torch.float64)
+    pos = torch.tensor(positives)
+    weights = torch.randn(b, n, n, generator=g, dtype=torch.float64)
+    # the custom backward against autograd through the naive, unchunked version ...
+    x = feats.clone().requires_grad_(True)
+    (pseudo_mask(x, pos, chunk_bytes=chunk, grad=True) * weights).sum().backward()
+    y = feats.clone().requires_grad_(True)
+    (pseudo_mask_naive(y, pos) * weights).sum().backward()
+    torch.testing.assert_close(x.grad, y.grad, rtol=1e-5, atol=1e-6)
+    assert x.grad.abs().sum() > 0
+    # ... and against finite differences, in float64
+    z = feats.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: pseudo_mask(t, pos, chunk_bytes=chunk, grad=True), (z,))
+
+
+def test_pseudo_mask_with_gradient_keeps_its_value():
+    feats = torch.randn(8, 5, 3, 3)
+    pos = group_positives(2, 3)
+    plain = pseudo_mask(feats, pos)
+    live = pseudo_mask(feats.clone().requires_grad_(True), pos, grad=True)
+    assert live.requires_grad
+    torch.testing.assert_close(live.detach(), plain, rtol=0, atol=0)
+
+
 # ------------------------------------------------------------ SCL targets
 def test_polar_targets_by_hand():
     dist, angle = polar_targets(torch.tensor([[1, 1], [0, 2]]), 3)

@@ -103,9 +103,21 @@ def render(layout: np.ndarray, size: int, rng: np.random.Generator) -> tuple[Ima
 
 
 def generate(root: Path, cfg: SyntheticConfig, seed: int) -> None:
-    """Write the dataset under `root` in the CUB-200-2011 layout."""
+    """Write the dataset under `root` in the CUB-200-2011 layout.
+
+    The first round(images_per_class * test_fraction) images of each class are test images.
+    `extra_test_per_class` more test images per class come after all the others, from their
+    own random stream, so a larger test split leaves the training and validation images
+    unchanged. With `layout_seed` set, the arrangements come from that seed alone (the first
+    `skip_classes` of them are left out), so pre-training and study data can share one
+    stream of arrangements and be disjoint by construction.
+    """
     rng = np.random.default_rng(seed)
-    layouts = arrangements(cfg.classes, rng)
+    if cfg.layout_seed >= 0:
+        layouts = arrangements(cfg.skip_classes + cfg.classes, np.random.default_rng(cfg.layout_seed))
+    else:
+        layouts = arrangements(cfg.skip_classes + cfg.classes, rng)
+    layouts = layouts[cfg.skip_classes :]
     n_test = round(cfg.images_per_class * cfg.test_fraction)
     if cfg.images_per_class < 2 or not 0 < n_test < cfg.images_per_class:
         raise DatasetError("data.synthetic: images_per_class and test_fraction must leave train and test images")
@@ -114,22 +126,31 @@ def generate(root: Path, cfg: SyntheticConfig, seed: int) -> None:
     splits: list[str] = []
     boxes: list[str] = []
     classes: list[str] = []
+
+    def add(c: int, i: int, layout: np.ndarray, is_test: bool, stream: np.random.Generator) -> None:
+        name = f"{c:03d}.arrangement_{c:02d}"
+        image, mask = render(layout, cfg.image_size, stream)
+        rel = f"{name}/arrangement_{c:02d}_{i:04d}.png"
+        image.save(root / "images" / rel)
+        mask.save(root / "segmentations" / rel)
+        x0, y0, x1, y1 = mask.getbbox() or (0, 0, cfg.image_size, cfg.image_size)
+        k = len(images) + 1
+        images.append(f"{k} {rel}")
+        labels.append(f"{k} {c}")
+        splits.append(f"{k} {int(not is_test)}")
+        boxes.append(f"{k} {x0}.0 {y0}.0 {x1 - x0}.0 {y1 - y0}.0")
+
     for c, layout in enumerate(layouts, start=1):
         name = f"{c:03d}.arrangement_{c:02d}"
         classes.append(f"{c} {name}")
         (root / "images" / name).mkdir(parents=True, exist_ok=True)
         (root / "segmentations" / name).mkdir(parents=True, exist_ok=True)
         for i in range(cfg.images_per_class):
-            image, mask = render(layout, cfg.image_size, rng)
-            rel = f"{name}/arrangement_{c:02d}_{i:04d}.png"
-            image.save(root / "images" / rel)
-            mask.save(root / "segmentations" / rel)
-            x0, y0, x1, y1 = mask.getbbox() or (0, 0, cfg.image_size, cfg.image_size)
-            k = len(images) + 1
-            images.append(f"{k} {rel}")
-            labels.append(f"{k} {c}")
-            splits.append(f"{k} {int(i >= n_test)}")
-            boxes.append(f"{k} {x0}.0 {y0}.0 {x1 - x0}.0 {y1 - y0}.0")
+            add(c, i, layout, i < n_test, rng)
+    extra = np.random.default_rng([seed, 1])  # its own stream: the images above do not depend on it
+    for c, layout in enumerate(layouts, start=1):
+        for i in range(cfg.images_per_class, cfg.images_per_class + cfg.extra_test_per_class):
+            add(c, i, layout, True, extra)
     for fname, lines in [
         ("images.txt", images),
         ("classes.txt", classes),

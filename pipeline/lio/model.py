@@ -21,6 +21,7 @@ from pipeline.lio.oel import OELHead, pseudo_mask
 from pipeline.lio.scl import SCLHead, polar_targets, reference_cells, scl_loss
 
 MASK_SOURCES = ("pseudo", "gt")
+SCL_WEIGHTS = ("extent", "binary")
 
 
 @dataclass
@@ -63,6 +64,8 @@ class LIOModel(nn.Module):
         oel: bool = True,
         scl: bool = True,
         mask_source: str = "pseudo",
+        target_grad: bool = True,
+        scl_weights: str = "extent",
     ):
         super().__init__()
         unknown = [s for s in stages if s not in STAGES]
@@ -72,9 +75,12 @@ class LIOModel(nn.Module):
             raise ValueError(f"pool must be >= 1, got {pool}")
         if mask_source not in MASK_SOURCES:
             raise ValueError(f"mask_source must be one of {MASK_SOURCES}, got {mask_source!r}")
+        if scl_weights not in SCL_WEIGHTS:
+            raise ValueError(f"scl_weights must be one of {SCL_WEIGHTS}, got {scl_weights!r}")
         self.backbone = build_backbone(arch, num_classes)
         self.arch, self.alpha, self.beta, self.pool = arch, alpha, beta, pool
         self.use_oel, self.use_scl, self.mask_source = oel, scl, mask_source
+        self.target_grad, self.scl_weights = target_grad, scl_weights
         self._stages = list(stages) if (oel or scl) else []
         self.oel = nn.ModuleDict({s: OELHead(stage_channels(self.backbone, s)) for s in self._stages if oel})
         self.scl = nn.ModuleDict(
@@ -89,7 +95,18 @@ class LIOModel(nn.Module):
     def from_config(cls, lio, arch: str, num_classes: int) -> LIOModel:
         """From a config's `lio` section (pipeline.config.LIOConfig, or its dict form)."""
         lio = lio if isinstance(lio, dict) else dataclasses.asdict(lio)
-        names = ("stages", "alpha", "beta", "pool", "scl_channels", "oel", "scl", "mask_source")
+        names = (
+            "stages",
+            "alpha",
+            "beta",
+            "pool",
+            "scl_channels",
+            "oel",
+            "scl",
+            "mask_source",
+            "target_grad",
+            "scl_weights",
+        )
         return cls(arch, num_classes, **{k: lio[k] for k in names if k in lio})
 
     @property
@@ -135,7 +152,7 @@ class LIOModel(nn.Module):
             extent = self.oel[s](f) if self.use_oel else None
             if extent is not None:
                 target = gt_target(masks, f.shape[-1]) if masks is not None and self.mask_source == "gt" else None
-                target = pseudo_mask(f, positives) if target is None else target
+                target = pseudo_mask(f, positives, grad=self.target_grad) if target is None else target
                 parts[f"{s}/oel"] = F.mse_loss(extent.float(), target)
                 loss = loss + self.alpha * parts[f"{s}/oel"]
             if self.use_scl:
@@ -143,9 +160,15 @@ class LIOModel(nn.Module):
                 ref = reference_cells(guide)
                 pred_dist, pred_angle = self.scl[s](f, ref)
                 dist, angle = polar_targets(ref, f.shape[-1])
-                parts[f"{s}/scl"] = scl_loss(pred_dist, pred_angle, dist, angle, F.relu(guide))
+                parts[f"{s}/scl"] = scl_loss(pred_dist, pred_angle, dist, angle, self._scl_weights(guide))
                 loss = loss + self.beta * parts[f"{s}/scl"]
         return LIOOutput(logits, loss, parts)
+
+    def _scl_weights(self, guide: Tensor) -> Tensor:
+        """relu(m') as in the paper, or the released code's binary mask m' > mean(m') per image."""
+        if self.scl_weights == "binary":
+            return (guide > guide.flatten(1).mean(1).view(-1, 1, 1)).float()
+        return F.relu(guide)
 
     @torch.no_grad()
     def extent_maps(self, images: Tensor, positives: Tensor) -> dict[str, dict[str, Tensor]]:

@@ -4,6 +4,11 @@ The pseudo mask compares every image with its P positives region by region. A na
 version holds all B*P similarity matrices (N^2 x N^2 each) at once; here each unordered
 pair {i, j} gets one matrix, whose row maxima give phi(i, j) and whose column maxima give
 phi(j, i), and the pairs are processed in chunks so peak memory stays bounded.
+
+With gradient (`lio.target_grad`, the authors' released code), plain autograd through the
+chunks would keep every similarity matrix alive for backward (several GB at the paper's
+size). The gradient of max_j <f_i, f'_j> / C needs only the argmax j of each row and
+column, so `_PseudoMask` saves those indices and recomputes nothing large.
 """
 
 from __future__ import annotations
@@ -11,53 +16,121 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-#: Upper bound on the bytes of similarity matrices alive at once in `pseudo_mask`.
+#: Upper bound on the bytes of similarity matrices (and of backward's per-chunk feature
+#: gathers) alive at once in `pseudo_mask`.
 CHUNK_BYTES = 64 << 20
 
 
-@torch.no_grad()
-def pseudo_mask(feats: Tensor, positives: Tensor, chunk_bytes: int = CHUNK_BYTES) -> Tensor:
-    """Mean over the positives of phi(f, f'_p); a target, so computed without gradient, and
-    in float32 even inside an autocast region (a bf16 M is off by about 5% of its spatial
-    contrast, which is the whole training signal; docs/method.md, OEL).
+def pseudo_mask(feats: Tensor, positives: Tensor, chunk_bytes: int = CHUNK_BYTES, *, grad: bool = False) -> Tensor:
+    """Mean over the positives of phi(f, f'_p), in float32 (float64 for float64 input) even
+    inside an autocast region (a bf16 M is off by about 5% of its spatial contrast, which is
+    the whole training signal; docs/method.md, OEL).
 
     feats: float [B, C, N, N] (any float dtype); positives: long [B, P] of batch indices.
     phi(f, f')[r, c] = max over (r', c') of <f[:, r, c], f'[:, r', c']> / C.
-    Returns float [B, N, N].
+    grad=False: a constant target (detached). grad=True: differentiable with respect to
+    `feats`, through both the image and its positives, as in the released code.
+    Returns float32 (or float64) [B, N, N].
     """
     if feats.dim() != 4 or feats.shape[-1] != feats.shape[-2]:
         raise ValueError(f"feats must be [B, C, N, N], got {tuple(feats.shape)}")
     if positives.dim() != 2 or positives.shape[0] != feats.shape[0]:
         raise ValueError(f"positives must be [B, P] with B={feats.shape[0]}, got {tuple(positives.shape)}")
+    b, _, n, _ = feats.shape
     with torch.autocast(feats.device.type, enabled=False):
-        return _pseudo_mask(feats.detach().float(), positives, chunk_bytes)
+        dtype = torch.promote_types(feats.dtype, torch.float32)
+        f = (feats if grad else feats.detach()).to(dtype).flatten(2)  # [B, C, L]
+        pairs = _pairs(positives.to(feats.device), b)
+        if grad and torch.is_grad_enabled() and f.requires_grad:
+            mask = _PseudoMask.apply(f, pairs, chunk_bytes)
+        else:
+            mask = _forward(f, pairs, chunk_bytes)[0]
+    return mask.view(b, n, n)
 
 
-def _pseudo_mask(feats: Tensor, positives: Tensor, chunk_bytes: int) -> Tensor:
-    b, c, n, _ = feats.shape
+class _Pairs:
+    """The unordered pairs {first, second} of (anchor, positive) and how to read phi back:
+    phi(anchor, positive) is row maxima of pair `inverse` when the anchor is `first`, else
+    column maxima."""
+
+    def __init__(self, first: Tensor, second: Tensor, inverse: Tensor, anchor_first: Tensor, p: int):
+        self.first, self.second, self.inverse, self.anchor_first, self.p = first, second, inverse, anchor_first, p
+
+
+def _pairs(positives: Tensor, b: int) -> _Pairs:
     p = positives.shape[1]
-    cells = n * n
-    f = feats.flatten(2)  # [B, C, L]
-    ft = f.transpose(1, 2)  # [B, L, C]
-
-    anchor = torch.arange(b, device=feats.device).unsqueeze(1).expand(b, p)
-    positives = positives.to(feats.device)
+    anchor = torch.arange(b, device=positives.device).unsqueeze(1).expand(b, p)
     lo, hi = torch.minimum(anchor, positives), torch.maximum(anchor, positives)
     pairs, inverse = torch.unique((lo * b + hi).flatten(), return_inverse=True)
-    first, second = pairs // b, pairs % b
+    return _Pairs(pairs // b, pairs % b, inverse, (anchor == lo).flatten(), p)
 
-    rows = f.new_empty(len(pairs), cells)  # phi(first, second)
-    cols = f.new_empty(len(pairs), cells)  # phi(second, first)
-    chunk = max(1, chunk_bytes // (cells * cells * f.element_size()))
-    for s in range(0, len(pairs), chunk):
-        sim = torch.bmm(ft[first[s : s + chunk]], f[second[s : s + chunk]])  # [K, L, L]
-        rows[s : s + chunk] = sim.amax(dim=2)
-        cols[s : s + chunk] = sim.amax(dim=1)
+
+def _chunk(f: Tensor, chunk_bytes: int) -> int:
+    _, c, cells = f.shape
+    return max(1, chunk_bytes // (max(cells, c) * cells * f.element_size()))
+
+
+def _forward(f: Tensor, pr: _Pairs, chunk_bytes: int) -> tuple[Tensor, Tensor, Tensor]:
+    """M [B, L], and the argmax column of each row / row of each column per pair [K, L]."""
+    b, c, cells = f.shape
+    ft = f.transpose(1, 2)  # [B, L, C]
+    k = len(pr.first)
+    rows, cols = f.new_empty(k, cells), f.new_empty(k, cells)  # phi(first, second), phi(second, first)
+    row_arg = torch.empty(k, cells, dtype=torch.long, device=f.device)
+    col_arg = torch.empty_like(row_arg)
+    step = _chunk(f, chunk_bytes)
+    for s in range(0, k, step):
+        sim = torch.bmm(ft[pr.first[s : s + step]], f[pr.second[s : s + step]])  # [K', L, L]
+        torch.max(sim, dim=2, out=(rows[s : s + step], row_arg[s : s + step]))
+        torch.max(sim, dim=1, out=(cols[s : s + step], col_arg[s : s + step]))
         del sim
+    af = pr.anchor_first.unsqueeze(1)
+    phi = torch.where(af, rows[pr.inverse], cols[pr.inverse]) / c  # [B*P, L]
+    return phi.view(b, pr.p, cells).mean(dim=1), row_arg, col_arg
 
-    anchor_first = (anchor == lo).flatten().unsqueeze(1)
-    phi = torch.where(anchor_first, rows[inverse], cols[inverse]) / c  # [B*P, L]
-    return phi.view(b, p, n, n).mean(dim=1)
+
+class _PseudoMask(torch.autograd.Function):
+    """M with a gradient that needs only the argmax indices (float32 [B, C, L] in, [B, L] out).
+
+    rows[k, r] = <f_first[:, r], f_second[:, row_arg[k, r]]>, so its gradient reaches
+    f_first at r and f_second at row_arg; columns likewise with the roles swapped. Ties
+    send the whole gradient to one argmax (autograd's amax splits it); with real-valued
+    features ties have probability zero.
+    """
+
+    @staticmethod
+    def forward(ctx, f: Tensor, pr: _Pairs, chunk_bytes: int) -> Tensor:
+        mask, row_arg, col_arg = _forward(f, pr, chunk_bytes)
+        ctx.save_for_backward(f, row_arg, col_arg)
+        ctx.pr, ctx.chunk_bytes = pr, chunk_bytes
+        return mask
+
+    @staticmethod
+    def backward(ctx, grad_mask: Tensor):
+        f, row_arg, col_arg = ctx.saved_tensors
+        pr: _Pairs = ctx.pr
+        b, c, cells = f.shape
+        k = len(pr.first)
+        # dM/dphi = 1/P, dphi/dsim = 1/C; route each (anchor, positive) to its pair's rows or columns.
+        g_phi = (grad_mask.unsqueeze(1).expand(b, pr.p, cells).reshape(b * pr.p, cells) / (pr.p * c)).contiguous()
+        af = pr.anchor_first
+        g_rows = f.new_zeros(k, cells).index_add_(0, pr.inverse[af], g_phi[af])
+        g_cols = f.new_zeros(k, cells).index_add_(0, pr.inverse[~af], g_phi[~af])
+        grad = torch.zeros_like(f)
+        step = _chunk(f, ctx.chunk_bytes)
+        for s in range(0, k, step):
+            first, second = pr.first[s : s + step], pr.second[s : s + step]
+            fa, fb = f[first], f[second]  # [K', C, L]
+            gr, gc = g_rows[s : s + step].unsqueeze(1), g_cols[s : s + step].unsqueeze(1)  # [K', 1, L]
+            ra = row_arg[s : s + step].unsqueeze(1).expand(-1, c, -1)
+            ca = col_arg[s : s + step].unsqueeze(1).expand(-1, c, -1)
+            # rows: f_first[:, r] gets g * f_second[:, ra[r]]; f_second[:, ra[r]] gets g * f_first[:, r]
+            # cols: f_second[:, j] gets g * f_first[:, ca[j]]; f_first[:, ca[j]] gets g * f_second[:, j]
+            g_first = fb.gather(2, ra) * gr + torch.zeros_like(fa).scatter_add_(2, ca, fb * gc)
+            g_second = fa.gather(2, ca) * gc + torch.zeros_like(fb).scatter_add_(2, ra, fa * gr)
+            grad.index_add_(0, first, g_first)
+            grad.index_add_(0, second, g_second)
+        return grad, None, None
 
 
 class OELHead(nn.Module):
