@@ -2,6 +2,10 @@
 similarity matrices at once: time and peak extra memory, side by side in one run.
 
     python benchmarks/oel.py [--sizes 7,14,28,56] [--channels 512,1024,2048]
+    python benchmarks/oel.py --backward [--sizes 14,28,56] [--channels 512]
+
+--backward times forward + backward: pseudo_mask(grad=True) (the argmax-saving autograd
+Function) against plain autograd through the naive version (what `lio.target_grad` costs).
 
 Peak memory: torch.cuda.max_memory_allocated on a GPU; on the CPU, each case runs in a
 fresh subprocess and the peak resident set size above the inputs is taken.
@@ -24,7 +28,6 @@ from pipeline.lio.sampler import group_positives
 B, P = 16, 3
 
 
-@torch.no_grad()
 def naive(feats: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
     b, c, n, _ = feats.shape
     f = feats.flatten(2)
@@ -33,18 +36,30 @@ def naive(feats: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
     return (sim.amax(dim=3) / c).mean(1).view(b, n, n)
 
 
-IMPLS = {"chunked": pseudo_mask, "naive": naive}
+def forward_backward(fn):
+    def run(feats: torch.Tensor, positives: torch.Tensor) -> None:
+        x = feats.detach().requires_grad_(True)
+        fn(x, positives).sum().backward()
+
+    return run
+
+
+IMPLS = {"chunked": pseudo_mask, "naive": torch.no_grad()(naive)}
+GRAD_IMPLS = {
+    "chunked": forward_backward(lambda f, p: pseudo_mask(f, p, grad=True)),
+    "naive": forward_backward(naive),  # autograd through every similarity matrix
+}
 
 
 def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def measure(impl: str, n: int, c: int, device: str, repeats: int) -> dict:
+def measure(impl: str, n: int, c: int, device: str, repeats: int, backward: bool = False) -> dict:
     """Peak extra memory of one call above the inputs, then the best of `repeats` timings."""
     feats = torch.randn(B, c, n, n, device=device)
     positives = group_positives(B // (P + 1), P).to(device)
-    fn = IMPLS[impl]
+    fn = (GRAD_IMPLS if backward else IMPLS)[impl]
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -71,11 +86,13 @@ def main() -> None:
     parser.add_argument("--sizes", default="7,14,28,56")
     parser.add_argument("--channels", default="512,1024,2048")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--backward", action="store_true", help="time forward + backward (lio.target_grad)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # impl,n,c: one CPU measurement in this process
     args = parser.parse_args()
     if args.case:
         impl, n, c = args.case.split(",")
-        print(json.dumps(measure(impl, int(n), int(c), "cpu", repeats=2 if int(n) < 56 else 1)))
+        repeats = 2 if int(n) < 56 else 1
+        print(json.dumps(measure(impl, int(n), int(c), "cpu", repeats=repeats, backward=args.backward)))
         return
     rows = []
     for n in map(int, args.sizes.split(",")):
@@ -83,10 +100,10 @@ def main() -> None:
             got = {}
             for impl in IMPLS:
                 if args.device == "cuda":
-                    got[impl] = measure(impl, n, c, "cuda", repeats=5)
+                    got[impl] = measure(impl, n, c, "cuda", repeats=5, backward=args.backward)
                 else:
                     out = subprocess.run(
-                        [sys.executable, __file__, "--case", f"{impl},{n},{c}"],
+                        [sys.executable, __file__, "--case", f"{impl},{n},{c}", *(["--backward"] * args.backward)],
                         capture_output=True,
                         text=True,
                         check=True,
@@ -101,7 +118,8 @@ def main() -> None:
                 flush=True,
             )
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"\n{device}, B={B}, P={P}, float32. Ratios are chunked / naive (lower is better).\n")
+    what = "forward + backward (grad=True vs naive autograd)" if args.backward else "forward"
+    print(f"\n{device}, B={B}, P={P}, float32, {what}. Ratios are chunked / naive (lower is better).\n")
     print("| N | C | chunked ms | naive ms | time ratio | chunked peak MiB | naive peak MiB | memory ratio |")
     print("|---|---|---|---|---|---|---|---|")
     for n, c, got in rows:

@@ -109,12 +109,12 @@ PRESETS = {
 PRETRAIN_SET = [
     "seed=0",
     f"data.synthetic.classes={PRETRAIN_CLASSES}",
-    "data.synthetic.images_per_class=40",
+    "data.synthetic.images_per_class=30",
     f"data.synthetic.layout_seed={LAYOUT_SEED}",
     *_112PX,
     "model.arch=resnet18",
     "lio.stages=[]",
-    "train.epochs=14",
+    "train.epochs=10",
 ]
 NAME = re.compile(r"^study-(?P<preset>[a-z0-9]+)-(?P<variant>[a-z0-9.-]+)-s(?P<seed>\d+)$")
 

@@ -41,7 +41,7 @@ def test_scl_loss_gives_no_gradient_through_reference_or_weights():
 
 
 def test_pseudo_mask_target_carries_no_gradient():
-    """Gradient of L_oel w.r.t. the features equals that with M precomputed as a constant."""
+    """Without grad=True, the gradient of L_oel w.r.t. the features equals that with M precomputed as a constant."""
     from pipeline.lio.oel import OELHead, pseudo_mask
 
     torch.manual_seed(0)
@@ -54,6 +54,30 @@ def test_pseudo_mask_target_carries_no_gradient():
     target = pseudo_mask(feats.detach().clone(), pos)
     torch.nn.functional.mse_loss(head(feats), target).backward()
     torch.testing.assert_close(live, feats.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("target_grad", [False, True])
+def test_target_grad_decides_whether_l_oel_reaches_the_features_through_m(target_grad):
+    """The model's backbone gradient equals a hand-built L_oel = MSE(m', M) with M from a naive,
+    unchunked autograd version (target_grad) or detached."""
+    torch.manual_seed(0)
+    model = LIOModel("resnet18", 4, ["layer2"], scl=False, target_grad=target_grad).train()
+    x, y, pos = batch(size=64)
+    model(x, y, pos).parts["layer2/oel"].backward()
+    got = model.backbone.conv1.weight.grad.clone()
+    model.zero_grad()
+    seen = {}
+    hook = model.backbone.layer2.register_forward_hook(lambda m, a, out: seen.setdefault("f", out))
+    model.backbone(x)
+    hook.remove()
+    f = seen["f"]
+    b, c, n, _ = f.shape
+    flat = f.flatten(2)
+    sim = torch.einsum("bcl,bpcm->bplm", flat, flat[pos])
+    target = (sim.amax(dim=3) / c).mean(1).view(b, n, n)
+    target = target if target_grad else target.detach()
+    torch.nn.functional.mse_loss(model.oel["layer2"](f), target).backward()
+    torch.testing.assert_close(got, model.backbone.conv1.weight.grad, rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.slow

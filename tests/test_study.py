@@ -1,26 +1,42 @@
 """The study command: its grid, and the aggregation of `dvc exp show --json` (the DVC part
 runs for real in tests/test_pipeline.py; here the aggregation is checked by hand)."""
 
+import json
+import sys
+
 import pytest
 
-from pipeline.study import VARIANTS, StudyError, aggregate, grid, markdown, records
+from pipeline.study import VARIANTS, StudyError, aggregate, collect, grid, queue, records, verdict
 
 
 def test_grid_has_every_variant_at_the_same_budget():
     runs = grid("cpu", seeds=3, other_seeds=2)
     names = [n for n, _ in runs]
-    assert len(runs) == 3 * 3 + 2 * 3 and len(set(names)) == len(names)
-    assert names[: len(VARIANTS)] == [
-        f"study-cpu-{v}-s0" for v in VARIANTS
-    ]  # seed-major: a study cut short stays paired
+    assert len(runs) == 3 * 2 + 2 * (len(VARIANTS) - 2) and len(set(names)) == len(names)
+    assert names[: len(VARIANTS)] == [f"study-cpu-{v}-s0" for v in VARIANTS]  # seed-major: a cut study stays paired
     budgets = {tuple(o for o in overrides if not o.startswith(("seed=", "lio."))) for _, overrides in runs}
     assert len(budgets) == 1  # epochs, images, resolution: identical for every run
     assert ("study-cpu-baseline-s2", ["seed=2", *next(iter(budgets)), "lio.stages=[]"]) in runs
+    # every LIO variant names its gradient setting, so it does not drift with params.yaml's default
+    lio = dict(runs)["study-cpu-lio-s0"]
+    assert "lio.target_grad=true" in lio and "lio.target_grad=false" in dict(runs)["study-cpu-lio-detached-s0"]
     with pytest.raises(StudyError, match="unknown study preset"):
         grid("tpu", 1, 1)
     assert [n for n, _ in grid("cpu", 2, 1, ["lio-gm"])] == ["study-cpu-lio-gm-s0"]
     with pytest.raises(StudyError, match="unknown variant"):
         grid("cpu", 1, 1, ["lio-v2"])
+
+
+def test_transfer_grid_fine_tunes_the_pretrained_backbone(tmp_path):
+    weights = tmp_path / "backbone.pt"
+    runs = dict(grid("transfer", seeds=5, other_seeds=1, pretrained=weights))
+    assert sorted(runs) == sorted(
+        [f"study-transfer-{v}-s{s}" for v in ("baseline", "lio") for s in range(5)] + ["study-transfer-lio-detached-s0"]
+    )
+    overrides = runs["study-transfer-lio-s0"]
+    assert f"model.pretrained={weights.resolve()}" in overrides and "train.optimizer=sgd" in overrides
+    with pytest.raises(StudyError, match="lio study pretrain"):
+        queue("transfer", 1, 1, pretrained=weights)  # refuses before queueing anything
 
 
 def exp(name, top1, loc=None, seconds=100.0):
@@ -47,7 +63,7 @@ def test_aggregate_pairs_seeds_with_the_baseline():
                 exp("study-cpu-lio-s1", 0.72, {"layer2": {"iou m'": 0.5}}),
                 exp("study-gpu-lio-s0", 0.99),
                 exp("other-experiment", 0.1),
-                exp("study-cpu-lio-alpha0.01-s0", 0.5),
+                exp("study-cpu-lio-detached-s0", 0.5),
                 {"revs": [{"name": "study-cpu-lio-s2", "data": {"params": {}, "metrics": {}}}]},
             ],
         },
@@ -58,13 +74,53 @@ def test_aggregate_pairs_seeds_with_the_baseline():
         "study-cpu-baseline-s1",
         "study-cpu-lio-s0",
         "study-cpu-lio-s1",
-        "study-cpu-lio-alpha0.01-s0",
+        "study-cpu-lio-detached-s0",
     ]  # other presets, names and unfinished runs left out
     v = aggregate(runs)
     assert v["lio"]["test_top1_mean"] == pytest.approx(0.785)
-    assert v["lio"]["diff_vs_baseline_per_seed"] == {0: pytest.approx(0.05), 1: pytest.approx(0.02)}
-    assert v["lio"]["diff_vs_baseline_mean"] == pytest.approx(0.035)
+    d = v["lio"]["test_vs_baseline"]
+    assert d["per_seed"] == {0: pytest.approx(0.05), 1: pytest.approx(0.02)}
+    assert d["mean"] == pytest.approx(0.035) and d["wins"] == 2 and d["n"] == 2
+    # t-interval, 1 degree of freedom: 0.035 +- 12.706 * std / sqrt(2), std of (0.05, 0.02) = 0.0212
+    assert d["ci95"] == pytest.approx([0.035 - 0.1906, 0.035 + 0.1906], abs=1e-3)
+    assert verdict(v["lio"]) == "the interval includes zero: no difference shown"
     assert v["lio"]["test_top1_std"] == pytest.approx(0.0919, abs=1e-4)
     assert v["lio"]["localisation"]["layer2"]["iou m'"] == pytest.approx(0.4)
-    text = markdown("cpu", runs, v, "lio study queue", "a test machine")
-    assert "| lio | 2 | 0.785 |" in text and "s0: +0.050, s1: +0.020" in text and "| lio | layer2 |" in text
+
+
+def test_verdict_names_the_side_of_zero():
+    def v(ci):
+        return {"test_vs_baseline": {"ci95": ci}}
+
+    assert "above zero" in verdict(v([0.01, 0.05])) and "below zero" in verdict(v([-0.05, -0.01]))
+    assert "no interval" in verdict(v(None))
+
+
+def fake_dvc(tmp_path, shown) -> list[str]:
+    """A `dvc` whose `exp show --json -A` prints `shown` (the real DVC runs in tests/test_pipeline.py)."""
+    script = tmp_path / "fake_dvc.py"
+    script.write_text(f"import json, sys\nprint(json.dumps({shown!r}))\n")
+    return [sys.executable, str(script)]
+
+
+def test_collect_keeps_recorded_runs(tmp_path):
+    out = tmp_path / "reports"
+    first = [{"name": "main", "experiments": [exp("study-cpu-baseline-s0", 0.8), exp("study-cpu-lio-s0", 0.9)]}]
+    collect("cpu", out, "cmd", "machine A", dvc=fake_dvc(tmp_path, first))
+    json_before, md_before = (out / "study.json").read_bytes(), (out / "study.md").read_bytes()
+    # a fresh clone: no experiments at all -> the committed study is left byte for byte
+    collect("cpu", out, "cmd", "machine B", dvc=fake_dvc(tmp_path, []))
+    assert (out / "study.json").read_bytes() == json_before and (out / "study.md").read_bytes() == md_before
+    # new runs are added beside the recorded ones, and another preset gets its own section
+    more = [{"name": "main", "experiments": [exp("study-cpu-baseline-s1", 0.7), exp("study-transfer-lio-s0", 0.6)]}]
+    collect("cpu", out, "cmd", "machine A", dvc=fake_dvc(tmp_path, more))
+    collect("transfer", out, "cmd", "machine A", dvc=fake_dvc(tmp_path, more))
+    study = json.loads((out / "study.json").read_text())
+    assert [r["name"] for r in study["presets"]["cpu"]["runs"]] == [
+        "study-cpu-baseline-s0",
+        "study-cpu-baseline-s1",
+        "study-cpu-lio-s0",
+    ]
+    assert [r["name"] for r in study["presets"]["transfer"]["runs"]] == ["study-transfer-lio-s0"]
+    text = (out / "study.md").read_text()
+    assert "## cpu preset" in text and "## transfer preset" in text

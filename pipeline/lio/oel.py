@@ -90,10 +90,13 @@ def _forward(f: Tensor, pr: _Pairs, chunk_bytes: int) -> tuple[Tensor, Tensor, T
 
 
 class _PseudoMask(torch.autograd.Function):
-    """M with a gradient that needs only the argmax indices (float32 [B, C, L] in, [B, L] out).
+    """M with a gradient that needs only the argmax indices (float [B, C, L] in, [B, L] out).
 
-    rows[k, r] = <f_first[:, r], f_second[:, row_arg[k, r]]>, so its gradient reaches
-    f_first at r and f_second at row_arg; columns likewise with the roles swapped. Ties
+    rows[k, r] = <f_first[:, r], f_second[:, row_arg[k, r]]> / C and cols[k, j] =
+    <f_first[:, col_arg[k, j]], f_second[:, j]> / C. Writing their incoming gradients into one
+    sparse L x L matrix W per pair (W[row_arg[r], r] += g_row[r], W[j, col_arg[j]] += g_col[j])
+    makes the whole backward two batched matmuls: d f_first = f_second W, d f_second = f_first
+    W^T (scatter on the features themselves is an order of magnitude slower on CPUs). Ties
     send the whole gradient to one argmax (autograd's amax splits it); with real-valued
     features ties have probability zero.
     """
@@ -116,21 +119,23 @@ class _PseudoMask(torch.autograd.Function):
         af = pr.anchor_first
         g_rows = f.new_zeros(k, cells).index_add_(0, pr.inverse[af], g_phi[af])
         g_cols = f.new_zeros(k, cells).index_add_(0, pr.inverse[~af], g_phi[~af])
-        grad = torch.zeros_like(f)
+        cell = torch.arange(cells, device=f.device)
+        grad = torch.zeros_like(f).flatten(1)  # [B, C*L]
         step = _chunk(f, ctx.chunk_bytes)
         for s in range(0, k, step):
             first, second = pr.first[s : s + step], pr.second[s : s + step]
-            fa, fb = f[first], f[second]  # [K', C, L]
-            gr, gc = g_rows[s : s + step].unsqueeze(1), g_cols[s : s + step].unsqueeze(1)  # [K', 1, L]
-            ra = row_arg[s : s + step].unsqueeze(1).expand(-1, c, -1)
-            ca = col_arg[s : s + step].unsqueeze(1).expand(-1, c, -1)
-            # rows: f_first[:, r] gets g * f_second[:, ra[r]]; f_second[:, ra[r]] gets g * f_first[:, r]
-            # cols: f_second[:, j] gets g * f_first[:, ca[j]]; f_first[:, ca[j]] gets g * f_second[:, j]
-            g_first = fb.gather(2, ra) * gr + torch.zeros_like(fa).scatter_add_(2, ca, fb * gc)
-            g_second = fa.gather(2, ca) * gc + torch.zeros_like(fb).scatter_add_(2, ra, fa * gr)
-            grad.index_add_(0, first, g_first)
-            grad.index_add_(0, second, g_second)
-        return grad, None, None
+            w = f.new_zeros(len(first), cells * cells)  # W[k] flattened, row-major [L, L]
+            w.scatter_add_(1, row_arg[s : s + step] * cells + cell, g_rows[s : s + step])
+            w.scatter_add_(1, cell * cells + col_arg[s : s + step], g_cols[s : s + step])
+            w = w.view(-1, cells, cells)
+            g_first = torch.bmm(f[second], w)  # [K', C, L]
+            g_second = torch.bmm(f[first], w.transpose(1, 2))
+            del w
+            # sum each pair's gradient into its images: a [B, K'] one-hot matmul (index_add_ is slow on CPUs)
+            owners = torch.arange(b, device=f.device).unsqueeze(1)
+            grad += (owners == first).to(f.dtype) @ g_first.flatten(1)
+            grad += (owners == second).to(f.dtype) @ g_second.flatten(1)
+        return grad.view_as(f), None, None
 
 
 class OELHead(nn.Module):
