@@ -20,11 +20,11 @@ from pipeline.deploy import load_deployable, torch_runner
 from pipeline.engine import EngineError, EngineRunner
 from pipeline.figures import extent_figure
 from pipeline.io import atomic_path, write_json, write_text
+from pipeline.lio.checkpoint import load_trained
 from pipeline.lio.sampler import group_positives
 from pipeline.localisation import evaluate_maps, iou, mean_area
 from pipeline.metrics import accuracy, agreement, confusions, per_class
 from pipeline.timing import latency, throughput
-from pipeline.train import load_trained
 
 
 def backends(model: torch.nn.Module, weights: Path, cuda: bool) -> tuple[list[dict], dict[str, str]]:
@@ -88,7 +88,7 @@ def localisation(cfg: Config, rows: list[dict], preset) -> dict:
     (pipeline.localisation), on the test images with true masks; and reports/masks.png,
     which every run writes (a baseline's shows the images and masks alone)."""
     model, blob = load_trained(paths.require(paths.TRAINED, "train"))
-    P, threshold = blob["model"]["P"], cfg.report.mask_threshold
+    P, threshold = blob["lio"]["P"], cfg.report.mask_threshold
     test = [r for r in rows if r["split"] == "test"]
     masked = [r for r in test if r["mask"]]
     figure(cfg, model, masked or test, preset, P, threshold, with_masks=bool(masked))

@@ -24,8 +24,8 @@ from pipeline.data.transforms import eval_preset
 from pipeline.deploy import deploy_meta, write_deployable
 from pipeline.errors import PipelineError
 from pipeline.io import write_json
+from pipeline.lio.checkpoint import load_trained
 from pipeline.paths import metadata, require
-from pipeline.train import load_trained
 
 
 class ParityError(PipelineError, RuntimeError):

@@ -181,7 +181,8 @@ def pretrain(work: Path, out: Path, params: Path = Path("params.yaml")) -> dict:
     from pipeline.config import load_config
     from pipeline.data.prepare import prepare
     from pipeline.io import save_torch
-    from pipeline.train import load_trained, train
+    from pipeline.lio.checkpoint import load_trained
+    from pipeline.train import train
 
     data = yaml.safe_load(params.read_text())
     for override in PRETRAIN_SET:  # `-S key=value`, as DVC applies it

@@ -33,11 +33,11 @@ from pipeline.config import Config, to_dict
 from pipeline.data.dataset import ManifestDataset
 from pipeline.data.manifest import read_manifest
 from pipeline.data.transforms import ClassificationPresetEval, ClassificationPresetTrain, preprocessing
-from pipeline.errors import ArtifactError, PipelineError
+from pipeline.errors import PipelineError
 from pipeline.io import load_torch, remove_stale_temporaries, save_torch, sha256, write_text
 from pipeline.lio import GroupBatchSampler, LIOModel, group_positives
+from pipeline.lio.checkpoint import save_trained
 from pipeline.metrics import accuracy
-from pipeline.paths import require
 
 
 class TrainingError(PipelineError, RuntimeError):
@@ -405,6 +405,12 @@ def train(cfg: Config, prepared: Path, out_model: Path, checkpoints: Path, live_
             )
             save_checkpoint(checkpoint, epoch + 1, stamp, settings, model, optimizer, scheduler, ema, best)
     identical = replicas_identical(model) if world > 1 else None
+    if identical is False:  # every rank sees it, so every rank stops: a model from diverged replicas is not a model
+        dist.destroy_process_group()
+        raise TrainingError(
+            f"the {world} DDP replicas hold different parameters after training (a non-deterministic or "
+            "rank-dependent step); nothing was written. Rerun, and report it if it repeats"
+        )
     if not main:
         dist.destroy_process_group()
         return {}
@@ -420,7 +426,7 @@ def train(cfg: Config, prepared: Path, out_model: Path, checkpoints: Path, live_
         "chance": 1 / len(classes),
     }
     if identical is not None:
-        summary["ddp_replicas_identical"] = identical
+        summary["ddp_replicas_identical"] = identical  # always True here: diverged replicas raised above
     live.summary.update(
         {
             "best": {"epoch": best["epoch"], "val_top1": best["val_top1"]},
@@ -430,29 +436,15 @@ def train(cfg: Config, prepared: Path, out_model: Path, checkpoints: Path, live_
         }
     )
     live.end()
-    save_torch(
-        {
-            "state_dict": {k: v.cpu() for k, v in scored.state_dict().items()},
-            "model": {"num_classes": len(classes), **dataclasses.asdict(cfg.model), **dataclasses.asdict(cfg.lio)},
-            "classes": classes,
-            "preprocess": preprocessing(tf),
-            "metrics": summary,
-        },
+    save_trained(
         out_model,
+        scored,
+        model_info={"num_classes": len(classes), **dataclasses.asdict(cfg.model)},
+        lio=dataclasses.asdict(cfg.lio),
+        classes=classes,
+        preprocess=preprocessing(tf),
+        metrics=summary,
     )
     if world > 1:
         dist.destroy_process_group()
     return summary
-
-
-def load_trained(path: Path) -> tuple[LIOModel, dict]:
-    """The trained LIOModel (heads included) and its metadata, from `lio train`'s output."""
-    blob = load_torch(require(path, "train"), "rerun `dvc repro train`")
-    try:
-        m = blob["model"]
-        model = LIOModel.from_config(m, m["arch"], m["num_classes"])
-        model.load_state_dict(blob["state_dict"])
-    except (KeyError, TypeError, RuntimeError) as e:
-        detail = " ".join(line.strip() for line in str(e).splitlines()[:3])[:600]
-        raise ArtifactError(f"{path}: not a model written by `lio train` ({detail}); rerun `dvc repro train`") from e
-    return model.eval(), blob

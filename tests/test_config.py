@@ -46,6 +46,15 @@ def test_repository_params_load():
         ({"data": {"synthetic": {"image_size": 0}}}, "data.synthetic.image_size", ">= 16"),
         ({"data": {"synthetic": {"classes": 0}}}, "data.synthetic.classes", ">= 2"),
         ({"lio": {"mask_source": "gt", "oel": False}}, "lio.mask_source", "lio.oel: true"),
+        # at the 64 px default layer4's map is 2x2: pool 3 would leave 0x0 (it used to fail in the first step)
+        ({"lio": {"pool": 3}}, "lio.pool", "layer4's 2x2 map at data.transforms.crop 64 to 0x0"),
+        (
+            {"lio": {"pool": 2, "stages": ["layer3"]}, "data": {"transforms": {"crop": 32, "resize": 36}}},
+            "lio.pool",
+            "layer3",
+        ),
+        ({"engine": {"precision": "int8_cpu"}}, "engine.precision", "cannot be built into an engine"),
+        ({"export": {"gates": {"int8": {"min_agreement": 1.5}}}}, "export.gates.int8.min_agreement", "[0, 1]"),
         (
             {"engine": {"precision": "int8"}, "export": {"precisions": ["fp32"]}},
             "engine.precision",
@@ -54,6 +63,7 @@ def test_repository_params_load():
     ],
 )
 def test_bad_values(tmp_path, data, field, fix):
+    """Every bad value fails before any work, naming the file, the field and a fix."""
     path = write(tmp_path, data)
     with pytest.raises(ConfigError) as e:
         load_config(path)

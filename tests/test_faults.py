@@ -27,8 +27,9 @@ from pipeline.data.prepare import prepare
 from pipeline.deploy import load_deployable
 from pipeline.errors import ArtifactError, PipelineError
 from pipeline.io import OutputError, exclusive, save_torch, write_json
+from pipeline.lio.checkpoint import load_trained
 from pipeline.report import backends
-from pipeline.train import TrainingError, load_trained, resume, train, truncate_live_plots
+from pipeline.train import TrainingError, resume, train, truncate_live_plots
 from stages.cli import main
 from tests.conftest import tiny_config
 from tests.test_data import make_imagefolder, save_image

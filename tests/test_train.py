@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -165,3 +166,25 @@ def test_torchrun_two_ranks_gloo_end_identical(tmp_path, tiny_prepared):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     metrics = torch.load(tmp_path / "models/lio.pt", weights_only=True)["metrics"]
     assert metrics["ddp_replicas_identical"] is True
+
+
+def _replica_check(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from pipeline.train import replicas_identical
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    same, other = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    torch.nn.init.constant_(same.weight, 1.0)
+    torch.nn.init.constant_(other.weight, float(rank))  # rank 0 and rank 1 differ
+    result = (replicas_identical(same), replicas_identical(other))
+    dist.destroy_process_group()
+    if rank == 0:
+        Path(out).write_text(json.dumps(result))
+
+
+def test_replicas_identical_sees_a_diverged_rank(tmp_path):
+    """Real gloo ranks: equal parameters pass, different ones are caught (train then raises)."""
+    out = tmp_path / "result.json"
+    torch.multiprocessing.spawn(_replica_check, args=(2, 29541, str(out)), nprocs=2)
+    assert json.loads(out.read_text()) == [True, False]

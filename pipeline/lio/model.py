@@ -8,6 +8,7 @@ backbone alone, which is what the strip stage proves and ships.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -15,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.backbone import build_backbone
-from pipeline.config import STAGES
+from pipeline.backbone import STAGES, build_backbone
 from pipeline.lio.oel import OELHead, pseudo_mask
 from pipeline.lio.scl import SCLHead, polar_targets, reference_cells, scl_loss
 
@@ -93,21 +93,11 @@ class LIOModel(nn.Module):
 
     @classmethod
     def from_config(cls, lio, arch: str, num_classes: int) -> LIOModel:
-        """From a config's `lio` section (pipeline.config.LIOConfig, or its dict form)."""
+        """From a config's `lio` section (a dataclass such as pipeline.config.LIOConfig, or a
+        dict); fields that configure the batch rather than the model (P) are left to the sampler."""
         lio = lio if isinstance(lio, dict) else dataclasses.asdict(lio)
-        names = (
-            "stages",
-            "alpha",
-            "beta",
-            "pool",
-            "scl_channels",
-            "oel",
-            "scl",
-            "mask_source",
-            "target_grad",
-            "scl_weights",
-        )
-        return cls(arch, num_classes, **{k: lio[k] for k in names if k in lio})
+        own = inspect.signature(cls.__init__).parameters
+        return cls(arch, num_classes, **{k: v for k, v in lio.items() if k in own and k not in ("arch", "num_classes")})
 
     @property
     def stages(self) -> list[str]:
