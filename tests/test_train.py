@@ -175,8 +175,9 @@ def _replica_check(rank: int, world: int, port: int, out: str) -> None:
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     same, other = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
-    torch.nn.init.constant_(same.weight, 1.0)
-    torch.nn.init.constant_(other.weight, float(rank))  # rank 0 and rank 1 differ
+    for module, value in ((same, 1.0), (other, float(rank))):  # `other` differs between rank 0 and rank 1
+        for p in module.parameters():
+            torch.nn.init.constant_(p, value)
     result = (replicas_identical(same), replicas_identical(other))
     dist.destroy_process_group()
     if rank == 0:
