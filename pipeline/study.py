@@ -153,15 +153,22 @@ def queue(
     variants: list[str] | None = None,
     dvc: list[str] | None = None,
     pretrained: Path = PRETRAINED,
+    recorded: Path | None = Path("reports/study.json"),
 ) -> list[str]:
-    """Queues every run with `dvc exp run --queue`; returns the names."""
+    """Queues every run with `dvc exp run --queue`, except those already in `recorded` (a study
+    cut short by the end of a session goes on where it stopped); returns the names."""
     if preset == "transfer" and not pretrained.exists():
         raise StudyError(
             f"the transfer preset fine-tunes {pretrained}, which is missing: run `lio study pretrain` first"
         )
     dvc = dvc or [sys.executable, "-m", "dvc"]
+    done = set()
+    if recorded is not None:
+        done = {r["name"] for p in load_study(recorded)["presets"].values() for r in p.get("runs", [])}
     names = []
     for name, overrides in grid(preset, seeds, other_seeds, variants, pretrained):
+        if name in done:
+            continue
         args = [*dvc, "exp", "run", "--queue", "--name", name]
         for o in overrides:
             args += ["-S", o]

@@ -3,6 +3,7 @@ runs for real in tests/test_pipeline.py; here the aggregation is checked by hand
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -37,6 +38,31 @@ def test_transfer_grid_fine_tunes_the_pretrained_backbone(tmp_path):
     assert f"model.pretrained={weights.resolve()}" in overrides and "train.optimizer=sgd" in overrides
     with pytest.raises(StudyError, match="lio study pretrain"):
         queue("transfer", 1, 1, pretrained=weights)  # refuses before queueing anything
+
+
+def test_queue_skips_recorded_runs(tmp_path):
+    """A real `dvc exp run --queue` in a scratch repository: recorded runs are not queued again."""
+    import subprocess
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
+        subprocess.run(cmd, cwd=repo, check=True)
+    (repo / "params.yaml").write_text(Path("params.yaml").read_text())  # -S may only set keys it holds
+    (repo / "dvc.yaml").write_text("stages:\n  s:\n    cmd: echo\n    params: [seed]\n")
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], cwd=repo, check=True)
+    study = {"presets": {"cpu": {"runs": [{"name": "study-cpu-baseline-s0"}, {"name": "study-cpu-lio-s0"}]}}}
+    (repo / "study.json").write_text(json.dumps(study))
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(repo)
+    try:
+        names = queue("cpu", 2, 0, ["baseline", "lio"], recorded=Path("study.json"))
+    finally:
+        os.chdir(cwd)
+    assert names == ["study-cpu-baseline-s1", "study-cpu-lio-s1"]
 
 
 def exp(name, top1, loc=None, seconds=100.0):
