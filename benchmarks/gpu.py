@@ -194,7 +194,8 @@ def tensorrt(folder: Path) -> dict:
     import onnxruntime as ort
 
     from pipeline.config import EngineConfig
-    from pipeline.engine import EngineRunner, build, write_info
+    from pipeline.engine import EngineRunner, build
+    from pipeline.io import write_json
 
     path = folder / "model.onnx"
     if not path.exists():
@@ -202,7 +203,7 @@ def tensorrt(folder: Path) -> dict:
     cfg = EngineConfig(precision="fp32", min_batch=1, opt_batch=8, max_batch=16)
     meta: dict = {"classes": [], "preprocess": {}}
     info = build(trt, path, folder / "model.engine", folder / "timing.cache", cfg, meta)
-    write_info(folder / "engine.json", info)
+    write_json(folder / "engine.json", info)
     runner = EngineRunner(folder / "model.engine", folder / "engine.json")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rows = {}

@@ -42,8 +42,14 @@ def gpu_info() -> dict:
     return {"name": props.name, "compute_capability": f"{props.major}.{props.minor}"}
 
 
+#: engine.hardware_compatibility -> TensorRT's HardwareCompatibilityLevel member
+HARDWARE_LEVELS = {"ampere_plus": "AMPERE_PLUS", "same_compute_capability": "SAME_COMPUTE_CAPABILITY"}
+#: the more precise variant an engine falls back to when its precision was rejected by its gate
+FALLBACK = {"int8": "fp16", "fp16": "fp32"}
+
+
 def build(trt, onnx_path: Path, engine_path: Path, cache_path: Path, cfg, meta: dict) -> dict:
-    """Parse, configure (profile, workspace, optimisation level, timing cache), build, save."""
+    """Parse, configure (profile, workspace, optimisation level, timing cache, compatibility), build, save."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0
@@ -58,6 +64,12 @@ def build(trt, onnx_path: Path, engine_path: Path, cache_path: Path, cfg, meta: 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_mib << 20)
     config.builder_optimization_level = cfg.optimization_level
+    if cfg.hardware_compatibility != "none":
+        config.hardware_compatibility_level = getattr(
+            trt.HardwareCompatibilityLevel, HARDWARE_LEVELS[cfg.hardware_compatibility]
+        )
+    if cfg.version_compatible:  # a plan later TensorRT releases of the same major version can run
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     inp, out = network.get_input(0), network.get_output(0)
     chw = tuple(inp.shape)[1:]
     shapes = {k: (b, *chw) for k, b in (("min", cfg.min_batch), ("opt", cfg.opt_batch), ("max", cfg.max_batch))}
@@ -79,7 +91,7 @@ def build(trt, onnx_path: Path, engine_path: Path, cache_path: Path, cfg, meta: 
         "built": True,
         "tensorrt": trt.__version__,
         "gpu": gpu_info(),
-        "precision": cfg.precision,
+        "compatibility": compatibility(cfg),
         "profile": {k: list(v) for k, v in shapes.items()},
         "input": {"name": inp.name, "shape": list(inp.shape)},
         "output": {"name": out.name, "shape": list(out.shape)},
@@ -89,8 +101,39 @@ def build(trt, onnx_path: Path, engine_path: Path, cache_path: Path, cfg, meta: 
     }
 
 
-def write_info(path: Path, info: dict) -> None:
-    write_json(path, info)
+def compatibility(cfg) -> dict:
+    return {"hardware": cfg.hardware_compatibility, "version_compatible": cfg.version_compatible}
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in str(text).split(".")[:3] if p.isdigit())
+
+
+def why_not_here(info: dict, tensorrt: str, gpu: dict) -> str | None:
+    """Why an engine described by engine.json cannot run with this TensorRT on this GPU, or None.
+
+    GPUs are compared by compute capability, never by name (an H100 PCIe runs an H100 SXM's plan):
+    equal, or >= 8.0 for an Ampere-plus plan. TensorRT must match exactly, unless the plan is
+    version compatible: then any release of the same major version, not older than the builder.
+    """
+    compat = info.get("compatibility", {})
+    built_cc, here_cc = info.get("gpu", {}).get("compute_capability"), gpu.get("compute_capability")
+    if compat.get("hardware") == "ampere_plus":
+        if _version(here_cc) < (8, 0):
+            return f"an Ampere-plus plan needs compute capability >= 8.0, but this GPU has {here_cc}"
+    elif built_cc != here_cc:
+        return f"built for compute capability {built_cc!r} but this GPU has {here_cc!r}"
+    built_trt = info.get("tensorrt")
+    if compat.get("version_compatible"):
+        if _version(tensorrt)[:1] != _version(built_trt)[:1] or _version(tensorrt) < _version(built_trt):
+            major = str(built_trt).split(".")[0]
+            return (
+                f"a version-compatible plan from TensorRT {built_trt} needs TensorRT {major}.x >= {built_trt}, "
+                f"but this machine has {tensorrt!r}"
+            )
+    elif built_trt != tensorrt:
+        return f"built for tensorrt {built_trt!r} but this machine has {tensorrt!r}"
+    return None
 
 
 class EngineRunner:
@@ -101,18 +144,15 @@ class EngineRunner:
         if trt is None:
             raise EngineError(f"{engine_path}: cannot run it here: {reason}")
         info = json.loads(Path(info_path).read_text())
-        here = {"tensorrt": trt.__version__, **gpu_info()}
-        built = {"tensorrt": info.get("tensorrt"), **info.get("gpu", {})}
-        for key in ("tensorrt", "name", "compute_capability"):
-            if built.get(key) != here.get(key):
-                raise EngineError(
-                    f"{engine_path} was built for {key} {built.get(key)!r} but this machine has {here.get(key)!r}: "
-                    "rebuild it here with `lio engine` (or `dvc repro engine`)"
-                )
+        why = why_not_here(info, trt.__version__, gpu_info())
+        if why:
+            raise EngineError(f"{engine_path} {why}: rebuild it here with `lio engine` (or `dvc repro engine`)")
         import torch
 
         self.torch, self.trt = torch, trt
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        if info.get("compatibility", {}).get("version_compatible"):
+            self.runtime.engine_host_code_allowed = True  # a version-compatible plan carries its own runtime
         self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
         if self.engine is None:
             raise EngineError(f"{engine_path}: TensorRT cannot deserialize it (corrupt or truncated file?)")
@@ -133,28 +173,44 @@ class EngineRunner:
         return y.cpu().numpy()
 
 
-def build_engine(cfg) -> dict:
-    """The engine stage: build from the `engine.precision` ONNX variant where TensorRT and a
-    GPU exist; elsewhere record why not (built: false), failing only if engine.required is true."""
-    onnx_path = paths.require(paths.ONNX[cfg.precision], "export")
+def choose_precision(wanted: str, export_report: dict) -> tuple[str, str | None]:
+    """`wanted`, or the next more precise variant whose gate passed; and why it fell back."""
+    precision, notes = wanted, []
+    while export_report.get(precision, {}).get("status") not in ("passed", "reference"):
+        entry = export_report.get(precision)
+        notes.append(f"{precision} was {'not exported' if entry is None else 'rejected by its gate'}")
+        if precision not in FALLBACK:
+            raise EngineError(f"no ONNX variant passed its gate ({'; '.join(notes)}); see reports/export.json")
+        precision = FALLBACK[precision]
+    return precision, (f"{'; '.join(notes)}: built from {precision} instead" if notes else None)
+
+
+def build_engine(
+    cfg, onnx_files: dict[str, Path], export_report: Path, engine: Path, info_path: Path, cache: Path
+) -> dict:
+    """The engine stage: build from the `engine.precision` ONNX variant (or the next more precise
+    one that passed its gate) where TensorRT and a GPU exist; elsewhere record why not
+    (built: false), failing only if engine.required is true."""
+    gates = json.loads(paths.require(export_report, "export").read_text())
+    precision, fallback = choose_precision(cfg.precision, gates)
+    if fallback and cfg.required == "true":
+        raise EngineError(
+            f"engine.required is true and engine.precision {cfg.precision} cannot be deployed: {fallback}"
+        )
+    onnx_path = paths.require(onnx_files[precision], "export")
     meta = onnx_runtime.read_meta(onnx_path)
-    paths.ENGINE.unlink(missing_ok=True)  # never leave an engine from other settings behind
-    paths.ENGINE_DIR.mkdir(parents=True, exist_ok=True)
-    paths.TIMING_CACHE.parent.mkdir(parents=True, exist_ok=True)
+    engine.unlink(missing_ok=True)  # never leave an engine from other settings behind
+    engine.parent.mkdir(parents=True, exist_ok=True)
+    cache.parent.mkdir(parents=True, exist_ok=True)
     profile = {"min": cfg.min_batch, "opt": cfg.opt_batch, "max": cfg.max_batch}
     trt, reason = (None, "engine.required is false") if cfg.required == "false" else tensorrt_or_reason()
     if trt is None:
         if cfg.required == "true":
             raise EngineError(f"engine.required is true but the engine cannot be built here: {reason}")
-        info = {
-            "built": False,
-            "reason": reason,
-            "precision": cfg.precision,
-            "onnx": str(onnx_path),
-            "profile": profile,
-            **meta,
-        }
+        info = {"built": False, "reason": reason, "onnx": str(onnx_path), "profile": profile, **meta}
     else:
-        info = build(trt, onnx_path, paths.ENGINE, paths.TIMING_CACHE, cfg, meta)
-    write_info(paths.ENGINE_INFO, info)
+        info = build(trt, onnx_path, engine, cache, cfg, meta)
+    info |= {"precision": precision, "requested_precision": cfg.precision, "fallback": fallback}
+    info.setdefault("compatibility", compatibility(cfg))
+    write_json(info_path, info)
     return info

@@ -18,15 +18,17 @@ from pipeline.errors import ArtifactError
 META_KEY = "lio"
 
 
-def session(path: str | Path, device: str = "cpu") -> ort.InferenceSession:
-    """A session on the CPU, or on CUDA when asked and present (checked after creation)."""
+def session(path: str | Path | bytes, device: str = "cpu") -> ort.InferenceSession:
+    """A session on the CPU, or on CUDA when asked and present (checked after creation);
+    `path` may be a serialized model."""
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(path), options, providers=providers)
+        return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options, providers=providers)
     except Exception as e:  # ORT raises several private exception types for bad files
-        raise ArtifactError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0][:200]})") from e
+        where = "<in-memory model>" if isinstance(path, bytes) else path
+        raise ArtifactError(f"{where}: not a loadable ONNX model ({str(e).splitlines()[0][:200]})") from e
 
 
 def provider(sess: ort.InferenceSession) -> str:

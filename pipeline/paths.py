@@ -22,6 +22,7 @@ PARITY = Path("reports/parity.json")
 # export: the one table of ONNX variants (precision -> file)
 ONNX_DIR = Path("models/onnx")
 ONNX = {p: ONNX_DIR / ("model.onnx" if p == "fp32" else f"model.{p}.onnx") for p in PRECISIONS}
+FUSED = ONNX_DIR / "model.uint8.onnx"  # export.fuse_preprocess: uint8 NHWC in, normalisation inside
 EXPORT_REPORT = Path("reports/export.json")
 # engine
 ENGINE_DIR = Path("models/engine")
@@ -32,6 +33,7 @@ TRITON = Path("models/triton")  # a Triton model repository (ONNX always, Tensor
 # report
 METRICS = Path("reports/metrics.json")
 REPORT = Path("reports/report.md")
+MODEL_CARD = Path("models/MODEL_CARD.md")
 LATENCY = Path("reports/latency.json")
 MASKS = Path("reports/masks.png")
 LOCALISATION = Path("reports/localisation.json")

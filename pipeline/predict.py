@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.data.dataset import ImageError, load_image
+from pipeline.data.dataset import ImageError
 from pipeline.data.readers import IMAGE_SUFFIXES
-from pipeline.data.transforms import eval_preset
 from pipeline.errors import ArtifactError
+from pipeline.preprocess import preprocess
 
 
 def load_predictor(path: Path):
@@ -63,11 +63,10 @@ def predict(model_path: Path, inputs: list[Path], k: int = 5, strict: bool = Fal
     """Top-k classes per image; an unreadable image gets {"image", "error"} instead (or,
     with `strict`, stops everything with its ImageError)."""
     run, meta = load_predictor(model_path)
-    preset = eval_preset(meta["preprocess"])
     results: list[dict[str, Any]] = []
     for path in image_paths(inputs):
         try:
-            x = preset(load_image(path))[None].numpy()
+            x = preprocess(path, meta["preprocess"])
         except ImageError as e:
             if strict:
                 raise

@@ -43,7 +43,15 @@ def backends(model: torch.nn.Module, weights: Path, cuda: bool) -> tuple[list[di
                 "device": "cuda",
             }
         )
+    gates = json.loads(paths.EXPORT_REPORT.read_text()) if paths.EXPORT_REPORT.exists() else {}
     for precision, path in paths.ONNX.items():
+        if gates.get(precision, {}).get("status") == "rejected":
+            g = gates[precision]["gate"]
+            skipped[f"onnxruntime-{precision}"] = (
+                f"rejected by its gate (validation top-1 drop {g['val_top1_drop']:+.4f}, agreement "
+                f"{g['val_agreement']:.4f}; reports/export.json)"
+            )
+            continue
         if not path.exists():
             skipped[f"onnxruntime-{precision}"] = (
                 f"{path} not found (not in export.precisions, or `lio export` not run)"
@@ -162,7 +170,10 @@ def write_report(cfg: Config) -> list[str]:
             }
         )
 
-    deployed = "onnxruntime-fp32" if "onnxruntime-fp32" in scored else "pytorch"
+    # per-class results and confusions come from the artifact that ships: the engine where it was
+    # built and runs, else ONNX Runtime FP32
+    engines = [name for name in scored if name.startswith("tensorrt-")]
+    deployed = engines[0] if engines else ("onnxruntime-fp32" if "onnxruntime-fp32" in scored else "pytorch")
     predicted = scored[deployed].argmax(1)
     classes_table = per_class(predicted, labels, classes)
     mistakes = confusions(predicted, labels, classes)
@@ -190,9 +201,164 @@ def write_report(cfg: Config) -> list[str]:
             if k.startswith("iou ")
         ],
     )
+    gates = json.loads(paths.EXPORT_REPORT.read_text()) if paths.EXPORT_REPORT.exists() else {}
+    advice = recommendations(table, gates, engine_info())
     lines = markdown(cfg, table, skipped, len(labels), deployed, classes_table, mistakes, loc)
+    lines += ["", "## What to deploy", "", *[f"- **{target}**: {text}" for target, text in advice.items()]]
     write_text(paths.REPORT, "\n".join(lines) + "\n")
+    write_text(
+        paths.MODEL_CARD,
+        model_card(cfg, rows, classes, table, gates, engine_info(), advice, deployed, meta["preprocess"]),
+    )
     return lines
+
+
+def engine_info() -> dict:
+    return json.loads(paths.ENGINE_INFO.read_text()) if paths.ENGINE_INFO.exists() else {"built": False}
+
+
+def recommendations(table: list[dict], gates: dict, engine: dict) -> dict[str, str]:
+    """Per target, the artifact to deploy, from the numbers measured here: on a CPU the fastest
+    ONNX Runtime variant at batch 32 that passed its gate; on a GPU the engine (or how to build it)."""
+    cpu = [
+        r
+        for r in table
+        if r["backend"].startswith("onnxruntime-")
+        and r["device"] == "CPUExecutionProvider"
+        and gates.get(r["backend"].removeprefix("onnxruntime-"), {}).get("status") in ("passed", "reference")
+    ]
+    out = {}
+    if cpu:
+        fp32 = next((r for r in cpu if r["backend"] == "onnxruntime-fp32"), cpu[0])
+        best = max(cpu, key=lambda r: r["throughput"])
+        precision = best["backend"].removeprefix("onnxruntime-")
+        out["CPU (ONNX Runtime)"] = (
+            f"`{gates.get(precision, {}).get('file', best['backend'])}`: {best['throughput']:.0f} img/s at batch 32 "
+            f"({best['throughput'] / fp32['throughput']:.2f}x FP32), p50 {best['p50_ms']:.2f} ms at batch 1 "
+            f"({best['p50_ms'] / fp32['p50_ms']:.2f}x FP32), test top-1 {best['top1']:.4f} (FP32 {fp32['top1']:.4f}); "
+            "measured on this machine's CPU"
+        )
+    if engine.get("built"):
+        out["GPU (TensorRT)"] = (
+            f"`models/engine/model.engine` ({engine['precision']}, TensorRT {engine['tensorrt']}, "
+            f"{engine['gpu']['name']}, compute capability {engine['gpu']['compute_capability']})"
+            + (f"; {engine['fallback']}" if engine.get("fallback") else "")
+        )
+    else:
+        precision = engine.get("precision", "fp16")
+        out["GPU (TensorRT)"] = (
+            f"build the engine on the target GPU (`dvc repro engine` with TensorRT installed) from "
+            f"`{gates.get(precision, {}).get('file', 'models/onnx/')}` ({precision}, its gate "
+            f"{gates.get(precision, {}).get('status', 'not run')}); not built here: {engine.get('reason', 'unknown')}"
+        )
+    return out
+
+
+def model_card(cfg: Config, rows, classes, table, gates, engine, advice, deployed, preprocess: dict) -> str:
+    """models/MODEL_CARD.md: what the model is, how it was made and measured, and its limits."""
+    splits = {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
+    lio = cfg.lio
+    method = (
+        f"LIO heads on {', '.join(lio.stages)} (P {lio.P}, alpha {lio.alpha}, beta {lio.beta}, target_grad "
+        f"{str(lio.target_grad).lower()}, scl_weights {lio.scl_weights}, mask_source {lio.mask_source}), "
+        "removed after training"
+        if lio.stages
+        else "plain training (lio.stages: [], the baseline)"
+    )
+    t = cfg.train
+    gate_rows = [
+        f"| {p} | {g['status']} | {g['gate']['val_top1_drop']:+.4f} (max {g['gate']['max_top1_drop']}) | "
+        f"{g['gate']['val_agreement']:.4f} (min {g['gate']['min_agreement']}) | {g['gate']['test_top1']:.4f} |"
+        for p, g in gates.items()
+        if isinstance(g, dict) and "gate" in g
+    ]
+    pre = json.dumps(preprocess)
+    study = _study_line()
+    lines = [
+        f"# Model card: {cfg.model.arch} trained with Look-into-Object",
+        "",
+        f"**What it is.** A plain torchvision `{cfg.model.arch}` with {len(classes)} classes: the network that "
+        f"ships is exactly torchvision's (proved in `reports/parity.json`); during training it carried {method}.",
+        "",
+        f"**Data.** `data.format: {cfg.data.format}` "
+        f"({cfg.data.root if cfg.data.format != 'synthetic' else 'the embedded synthetic set'}): "
+        f"{splits['train']} training, {splits['val']} validation, {splits['test']} test images. The best epoch is "
+        "chosen on validation; the test split is read once.",
+        "",
+        f"**Training.** {t.epochs} epochs of {t.optimizer} (lr {t.lr}, new layers x{t.head_lr_mult}, weight decay "
+        f"{t.weight_decay}, {t.schedule} schedule), batch {t.batch_size}, seed {cfg.seed}, weights from "
+        f"`model.pretrained: {cfg.model.pretrained}`.",
+        "",
+        "**Preprocessing** (also in every artifact's metadata; `pipeline.preprocess.preprocess` does it): "
+        f"`{pre}`: decode RGB, resize the shorter side, centre-crop, scale to [0, 1], normalise.",
+        "",
+        "**Accuracy and latency** per backend, on the test split, on the machine that ran the report:",
+        "",
+        markdown_table(
+            table,
+            [
+                ("backend", "backend", ""),
+                ("device", "device", ""),
+                ("top1", "top-1", ".4f"),
+                ("agreement", "agreement with PyTorch", ".4f"),
+                ("p50_ms", "p50 ms (batch 1)", ".2f"),
+                ("throughput", f"img/s (batch {cfg.engine.max_batch})", ".1f"),
+            ],
+        ),
+        "",
+        f"Per-class results (`reports/per_class.json`) come from `{deployed}`.",
+        "",
+        f"**Precision gates**, decided on {gates.get('gates_decided_on', 'the validation split')}; test top-1 beside:",
+        "",
+        "| variant | status | val top-1 drop | val agreement | test top-1 |",
+        "|---|---|---|---|---|",
+        *gate_rows,
+        "",
+        "**Engine.** "
+        + (
+            f"TensorRT {engine['tensorrt']}, {engine['precision']}, built on {engine['gpu']['name']} (compute "
+            f"capability {engine['gpu']['compute_capability']}), compatibility {engine.get('compatibility')}."
+            if engine.get("built")
+            else f"not built here ({engine.get('reason', 'unknown')}); `dvc repro engine` on the target GPU builds "
+            f"it from the {engine.get('precision', cfg.engine.precision)} ONNX variant."
+        ),
+        "",
+        "**What to deploy:**",
+        "",
+        *[f"- {target}: {text}" for target, text in advice.items()],
+        "",
+        f"**Does LIO help?** {study}",
+        "",
+        "**Intended use and limits.** Image classification of the classes above, on images like the training data "
+        "and preprocessed exactly as stated. Not evaluated for other domains, for calibration of its probabilities, "
+        "or for robustness to corruptions; accuracy on a small test split carries a binomial error of about "
+        f"{100 * (0.25 / max(1, splits['test'])) ** 0.5:.1f} points. The embedded default dataset is synthetic: "
+        "its numbers show the pipeline works, not how a model does on photographs.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _study_line() -> str:
+    """The study's main comparison with its interval, from reports/study.json (when present)."""
+    path = Path("reports/study.json")
+    if not path.exists():
+        return "no study recorded (`lio study`)."
+    parts = []
+    for preset, section in json.loads(path.read_text()).get("presets", {}).items():
+        v = section.get("variants", {}).get("lio")
+        if not v or v["test_vs_baseline"]["ci95"] is None:
+            continue
+        d = v["test_vs_baseline"]
+        parts.append(
+            f"{preset} preset: LIO vs baseline {d['mean']:+.3f} test top-1, 95% CI [{d['ci95'][0]:+.3f}, "
+            f"{d['ci95'][1]:+.3f}] over {d['n']} paired seeds ({d['wins']} wins)"
+        )
+    return (
+        "; ".join(parts) + " (reports/study.md)."
+        if parts
+        else "the study has too few paired seeds yet (reports/study.md)."
+    )
 
 
 def markdown(cfg, table, skipped, n_test, deployed, classes_table, mistakes, loc) -> list[str]:

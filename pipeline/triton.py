@@ -26,9 +26,13 @@ from pipeline.io import atomic_dir, write_json
 from pipeline.onnx_runtime import read_meta
 from pipeline.paths import require
 
-ONNX_MODEL, TRT_MODEL = "lio_onnx", "lio_tensorrt"
+ONNX_MODEL, TRT_MODEL, FUSED_MODEL = "lio_onnx", "lio_tensorrt", "lio_onnx_uint8"
 #: ONNX TensorProto element types -> Triton data types
-TRITON_TYPES: dict[int, str] = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16"}
+TRITON_TYPES: dict[int, str] = {
+    onnx.TensorProto.FLOAT: "TYPE_FP32",
+    onnx.TensorProto.FLOAT16: "TYPE_FP16",
+    onnx.TensorProto.UINT8: "TYPE_UINT8",
+}
 
 
 def tensor_spec(value: onnx.ValueInfoProto) -> tuple[str, str, list[int]]:
@@ -71,13 +75,40 @@ def config_text(
     )
 
 
-def build_repository(out: Path, onnx_path: Path, engine_info_path: Path, engine_path: Path) -> dict:
+def build_repository(
+    out: Path, onnx_path: Path, engine_info_path: Path, engine_path: Path, fused: Path | None = None
+) -> dict:
     """The triton stage: the repository from models/onnx and models/engine."""
     info = json.loads(require(engine_info_path, "engine").read_text())
-    return write_repository(out, require(onnx_path, "export"), info, engine_path)
+    fused = fused if fused is not None and fused.exists() else None
+    return write_repository(out, require(onnx_path, "export"), info, engine_path, fused)
 
 
-def write_repository(out: Path, onnx_path: Path, engine_info: dict, engine_path: Path) -> dict:
+def plan_needs(info: dict) -> str:
+    """Which TensorRT (and so which Triton container) can load the plan, from engine.json."""
+    trt, compat = info["tensorrt"], info.get("compatibility", {})
+    version = (
+        f"TensorRT {trt.split('.')[0]}.x, {trt} or later"
+        if compat.get("version_compatible")
+        else f"TensorRT {trt} exactly"
+    )
+    gpu = info.get("gpu", {})
+    hardware = {
+        "ampere_plus": "any GPU of compute capability 8.0 or higher (Ampere or later)",
+        "same_compute_capability": f"a GPU of compute capability {gpu.get('compute_capability')}",
+    }.get(
+        compat.get("hardware", "none"),
+        f"a GPU of compute capability {gpu.get('compute_capability')} (built on {gpu.get('name')})",
+    )
+    return (
+        f"{version}, on {hardware}: serve it from a Triton Inference Server container whose TensorRT backend is "
+        "that release (NVIDIA's Frameworks Support Matrix lists the TensorRT version of each Triton container)"
+    )
+
+
+def write_repository(
+    out: Path, onnx_path: Path, engine_info: dict, engine_path: Path, fused: Path | None = None
+) -> dict:
     """Writes the repository folder `out` whole (swapped in atomically); returns a summary."""
     model = onnx.load(str(onnx_path), load_external_data=False)
     meta = read_meta(onnx_path)
@@ -99,6 +130,17 @@ def write_repository(out: Path, onnx_path: Path, engine_info: dict, engine_path:
         )
         (folder / "labels.txt").write_text(labels)
         served.append(ONNX_MODEL)
+        if fused is not None:  # uint8 NHWC in: the server scales and normalises, the client only resizes
+            folder = tmp / FUSED_MODEL
+            (folder / "1").mkdir(parents=True)
+            shutil.copyfile(fused, folder / "1" / "model.onnx")
+            graph = onnx.load(str(fused), load_external_data=False).graph
+            u8_in, u8_out = [tensor_spec(v) for v in graph.input], [tensor_spec(v) for v in graph.output]
+            (folder / "config.pbtxt").write_text(
+                config_text(FUSED_MODEL, "onnxruntime_onnx", hi, preferred, u8_in, u8_out, "KIND_CPU", "model.onnx")
+            )
+            (folder / "labels.txt").write_text(labels)
+            served.append(FUSED_MODEL)
         if engine_info.get("built"):
             folder = tmp / TRT_MODEL
             (folder / "1").mkdir(parents=True)
@@ -124,7 +166,17 @@ def write_repository(out: Path, onnx_path: Path, engine_info: dict, engine_path:
                 "scale to [0, 1], subtract mean and divide by std per channel",
                 "lay out as NCHW float32, batch first",
             ],
+            "client_function": "pipeline.preprocess.preprocess (the pipeline's own, bit for bit)",
+            "fused_input": None
+            if fused is None
+            else {
+                "model": FUSED_MODEL,
+                "datatype": "UINT8",
+                "shape": ["batch", meta["preprocess"]["crop"], meta["preprocess"]["crop"], 3],
+                "client": "pipeline.preprocess.resize_and_crop (resize and crop only)",
+            },
             "tensorrt": engine_info.get("tensorrt") if engine_info.get("built") else None,
+            "tensorrt_plan_needs": plan_needs(engine_info) if engine_info.get("built") else None,
             "tensorrt_not_served": None if engine_info.get("built") else engine_info.get("reason"),
         }
         write_json(tmp / "preprocess.json", client)

@@ -12,7 +12,11 @@ from pipeline.engine import build_engine
 @with_config
 def command(cfg):
     """Build a strongly typed TensorRT engine from the chosen ONNX variant."""
-    info = build_engine(cfg.engine)
+    info = build_engine(
+        cfg.engine, paths.ONNX, paths.EXPORT_REPORT, paths.ENGINE, paths.ENGINE_INFO, paths.TIMING_CACHE
+    )
+    if info["fallback"]:
+        click.echo(f"engine.precision: {info['fallback']}")
     if info["built"]:
         click.echo(f"wrote {paths.ENGINE} ({info['precision']}, TensorRT {info['tensorrt']}, {info['gpu']['name']})")
     else:

@@ -11,5 +11,5 @@ from pipeline.triton import build_repository
 @with_config
 def command(cfg):
     """Write a model repository that `tritonserver --model-repository=models/triton` serves."""
-    client = build_repository(paths.TRITON, paths.ONNX["fp32"], paths.ENGINE_INFO, paths.ENGINE)
+    client = build_repository(paths.TRITON, paths.ONNX["fp32"], paths.ENGINE_INFO, paths.ENGINE, paths.FUSED)
     click.echo(f"wrote {paths.TRITON}: {', '.join(client['models'])}")

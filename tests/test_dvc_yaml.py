@@ -73,3 +73,14 @@ def test_report_does_not_depend_on_training_code_it_does_not_run():
     """Editing the report must not retrain: train's closure excludes the report's modules."""
     train = {p.relative_to(ROOT).as_posix() for p in closure(command_modules(DVC["train"]["cmd"]))}
     assert "pipeline/report.py" not in train and "pipeline/export.py" not in train
+
+
+@pytest.mark.parametrize("stage", list(DVC))
+def test_no_code_dep_goes_unused(stage):
+    """A listed project file (or folder of them) that the command never imports reruns the stage for nothing."""
+    spec = DVC[stage]
+    deps = [d if isinstance(d, str) else next(iter(d)) for d in spec.get("deps", [])]
+    files = {p.relative_to(ROOT).as_posix() for p in closure(command_modules(spec["cmd"]))}
+    code = [d for d in deps if d.split("/")[0] in PACKAGES]
+    unused = [d for d in code if not any(f == d or f.startswith(d.rstrip("/") + "/") for f in files)]
+    assert not unused, f"dvc.yaml: stage {stage!r} lists {unused} in its deps but never imports them"

@@ -36,6 +36,13 @@ class FakeTensorRT:
         class MemoryPoolType:
             WORKSPACE = "WORKSPACE"
 
+        class HardwareCompatibilityLevel:
+            AMPERE_PLUS = "AMPERE_PLUS"
+            SAME_COMPUTE_CAPABILITY = "SAME_COMPUTE_CAPABILITY"
+
+        class BuilderFlag:
+            VERSION_COMPATIBLE = "VERSION_COMPATIBLE"
+
         class Tensor:
             def __init__(self, name, shape):
                 self.name, self.shape = name, shape
@@ -91,8 +98,8 @@ class FakeTensorRT:
                 fake.calls.append(("set_memory_pool_limit", pool, size))
 
             def __setattr__(self, name, value):
-                if name == "builder_optimization_level":
-                    fake.calls.append(("builder_optimization_level", value))
+                if name in ("builder_optimization_level", "hardware_compatibility_level"):
+                    fake.calls.append((name, value))
                 object.__setattr__(self, name, value)
 
             def add_optimization_profile(self, profile):
@@ -132,6 +139,7 @@ class FakeTensorRT:
 
         self.Logger, self.Builder, self.OnnxParser = Logger, Builder, OnnxParser
         self.NetworkDefinitionCreationFlag, self.MemoryPoolType = NetworkDefinitionCreationFlag, MemoryPoolType
+        self.HardwareCompatibilityLevel, self.BuilderFlag = HardwareCompatibilityLevel, BuilderFlag
 
 
 GPU = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
@@ -140,6 +148,7 @@ GPU = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
 @pytest.fixture
 def workspace(tmp_path, exported, monkeypatch):
     shutil.copytree(exported / "models", tmp_path / "models")
+    shutil.copytree(exported / "reports", tmp_path / "reports")
     shutil.copy(exported / "params.yaml", tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
     return tmp_path
@@ -182,7 +191,9 @@ def test_strongly_typed_build_with_profile_workspace_level_and_timing_cache(work
 
     info = json.loads((workspace / "models/engine/engine.json").read_text())
     assert info["built"] and info["tensorrt"] == "10.13.0" and info["gpu"] == GPU and info["precision"] == "fp16"
-    assert info["onnx"].endswith("model.fp16.onnx") and len(info["onnx_sha256"]) == 64
+    assert info["onnx"].endswith("model.fp16.onnx") and len(info["onnx_sha256"]) == 64 and info["fallback"] is None
+    assert info["compatibility"] == {"hardware": "none", "version_compatible": False}
+    assert not calls(fake, "hardware_compatibility_level")
     assert info["input"] == {"name": "input", "shape": [-1, 3, 32, 32]} and info["output"]["name"] == "logits"
     assert info["profile"] == {"min": [1, 3, 32, 32], "opt": [8, 3, 32, 32], "max": [8, 3, 32, 32]}
 
@@ -202,6 +213,71 @@ def test_unparseable_onnx_is_reported(workspace, monkeypatch):
     assert not (workspace / "e.engine").exists()
 
 
+def test_compatibility_settings_reach_the_builder_and_engine_json(workspace, monkeypatch):
+    fake = FakeTensorRT()
+    monkeypatch.setattr(engine_lib, "tensorrt_or_reason", lambda: (fake, None))
+    monkeypatch.setattr(engine_lib, "gpu_info", lambda: GPU)
+    params = (workspace / "params.yaml").read_text()
+    params = params.replace("hardware_compatibility: none", "hardware_compatibility: ampere_plus")
+    params = params.replace("version_compatible: false", "version_compatible: true")
+    (workspace / "params.yaml").write_text(params)
+    assert CliRunner().invoke(engine_stage.command, []).exit_code == 0
+    assert calls(fake, "hardware_compatibility_level") == [("hardware_compatibility_level", "AMPERE_PLUS")]
+    assert calls(fake, "set_flag") == [("set_flag", "VERSION_COMPATIBLE")]  # the only flag: no precision flags
+    info = json.loads((workspace / "models/engine/engine.json").read_text())
+    assert info["compatibility"] == {"hardware": "ampere_plus", "version_compatible": True}
+
+
+def test_rejected_precision_falls_back_to_the_next_that_passed(workspace, monkeypatch):
+    fake = FakeTensorRT()
+    monkeypatch.setattr(engine_lib, "tensorrt_or_reason", lambda: (fake, None))
+    monkeypatch.setattr(engine_lib, "gpu_info", lambda: GPU)
+    report = json.loads((workspace / "reports/export.json").read_text())
+    report["fp16"]["status"] = "rejected"  # as export writes it when the gate fails
+    (workspace / "reports/export.json").write_text(json.dumps(report))
+    (workspace / "params.yaml").write_text(
+        (workspace / "params.yaml").read_text().replace("precision: fp16", "precision: int8")
+    )
+    report["int8"]["status"] = "rejected"
+    (workspace / "reports/export.json").write_text(json.dumps(report))
+    result = CliRunner().invoke(engine_stage.command, [])
+    assert result.exit_code == 0, result.output
+    info = json.loads((workspace / "models/engine/engine.json").read_text())
+    assert info["precision"] == "fp32" and info["requested_precision"] == "int8" and info["onnx"].endswith("model.onnx")
+    assert "int8 was rejected by its gate; fp16 was rejected by its gate: built from fp32" in info["fallback"]
+    assert "built from fp32" in result.output
+    # engine.required: true makes a fallback an error, in one line
+    params = (workspace / "params.yaml").read_text().replace("required: auto", "required: 'true'")
+    (workspace / "params.yaml").write_text(params)
+    result = CliRunner().invoke(engine_stage.command, [])
+    assert result.exit_code == 1 and "engine.precision int8 cannot be deployed" in result.output
+
+
+GPU_SAME_CC = {"name": "NVIDIA H100 PCIe", "compute_capability": "9.0"}
+GPU_OLDER = {"name": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0"}
+GPU_TURING = {"name": "Tesla T4", "compute_capability": "7.5"}
+
+
+@pytest.mark.parametrize(
+    "compat,trt_here,gpu_here,refused",
+    [
+        ({}, "10.13.0", GPU_SAME_CC, None),  # another name, same compute capability: runs
+        ({}, "10.13.0", GPU_OLDER, "built for compute capability '9.0' but this GPU has '8.0'"),
+        ({}, "11.0.0", GPU, "built for tensorrt '10.13.0' but this machine has '11.0.0'"),
+        ({"hardware": "ampere_plus"}, "10.13.0", GPU_OLDER, None),
+        ({"hardware": "ampere_plus"}, "10.13.0", GPU_TURING, "needs compute capability >= 8.0"),
+        ({"hardware": "same_compute_capability"}, "10.13.0", GPU_OLDER, "compute capability '9.0'"),
+        ({"version_compatible": True}, "10.14.1", GPU, None),
+        ({"version_compatible": True}, "10.12.0", GPU, "needs TensorRT 10.x >= 10.13.0"),
+        ({"version_compatible": True}, "11.0.0", GPU, "needs TensorRT 10.x >= 10.13.0"),
+    ],
+)
+def test_runner_check_uses_compute_capability_and_compatibility(compat, trt_here, gpu_here, refused):
+    info = {"tensorrt": "10.13.0", "gpu": GPU, "compatibility": compat}
+    why = engine_lib.why_not_here(info, trt_here, gpu_here)
+    assert why is None if refused is None else refused in why
+
+
 def test_engine_from_another_machine_is_refused(workspace, monkeypatch):
     fake = FakeTensorRT()
     monkeypatch.setattr(engine_lib, "tensorrt_or_reason", lambda: (fake, None))
@@ -209,9 +285,10 @@ def test_engine_from_another_machine_is_refused(workspace, monkeypatch):
     info.write_text(
         json.dumps({"tensorrt": "10.13.0", "gpu": GPU, "input": {"name": "input"}, "output": {"name": "logits"}})
     )
-    monkeypatch.setattr(engine_lib, "gpu_info", lambda: {"name": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0"})
-    with pytest.raises(EngineError, match=r"built for name 'NVIDIA H100 80GB HBM3' but this machine has 'NVIDIA A100"):
+    monkeypatch.setattr(engine_lib, "gpu_info", lambda: GPU_OLDER)
+    with pytest.raises(EngineError, match=r"built for compute capability '9.0' but this GPU has '8.0'.*rebuild"):
         EngineRunner(workspace / "model.engine", info)
+    monkeypatch.setattr(engine_lib, "gpu_info", lambda: GPU)
     fake.__version__ = "11.0.0"
     with pytest.raises(EngineError, match=r"built for tensorrt '10.13.0' but this machine has '11.0.0'.*rebuild"):
         EngineRunner(workspace / "model.engine", info)

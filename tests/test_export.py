@@ -17,7 +17,8 @@ from stages.cli import main
 
 def test_fp32_export_is_checked_and_matches_pytorch(exported):
     report = json.loads((exported / "reports/export.json").read_text())
-    assert set(report) == {"fp32", "fp16", "int8"}
+    assert set(report) == {"fp32", "fp16", "int8", "int8_cpu", "fused_preprocess", "gates", "gates_decided_on"}
+    assert all(report[p]["status"] == "passed" for p in ("fp16", "int8", "int8_cpu"))  # the tiny config's open gates
     parity = report["fp32"]["parity_vs_pytorch"]
     assert parity["passed"] and parity["same_top1"] and parity["images"] == 12
     assert parity["max_abs_diff"] <= 1e-4 * parity["largest_logit"]
@@ -40,13 +41,99 @@ def test_dynamic_batch_in_onnx_runtime(exported):
 @pytest.mark.parametrize("precision,tensor_type", [("fp16", onnx.TensorProto.FLOAT16), ("int8", onnx.TensorProto.INT8)])
 def test_precision_variants(exported, precision, tensor_type):
     report = json.loads((exported / "reports/export.json").read_text())[precision]
-    assert report["top1_agreement_vs_fp32"] >= 0.75 and 0 <= report["test_top1"] <= 1
+    assert report["gate"]["test_agreement"] >= 0.75 and 0 <= report["test_top1"] <= 1
     model = onnx.load(str(exported / f"models/onnx/model.{precision}.onnx"))
     types = {i.data_type for i in model.graph.initializer}
     types |= {a.t.data_type for n in model.graph.node for a in n.attribute if a.type == onnx.AttributeProto.TENSOR}
     zero_points = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
     assert tensor_type in types or (precision == "int8" and zero_points)
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # same preprocessing for all
+
+
+def test_cpu_int8_is_onnx_runtimes_own_quantization(exported):
+    report = json.loads((exported / "reports/export.json").read_text())["int8_cpu"]
+    tried = {(c["format"], c["calibration"]) for c in report["candidates"]}
+    assert tried == {(f, m) for f in ("QOperator", "QDQ") for m in ("MinMax", "Percentile")}
+    fastest = max(report["candidates"], key=lambda c: c["batch32_img_s"])  # all pass the tiny config's gates
+    assert (report["format"], report["calibration"]) == (fastest["format"], fastest["calibration"])
+    model = onnx.load(str(exported / "models/onnx/model.int8_cpu.onnx"))
+    ops = {n.op_type for n in model.graph.node}
+    assert ("QLinearConv" in ops) if report["format"] == "QOperator" else ("DequantizeLinear" in ops)
+    assert not list((exported / "models/onnx").glob("tmp*"))  # the other candidates are gone
+
+
+def damage(source, path, meta):
+    """A real, deliberately broken variant: FP32 with the classifier's weights negated."""
+    model = onnx.load(str(source))
+    for init in model.graph.initializer:
+        if init.name.startswith("fc.weight"):
+            w = onnx.numpy_helper.to_array(init)
+            init.CopyFrom(onnx.numpy_helper.from_array(-w, init.name))
+    onnx.save(model, str(path))
+
+
+def test_a_failing_gate_rejects_the_variant_and_the_engine_falls_back(exported, tmp_path, monkeypatch):
+    import shutil
+
+    import pipeline.export as export_lib
+    from pipeline.config import ExportConfig, Gate, Gates
+    from pipeline.engine import build_engine
+    from tests.conftest import tiny_config
+
+    shutil.copytree(exported / "models", tmp_path / "models")
+    monkeypatch.setattr(export_lib, "export_fp16", damage)
+    files = {p: tmp_path / f"models/onnx/{'model' if p == 'fp32' else 'model.' + p}.onnx" for p in ("fp32", "fp16")}
+    strict = ExportConfig(precisions=["fp32", "fp16"], gates=Gates(fp16=Gate(0.0, 0.99)))
+    report = tmp_path / "reports/export.json"
+    result = export_lib.export_all(
+        tmp_path / "models/resnet18.pt", exported / "data/prepared", files, report, strict, seed=0
+    )
+    fp16 = result["fp16"]
+    assert fp16["status"] == "rejected" and not files["fp16"].exists()  # out of the deployables
+    assert fp16["gate"]["val_agreement"] < 0.99 and fp16["gate"]["min_agreement"] == 0.99
+    assert json.loads(report.read_text())["fp16"]["status"] == "rejected"
+    assert "validation split" in result["gates_decided_on"]
+
+    cfg = tiny_config(**{"engine.precision": "fp16"}).engine
+    engine_dir = tmp_path / "models/engine"
+    info = build_engine(cfg, files, report, engine_dir / "model.engine", engine_dir / "engine.json", tmp_path / "cache")
+    assert info["precision"] == "fp32" and "fp16 was rejected by its gate: built from fp32" in info["fallback"]
+
+    # the same variant passes a gate that allows it
+    loose = ExportConfig(precisions=["fp32", "fp16"], gates=Gates(fp16=Gate(1.0, 0.0)))
+    result = export_lib.export_all(tmp_path / "models/resnet18.pt", exported / "data/prepared", files, report, loose, 0)
+    assert result["fp16"]["status"] == "passed" and files["fp16"].exists()
+
+
+def test_layer_sensitivity_ranks_quantized_layers_and_repair_keeps_them_in_fp32(exported, tmp_path):
+    from pipeline.export import export_int8, layer_sensitivity
+
+    onnx_dir = exported / "models/onnx"
+    calibration = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    ranked = layer_sensitivity(onnx_dir / "model.onnx", onnx_dir / "model.int8.onnx", calibration)
+    convs = {n.name for n in onnx.load(str(onnx_dir / "model.onnx")).graph.node if n.op_type in ("Conv", "Gemm")}
+    assert len(ranked) >= 10 and {name for name, _ in ranked} <= convs
+    assert [s for _, s in ranked] == sorted((s for _, s in ranked), reverse=True)
+    keep = [name for name, _ in ranked[:3]]
+    repaired = tmp_path / "repaired.onnx"
+    export_int8(onnx_dir / "model.onnx", repaired, calibration, {}, exclude=keep)
+    graph = onnx.load(str(repaired)).graph
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    for node in graph.node:
+        if node.name in keep:  # weights straight from an FP32 initializer, no DequantizeLinear
+            assert producers.get(node.input[1]) != "DequantizeLinear"
+
+
+def test_fused_preprocessing_model_takes_the_clients_uint8_crops(exported):
+    from pipeline.preprocess import resize_and_crop
+
+    report = json.loads((exported / "reports/export.json").read_text())["fused_preprocess"]
+    assert report["parity_vs_fp32"]["passed"]
+    sess = onnx_runtime.session(exported / "models/onnx/model.uint8.onnx")
+    spec = onnx_runtime.read_meta(exported / "models/onnx/model.onnx")["preprocess"]
+    image = sorted((exported / "data/prepared/synthetic/images/001.arrangement_01").iterdir())[0]
+    x = resize_and_crop(image, spec)
+    assert sess.get_inputs()[0].type == "tensor(uint8)" and sess.run(None, {"images": x})[0].shape == (1, 3)
 
 
 def test_parity_failure_leaves_no_onnx(tmp_path):
