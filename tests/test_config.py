@@ -46,8 +46,8 @@ def test_repository_params_load():
         ({"data": {"synthetic": {"image_size": 0}}}, "data.synthetic.image_size", ">= 16"),
         ({"data": {"synthetic": {"classes": 0}}}, "data.synthetic.classes", ">= 2"),
         ({"lio": {"mask_source": "gt", "oel": False}}, "lio.mask_source", "lio.oel: true"),
-        # at the 64 px default layer4's map is 2x2: pool 3 would leave 0x0 (it used to fail in the first step)
-        ({"lio": {"pool": 3}}, "lio.pool", "layer4's 2x2 map at data.transforms.crop 64 to 0x0"),
+        # at the 64 px default pool 3 leaves layer3's 4x4 map 1x1 (it used to fail in the first training step)
+        ({"lio": {"pool": 3}}, "lio.pool", "layer3's 4x4 map at data.transforms.crop 64 to 1x1"),
         (
             {"lio": {"pool": 2, "stages": ["layer3"]}, "data": {"transforms": {"crop": 32, "resize": 36}}},
             "lio.pool",

@@ -54,7 +54,7 @@ def test_training_writes_model_metrics_plots_and_checkpoint(tmp_path, tiny_prepa
     assert metrics["step"] == 1 and "oel" in metrics["train"]["layer2"]
     plots = {p.name for p in (tmp_path / "dvclive/plots/metrics").rglob("*.tsv")}
     assert {"top1.tsv", "oel.tsv", "scl.tsv", "cls.tsv", "lr.tsv"} <= plots
-    assert (tmp_path / "dvclive/plots/metrics/train/layer4/oel.tsv").exists()
+    assert (tmp_path / "dvclive/plots/metrics/train/layer3/oel.tsv").exists()
     state = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)
     assert state["epoch"] == 2 and state["best"]["epoch"] == summary["best_epoch"]
     blob = torch.load(tmp_path / "models/lio.pt", weights_only=True)
