@@ -105,7 +105,7 @@ def compatibility(cfg) -> dict:
     return {"hardware": cfg.hardware_compatibility, "version_compatible": cfg.version_compatible}
 
 
-def _version(text: str) -> tuple[int, ...]:
+def _version(text: str | None) -> tuple[int, ...]:
     return tuple(int(p) for p in str(text).split(".")[:3] if p.isdigit())
 
 

@@ -22,6 +22,7 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -77,6 +78,8 @@ class FusedPreprocess(nn.Module):
     def __init__(self, model: nn.Module, mean: list[float], std: list[float]):
         super().__init__()
         self.model = model
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
@@ -132,7 +135,7 @@ def export_fp16(fp32: Path, path: Path, meta: dict) -> None:
         onnx.checker.check_model(str(tmp))
 
 
-def export_int8(fp32: Path, path: Path, calibration: np.ndarray, meta: dict, exclude: list[str] = ()) -> None:
+def export_int8(fp32: Path, path: Path, calibration: np.ndarray, meta: dict, exclude: tuple[str, ...] = ()) -> None:
     """ModelOpt post-training quantization (QDQ, for TensorRT) calibrated on training images;
     `exclude` names nodes that stay in FP32."""
     from modelopt.onnx.quantization import quantize
@@ -243,7 +246,7 @@ def layer_sensitivity(fp32: Path, int8: Path, calibration: np.ndarray) -> list[t
 
     def error(t: str) -> float:
         ref = outs["fp32"][t].astype(np.float64)
-        return float(np.linalg.norm(outs["int8"][t] - ref) / max(np.linalg.norm(ref), 1e-12))
+        return float(np.linalg.norm(outs["int8"][t] - ref)) / max(float(np.linalg.norm(ref)), 1e-12)
 
     scores = {name: error(out) - error(inp) for name, (inp, out) in layers.items()}
     return sorted(scores.items(), key=lambda kv: -kv[1])
@@ -352,7 +355,8 @@ def export_all(
         elif precision == "int8":
             export_int8(fp32, path, calibration, meta)
         if precision == "int8_cpu":
-            entry["candidates"] = candidates = []
+            candidates: list[dict[str, Any]] = []
+            entry["candidates"] = candidates
             with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
                 for (fmt, method), candidate in export_int8_cpu(fp32, Path(tmp), calibration, meta).items():
                     verdict, _ = evaluate(candidate, gate)
@@ -373,7 +377,7 @@ def export_all(
         if precision == "int8" and not verdict["passed"] and cfg.int8_repair_layers:
             ranked = layer_sensitivity(fp32, path, calibration[:16])
             kept = [name for name, _ in ranked[: cfg.int8_repair_layers]]
-            export_int8(fp32, path, calibration, meta, exclude=kept)
+            export_int8(fp32, path, calibration, meta, exclude=tuple(kept))
             entry["first_try"] = verdict
             entry["repair"] = {"kept_in_fp32": kept, "sensitivity": dict(ranked[: cfg.int8_repair_layers])}
             verdict, _ = evaluate(path, gate)

@@ -116,7 +116,7 @@ def test_layer_sensitivity_ranks_quantized_layers_and_repair_keeps_them_in_fp32(
     assert [s for _, s in ranked] == sorted((s for _, s in ranked), reverse=True)
     keep = [name for name, _ in ranked[:3]]
     repaired = tmp_path / "repaired.onnx"
-    export_int8(onnx_dir / "model.onnx", repaired, calibration, {}, exclude=keep)
+    export_int8(onnx_dir / "model.onnx", repaired, calibration, {}, exclude=tuple(keep))
     graph = onnx.load(str(repaired)).graph
     producers = {o: n.op_type for n in graph.node for o in n.output}
     for node in graph.node:

@@ -36,6 +36,23 @@ def test_runs_on_the_cpu_and_names_every_skipped_part(tmp_path):
         for name in PARTS:
             assert result[name]["skipped"] == "no CUDA device", name
             assert f"{name}" in proc.stdout and "skipped: no CUDA device" in proc.stdout
+        return
+    # on a CUDA machine, each part's result, not just the exit code
+    step = result["train_step"]
+    assert 0.5 < step["step_time_ratio"] < 5 and 0.5 < step["peak_memory_ratio"] < 5
+    amp = result["autocast"]
+    assert amp["all_finite"] and amp["pseudo_mask_dtype"] == "torch.float32"
+    assert amp["pseudo_mask_autocast_equals_float32"]
+    parity = result["strip_parity"]
+    assert parity["cpu_bitwise_equal"] and parity["cuda_within_tolerance"] and parity["cuda_same_top1"]
+    backends = result["report_backends"]
+    assert backends["cpu_backend_runs"] and backends["same_top1"] and backends["original_model_device"] == "cpu"
+    ort_cuda = result["onnxruntime_cuda"]  # a CPU-only onnxruntime build lists no CUDA provider: then it says so
+    assert "skipped" in ort_cuda or ort_cuda["cuda_provider_active"] == (
+        "CUDAExecutionProvider" in ort_cuda["available_providers"]
+    )
+    trt = result["tensorrt"]
+    assert "skipped" in trt or trt["all_same_top1"]
 
 
 def test_gpu_parts_need_only_torch_torchvision_numpy_and_pyyaml():
