@@ -381,6 +381,7 @@ def export_all(
             entry["first_try"] = verdict
             entry["repair"] = {"kept_in_fp32": kept, "sensitivity": dict(ranked[: cfg.int8_repair_layers])}
             verdict, _ = evaluate(path, gate)
+            entry["repair"]["helped"] = verdict["val_agreement"] > entry["first_try"]["val_agreement"]
         entry["gate"] = verdict
         entry["status"] = "passed" if verdict["passed"] else "rejected"
         entry["test_top1"] = verdict["test_top1"]
