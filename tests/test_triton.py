@@ -14,7 +14,7 @@ import onnx
 import pytest
 from google.protobuf import text_format
 
-from pipeline.triton import ONNX_MODEL, TRT_MODEL, write_repository
+from pipeline.triton import FUSED_MODEL, ONNX_MODEL, TRT_MODEL, write_repository
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 DT = model_config_pb2.DataType
@@ -70,6 +70,19 @@ def test_tensorrt_model_config_matches_engine_json(tmp_path, exported):
     assert list(config.input[0].dims) == [3, 32, 32] and list(config.output[0].dims) == [3]
     assert config.instance_group[0].kind == KIND.KIND_GPU and (folder / "1/model.plan").read_bytes() == b"PLAN"
     assert parse(tmp_path / "triton" / ONNX_MODEL / "config.pbtxt").max_batch_size == 16
+    needs = json.loads((tmp_path / "triton/preprocess.json").read_text())["tensorrt_plan_needs"]
+    assert needs.startswith("TensorRT 10.13.0 exactly") and "Triton Inference Server container" in needs
+
+
+def test_fused_preprocessing_model_takes_uint8_nhwc(tmp_path, exported):
+    fused = exported / "models/onnx/model.uint8.onnx"
+    client = write_repository(
+        tmp_path / "triton", exported / "models/onnx/model.onnx", not_built(), tmp_path / "e", fused
+    )
+    config = parse(tmp_path / "triton" / FUSED_MODEL / "config.pbtxt")
+    (inp,) = config.input
+    assert inp.name == "images" and inp.data_type == DT.TYPE_UINT8 and list(inp.dims) == [32, 32, 3]
+    assert client["models"] == [ONNX_MODEL, FUSED_MODEL] and client["fused_input"]["shape"] == ["batch", 32, 32, 3]
 
 
 def test_the_repository_is_replaced_whole(tmp_path, exported):
