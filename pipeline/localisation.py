@@ -25,6 +25,14 @@ from pipeline.lio.sampler import GroupBatchSampler, group_positives
 REFERENCES = ("all-ones", "centre prior", "random", "ceiling")
 
 
+#: the maps scored against the true masks, in table order: the trained ones (m' only with OEL),
+#: then the references at the same N (`reference_maps`); each is stored as IOU + name
+MAPS = ("m'", "M", "all-ones", "centre prior", "random", "ceiling")
+IOU = "iou "
+#: every score `evaluate_maps` gives per stage, beside N and the image count
+SCORES = (*(IOU + m for m in MAPS), "pointing", "pointing chance")
+
+
 def unit(maps: Tensor) -> Tensor:
     """Min-max normalise each [.., H, W] map to [0, 1]; a constant map becomes all ones."""
     lo, hi = maps.amin(dim=(-2, -1), keepdim=True), maps.amax(dim=(-2, -1), keepdim=True)
@@ -111,9 +119,9 @@ def evaluate_maps(
         maps = model.extent_maps(images, group_positives(len(batch) // (P + 1), P))
         for s, stage_maps in maps.items():
             n = stage_maps["ref"].shape[-1]
-            scores = {f"iou {name}": iou(m, masks, threshold) for name, m in stage_maps.items() if name != "ref"}
+            scores = {IOU + name: iou(m, masks, threshold) for name, m in stage_maps.items() if name != "ref"}
             for name, m in reference_maps(masks, n, area, seed + len(done)).items():
-                scores[f"iou {name}"] = iou(m, masks, threshold)
+                scores[IOU + name] = iou(m, masks, threshold)
             scores["pointing"] = pointing(stage_maps["ref"], masks).float()
             scores["pointing chance"] = pointing_chance(masks, n)
             scores["N"] = torch.full((len(batch),), float(n))

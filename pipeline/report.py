@@ -5,6 +5,9 @@ of the trained heads, written to reports/ as JSON (metrics, plots) and Markdown.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,27 +25,29 @@ from pipeline.figures import extent_figure
 from pipeline.io import atomic_path, write_json, write_text
 from pipeline.lio.checkpoint import load_trained
 from pipeline.lio.sampler import group_positives
-from pipeline.localisation import evaluate_maps, iou, mean_area
+from pipeline.localisation import IOU, MAPS, evaluate_maps, iou, mean_area
 from pipeline.metrics import accuracy, agreement, confusions, per_class
 from pipeline.timing import latency, throughput
 
 
-def backends(model: torch.nn.Module, weights: Path, cuda: bool) -> tuple[list[dict], dict[str, str]]:
-    """Everything that runs here, each {name, run(np)->np, sync, file, device}; and what was skipped, with why."""
-    found: list[dict[str, Any]] = [
-        {"name": "pytorch", "run": torch_runner(model, "cpu"), "sync": lambda: None, "file": weights, "device": "cpu"}
-    ]
+@dataclass
+class Backend:
+    """One way of running the deployed model here: a name for the tables, a numpy -> numpy call,
+    the file it runs, the device or provider that really runs it, and how to wait for it."""
+
+    name: str
+    run: Callable[[np.ndarray], np.ndarray]
+    file: Path
+    device: str
+    sync: Callable[[], Any] = lambda: None
+
+
+def backends(model: torch.nn.Module, weights: Path, cuda: bool) -> tuple[list[Backend], dict[str, str]]:
+    """Everything that runs here; and what was skipped, with why."""
+    found = [Backend("pytorch", torch_runner(model, "cpu"), weights, "cpu")]
     skipped: dict[str, str] = {}
     if cuda:
-        found.append(
-            {
-                "name": "pytorch-cuda",
-                "run": torch_runner(model, "cuda"),
-                "sync": torch.cuda.synchronize,
-                "file": weights,
-                "device": "cuda",
-            }
-        )
+        found.append(Backend("pytorch-cuda", torch_runner(model, "cuda"), weights, "cuda", sync=torch.cuda.synchronize))
     gates = json.loads(paths.EXPORT_REPORT.read_text()) if paths.EXPORT_REPORT.exists() else {}
     for precision, path in paths.ONNX.items():
         if gates.get(precision, {}).get("status") == "rejected":
@@ -58,15 +63,8 @@ def backends(model: torch.nn.Module, weights: Path, cuda: bool) -> tuple[list[di
             )
             continue
         sess = onnx_runtime.session(path, "cuda" if cuda else "cpu")
-        found.append(
-            {
-                "name": f"onnxruntime-{precision}",
-                "run": lambda x, s=sess: onnx_runtime.run(s, x),
-                "sync": lambda: None,
-                "file": path,
-                "device": onnx_runtime.provider(sess),
-            }
-        )
+        run = partial(onnx_runtime.run, sess)
+        found.append(Backend(f"onnxruntime-{precision}", run, path, onnx_runtime.provider(sess)))
     info_file = paths.ENGINE_INFO
     info: dict[str, Any] = (
         json.loads(info_file.read_text())
@@ -76,13 +74,12 @@ def backends(model: torch.nn.Module, weights: Path, cuda: bool) -> tuple[list[di
     if info.get("built"):
         try:
             found.append(
-                {
-                    "name": f"tensorrt-{info['precision']}",
-                    "run": EngineRunner(paths.ENGINE, info_file),
-                    "sync": lambda: None,
-                    "file": paths.ENGINE,
-                    "device": info["gpu"]["name"],
-                }
+                Backend(
+                    f"tensorrt-{info['precision']}",
+                    EngineRunner(paths.ENGINE, info_file),
+                    paths.ENGINE,
+                    info["gpu"]["name"],
+                )
             )
         except EngineError as e:
             skipped["tensorrt"] = str(e)
@@ -91,7 +88,7 @@ def backends(model: torch.nn.Module, weights: Path, cuda: bool) -> tuple[list[di
     return found, skipped
 
 
-def localisation(cfg: Config, rows: list[dict], preset) -> dict:
+def score_localisation(cfg: Config, rows: list[dict], preset) -> dict:
     """Per LIO stage: IoU of m' and M beside the reference predictors, pointing accuracy
     (pipeline.localisation), on the test images with true masks; and reports/masks.png,
     which every run writes (a baseline's shows the images and masks alone)."""
@@ -99,7 +96,7 @@ def localisation(cfg: Config, rows: list[dict], preset) -> dict:
     P, threshold = blob["lio"]["P"], cfg.report.mask_threshold
     test = [r for r in rows if r["split"] == "test"]
     masked = [r for r in test if r["mask"]]
-    figure(cfg, model, masked or test, preset, P, threshold, with_masks=bool(masked))
+    draw_masks(cfg, model, masked or test, preset, P, threshold, with_masks=bool(masked))
     if not model.stages or not masked:
         return {}
     train_masks = [r for r in rows if r["split"] == "train" and r["mask"]]
@@ -108,7 +105,7 @@ def localisation(cfg: Config, rows: list[dict], preset) -> dict:
     return {"stages": stages, "train_mask_area": area, "threshold": threshold}
 
 
-def figure(cfg: Config, model, test: list[dict], preset, P: int, threshold: float, with_masks: bool) -> None:
+def draw_masks(cfg: Config, model, test: list[dict], preset, P: int, threshold: float, with_masks: bool) -> None:
     """One test image per class (round robin), each with P positives of its class."""
     by_class: dict[int, list[dict]] = {}
     for r in test:
@@ -152,21 +149,21 @@ def write_report(cfg: Config) -> list[str]:
     batch = cfg.engine.max_batch
     sample = next(batches(test, preset, batch)).numpy()
     big = np.resize(sample, (batch, *sample.shape[1:]))  # the largest profile batch, for throughput
-    print(f"scoring {', '.join(b['name'] for b in found)} on {len(test)} test images")
-    scored = logits_over({b["name"]: b["run"] for b in found}, test, preset, batch)
+    print(f"scoring {', '.join(b.name for b in found)} on {len(test)} test images")
+    scored = logits_over({b.name: b.run for b in found}, test, preset, batch)
     rc, table = cfg.report, []
     for b in found:
-        print(f"timing {b['name']} ({b['device']})")
-        logits = scored[b["name"]]
+        print(f"timing {b.name} ({b.device})")
+        logits = scored[b.name]
         table.append(
             {
-                "backend": b["name"],
-                "device": b["device"],
+                "backend": b.name,
+                "device": b.device,
                 **accuracy(logits, labels),
                 "agreement": agreement(logits, scored["pytorch"]),
-                **latency(b["run"], sample[:1], rc.warmup, rc.iters, b["sync"]),
-                "throughput": throughput(b["run"], big, rc.throughput_iters, b["sync"]),
-                "size_mb": Path(b["file"]).stat().st_size / 2**20,
+                **latency(b.run, sample[:1], rc.warmup, rc.iters, b.sync),
+                "throughput": throughput(b.run, big, rc.throughput_iters, b.sync),
+                "size_mb": Path(b.file).stat().st_size / 2**20,
             }
         )
 
@@ -183,7 +180,7 @@ def write_report(cfg: Config) -> list[str]:
     )
     write_json(paths.PER_CLASS, {"backend": deployed, "classes": classes_table})
 
-    loc = localisation(cfg, rows, preset)
+    loc = score_localisation(cfg, rows, preset)
     metrics = {
         "test_top1": table[0]["top1"],
         "backends": {r["backend"]: r for r in table},
@@ -195,15 +192,15 @@ def write_report(cfg: Config) -> list[str]:
     write_json(
         paths.LOCALISATION,
         [
-            {"map": f"{s} {k[4:]}", "iou": v}
+            {"map": f"{s} {name}", "iou": d[IOU + name]}
             for s, d in loc.get("stages", {}).items()
-            for k, v in d.items()
-            if k.startswith("iou ")
+            for name in MAPS
+            if IOU + name in d
         ],
     )
     gates = json.loads(paths.EXPORT_REPORT.read_text()) if paths.EXPORT_REPORT.exists() else {}
     advice = recommendations(table, gates, engine_info())
-    lines = markdown(cfg, table, skipped, len(labels), deployed, classes_table, mistakes, loc)
+    lines = report_lines(cfg, table, skipped, len(labels), deployed, classes_table, mistakes, loc)
     lines += ["", "## What to deploy", "", *[f"- **{target}**: {text}" for target, text in advice.items()]]
     write_text(paths.REPORT, "\n".join(lines) + "\n")
     write_text(
@@ -361,7 +358,7 @@ def _study_line() -> str:
     )
 
 
-def markdown(cfg, table, skipped, n_test, deployed, classes_table, mistakes, loc) -> list[str]:
+def report_lines(cfg, table, skipped, n_test, deployed, classes_table, mistakes, loc) -> list[str]:
     batch = cfg.engine.max_batch
     columns = [
         ("backend", "backend", ""),
@@ -416,7 +413,7 @@ def markdown(cfg, table, skipped, n_test, deployed, classes_table, mistakes, loc
         rows = [{"stage": s, **d} for s, d in loc["stages"].items()]
         fmt = ".3f"
         cols = [("stage", "stage", ""), ("N", "N", ".0f"), ("images", "images", "")]
-        cols += [(k, k[4:], fmt) for k in rows[0] if k.startswith("iou ")]
+        cols += [(IOU + name, name, fmt) for name in MAPS if IOU + name in rows[0]]
         cols += [("pointing", "pointing", fmt), ("pointing chance", "pointing chance", fmt)]
         lines += [
             "## Object extent",

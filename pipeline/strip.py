@@ -170,7 +170,7 @@ def prove_parity(
     return checks, stripped
 
 
-def report(checks: list[Check]) -> dict:
+def parity_result(checks: list[Check]) -> dict:
     return {
         "passed": all(c.passed for c in checks),
         "checks": {c.name: {"passed": c.passed, **c.detail, **({"diff": c.diff} if c.diff else {})} for c in checks},
@@ -200,7 +200,7 @@ def strip(trained: Path, prepared: Path, out: Path, parity_path: Path, test_imag
     checks, stripped = prove_parity(
         model, model.deployable(), lambda: build_backbone(arch, k), images, blob["preprocess"]["crop"]
     )
-    result = report(checks)
+    result = parity_result(checks)
     write_json(parity_path, result)
     if not result["passed"]:
         Path(out).unlink(missing_ok=True)

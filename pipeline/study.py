@@ -21,6 +21,7 @@ from scipy import stats
 
 from pipeline.errors import PipelineError
 from pipeline.io import write_json, write_text
+from pipeline.localisation import SCORES
 
 #: variant -> its `-S` overrides (on top of the preset). Every LIO setting a variant depends on
 #: is spelled out, so a variant means the same thing whatever params.yaml's defaults are.
@@ -369,16 +370,7 @@ def markdown_section(preset: str, study: dict) -> list[str]:
             + ("— | — | " if base else f"{_f(val['mean'], signed=True)} | {_ci(val)} | ")
             + f"{_f(v['train_seconds_min'], '.0f')} |"
         )
-    loc_keys = (
-        "iou m'",
-        "iou M",
-        "iou all-ones",
-        "iou centre prior",
-        "iou random",
-        "iou ceiling",
-        "pointing",
-        "pointing chance",
-    )
+    loc_keys = SCORES
     loc_rows = []
     for variant, v in variants.items():
         for stage, d in v["localisation"].items():

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.localisation import SCORES
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {  # every stage runs, in about a minute
     "data": {
@@ -115,17 +117,7 @@ def test_dvc_repro_then_experiment(tmp_path):
     loc = metrics["localisation"]
     assert set(loc) == {"layer2", "layer3"}
     for stage in loc.values():  # m' and M beside every reference map, pointing beside its chance rate
-        assert {
-            "iou m'",
-            "iou M",
-            "iou all-ones",
-            "iou centre prior",
-            "iou random",
-            "iou ceiling",
-            "pointing",
-            "pointing chance",
-            "N",
-        } <= set(stage)
+        assert {*SCORES, "N"} <= set(stage)
         assert all(0 <= v <= 1 for k, v in stage.items() if k != "N" and k != "images")
     report = (repo / "reports/report.md").read_text()
     assert "| layer2 | 4 |" in report and "ceiling" in report and "## Per class" in report
