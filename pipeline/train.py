@@ -392,7 +392,8 @@ def train(cfg: Config, prepared: Path, out_model: Path, checkpoints: Path, live_
                 "val_top1": val["top1"],
                 "state": {k: v.detach().cpu().clone() for k, v in scored.state_dict().items()},
             }
-        if live is not None:
+        if main:  # rank 0 logs and writes the checkpoint; every rank holds the same weights (checked at the end)
+            assert live is not None
             for k, v in stats.items():
                 live.log_metric(f"train/{k}", v)
             live.log_metric("val/top1", val["top1"])
