@@ -84,3 +84,42 @@ def test_no_code_dep_goes_unused(stage):
     code = [d for d in deps if d.split("/")[0] in PACKAGES]
     unused = [d for d in code if not any(f == d or f.startswith(d.rstrip("/") + "/") for f in files)]
     assert not unused, f"dvc.yaml: stage {stage!r} lists {unused} in its deps but never imports them"
+
+
+def params_read(files: set[Path]) -> set[str]:
+    """Dotted params (`export`, `engine.max_batch`, `seed`) read as `cfg.<...>` in these files."""
+    read = set()
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Attribute):
+                continue
+            chain, inner = [], node
+            while isinstance(inner, ast.Attribute):
+                chain.append(inner.attr)
+                inner = inner.value
+            if isinstance(inner, ast.Name) and inner.id == "cfg":
+                read.add(".".join(reversed(chain)))
+    return read
+
+
+def _overlaps(a: str, b: str) -> bool:
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+
+@pytest.mark.parametrize("stage", list(DVC))
+def test_params_are_the_fields_the_stage_reads(stage):
+    """Every `cfg.<section>[.<field>]` the command's code reads is a listed param, and every listed
+    param is read: a missing one would not rerun the stage when it changes, an extra one would rerun
+    it for nothing. (Library code that receives one section reads it as `cfg` too: the section is listed.)"""
+    spec = DVC[stage]
+    listed = [p if isinstance(p, str) else next(iter(p)) for p in spec.get("params", [])]
+    listed = [p.split(":")[-1] for p in listed]
+    read = {r for r in params_read(closure(command_modules(spec["cmd"]))) if r.split(".")[0] in SECTIONS}
+    # a section read whole (`data = cfg.data`) counts as covered when some of its fields are listed
+    missing = sorted(r for r in read if not any(_overlaps(r, p) for p in listed))
+    unused = sorted(p for p in listed if not any(_overlaps(p, r) for r in read))
+    assert not missing, f"dvc.yaml: stage {stage!r} reads {missing} but does not list them in its params"
+    assert not unused, f"dvc.yaml: stage {stage!r} lists {unused} in its params but never reads them"
+
+
+SECTIONS = ("seed", "data", "model", "lio", "train", "export", "engine", "report")
