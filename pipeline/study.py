@@ -239,6 +239,8 @@ def records(shown, preset: str) -> list[dict]:
         m = NAME.match(name)
         if not m or m["preset"] != preset or m["variant"] not in VARIANTS:
             continue
+        if data.get("timestamp") is None:  # still running: its files are still the queued snapshot's (seen here)
+            continue
         top1 = _metric(data, "dvclive/metrics.json", "test", "top1")
         if top1 is None:
             continue

@@ -73,7 +73,11 @@ def exp(name, top1, loc=None, seconds=100.0):
     }
     if loc is not None:
         metrics["reports/metrics.json"] = {"data": {"localisation": loc}}
-    return {"revs": [{"rev": "abc", "name": name, "data": {"params": {}, "metrics": metrics}}]}
+    return {
+        "revs": [
+            {"rev": "abc", "name": name, "data": {"timestamp": "2026-11-26T09:00:00", "params": {}, "metrics": metrics}}
+        ]
+    }
 
 
 def test_aggregate_pairs_seeds_with_the_baseline():
@@ -90,6 +94,20 @@ def test_aggregate_pairs_seeds_with_the_baseline():
                 exp("study-gpu-lio-s0", 0.99),
                 exp("other-experiment", 0.1),
                 exp("study-cpu-lio-detached-s0", 0.5),
+                # a running experiment shows the queued snapshot's files (another run's metrics): left out
+                {
+                    "revs": [
+                        {
+                            "name": "study-cpu-oel-only-s0",
+                            "data": {
+                                "rev": "workspace",
+                                "timestamp": None,
+                                "params": {},
+                                "metrics": exp("x", 0.9)["revs"][0]["data"]["metrics"],
+                            },
+                        }
+                    ]
+                },
                 {"revs": [{"name": "study-cpu-lio-s2", "data": {"params": {}, "metrics": {}}}]},
             ],
         },
