@@ -88,12 +88,13 @@ def test_no_code_dep_goes_unused(stage):
 
 def params_read(files: set[Path]) -> set[str]:
     """Dotted params (`export`, `engine.max_batch`, `seed`) read as `cfg.<...>` in these files."""
-    read = set()
+    read: set[str] = set()
     for path in files:
         for node in ast.walk(ast.parse(path.read_text())):
             if not isinstance(node, ast.Attribute):
                 continue
-            chain, inner = [], node
+            chain: list[str] = []
+            inner: ast.expr = node
             while isinstance(inner, ast.Attribute):
                 chain.append(inner.attr)
                 inner = inner.value
