@@ -52,16 +52,20 @@ class ExportError(PipelineError, RuntimeError):
 
 def export_fp32(model: nn.Module, path: Path, input_size: int, opset: int, meta: dict) -> None:
     """One self-contained file with a symbolic batch axis, from torch.export (opset >= 18)."""
-    dummy = torch.randn(2, 3, input_size, input_size)
+    _export(model.eval(), torch.randn(2, 3, input_size, input_size), INPUT, path, opset, meta)
+
+
+def _export(module: nn.Module, example: torch.Tensor, input_name: str, path: Path, opset: int, meta: dict) -> None:
+    """torch.export -> ONNX with a symbolic batch axis and the metadata inside, fully checked, atomically."""
     with atomic_path(path) as tmp:
         torch.onnx.export(
-            model.eval(),
-            (dummy,),
+            module,
+            (example,),
             str(tmp),
             dynamo=True,
             opset_version=opset,
             external_data=False,
-            input_names=[INPUT],
+            input_names=[input_name],
             output_names=[OUTPUT],
             dynamic_shapes=({0: torch.export.Dim("batch")},),
         )
@@ -93,22 +97,7 @@ def export_fused(model: nn.Module, path: Path, preprocess: dict, opset: int, met
     crop = preprocess["crop"]
     fused = FusedPreprocess(model, preprocess["mean"], preprocess["std"]).eval()
     meta = {**meta, "input": "uint8 NHWC RGB, resized and centre-cropped (pipeline.preprocess.resize_and_crop)"}
-    with atomic_path(path) as tmp:
-        torch.onnx.export(
-            fused,
-            (torch.zeros(2, crop, crop, 3, dtype=torch.uint8),),
-            str(tmp),
-            dynamo=True,
-            opset_version=opset,
-            external_data=False,
-            input_names=["images"],
-            output_names=[OUTPUT],
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
-        )
-        proto = onnx.load(str(tmp))
-        onnx_runtime.write_meta(proto, meta)
-        onnx.save(proto, str(tmp))
-        onnx.checker.check_model(str(tmp), full_check=True)
+    _export(fused, torch.zeros(2, crop, crop, 3, dtype=torch.uint8), "images", path, opset, meta)
 
 
 def check_parity(ort_logits: np.ndarray, torch_logits: np.ndarray, tolerance: float = 1e-4) -> dict:

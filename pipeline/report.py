@@ -42,13 +42,15 @@ class Backend:
     sync: Callable[[], Any] = lambda: None
 
 
-def backends(model: torch.nn.Module, weights: Path, cuda: bool) -> tuple[list[Backend], dict[str, str]]:
+def backends(
+    model: torch.nn.Module, weights: Path, cuda: bool, gates: dict | None = None
+) -> tuple[list[Backend], dict[str, str]]:
     """Everything that runs here; and what was skipped, with why."""
     found = [Backend("pytorch", torch_runner(model, "cpu"), weights, "cpu")]
     skipped: dict[str, str] = {}
     if cuda:
         found.append(Backend("pytorch-cuda", torch_runner(model, "cuda"), weights, "cuda", sync=torch.cuda.synchronize))
-    gates = json.loads(paths.EXPORT_REPORT.read_text()) if paths.EXPORT_REPORT.exists() else {}
+    gates = gates or {}  # reports/export.json: a variant its gate rejected is not a backend
     for precision, path in paths.ONNX.items():
         if gates.get(precision, {}).get("status") == "rejected":
             g = gates[precision]["gate"]
@@ -145,7 +147,8 @@ def write_report(cfg: Config) -> list[str]:
     preset = eval_preset(meta["preprocess"])
     test = [r for r in rows if r["split"] == "test"]
     labels = np.array([r["label"] for r in test])
-    found, skipped = backends(model, weights, torch.cuda.is_available())
+    gates = json.loads(paths.EXPORT_REPORT.read_text()) if paths.EXPORT_REPORT.exists() else {}
+    found, skipped = backends(model, weights, torch.cuda.is_available(), gates)
     batch = cfg.engine.max_batch
     sample = next(batches(test, preset, batch)).numpy()
     big = np.resize(sample, (batch, *sample.shape[1:]))  # the largest profile batch, for throughput
@@ -198,7 +201,6 @@ def write_report(cfg: Config) -> list[str]:
             if IOU + name in d
         ],
     )
-    gates = json.loads(paths.EXPORT_REPORT.read_text()) if paths.EXPORT_REPORT.exists() else {}
     advice = recommendations(table, gates, engine_info())
     lines = report_lines(cfg, table, skipped, len(labels), deployed, classes_table, mistakes, loc)
     lines += ["", "## What to deploy", "", *[f"- **{target}**: {text}" for target, text in advice.items()]]
