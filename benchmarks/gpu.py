@@ -93,7 +93,7 @@ def autocast(steps: int) -> dict:
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
-        losses.append({k: float(v) for k, v in {"loss": out.loss, **out.parts}.items()})
+        losses.append({k: float(v.detach()) for k, v in {"loss": out.loss, **out.parts}.items()})
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         feats = model._run(x)[1]["layer3"]  # the stage map as training sees it (bf16)
         inside = pseudo_mask(feats, pos)
