@@ -136,7 +136,7 @@ def report_backends() -> dict:
     if not cuda():
         return {"skipped": NO_CUDA}
     from pipeline.backbone import build_backbone
-    from pipeline.deploy import torch_runner
+    from pipeline.deploy.runners import torch_runner
 
     torch.manual_seed(0)
     model = build_backbone("resnet50", CLASSES).eval()
@@ -153,7 +153,7 @@ def report_backends() -> dict:
 
 def export_onnx(folder: Path) -> tuple[Path, torch.nn.Module]:
     from pipeline.backbone import build_backbone
-    from pipeline.export import export_fp32
+    from pipeline.deploy.export import export_fp32
 
     torch.manual_seed(0)
     model = build_backbone("resnet50", CLASSES).eval()
@@ -194,7 +194,7 @@ def tensorrt(folder: Path) -> dict:
     import onnxruntime as ort
 
     from pipeline.config import EngineConfig
-    from pipeline.engine import EngineRunner, build
+    from pipeline.deploy.engine import EngineRunner, build
     from pipeline.io import write_json
 
     path = folder / "model.onnx"

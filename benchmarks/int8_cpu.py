@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from pipeline import onnx_runtime, paths
+from pipeline import paths
 from pipeline.data.dataset import stack_images
 from pipeline.data.manifest import read_manifest
 from pipeline.data.transforms import eval_preset
-from pipeline.metrics import accuracy
+from pipeline.deploy import onnx_runtime
+from pipeline.evaluate.metrics import accuracy
 
 INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
 

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
 import torchvision
 from torch import nn
+
+from pipeline.errors import TrainingError
+from pipeline.io import load_torch
 
 #: torchvision classifiers LIO can train (each has layer1..layer4 and an `fc` head).
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "wide_resnet50_2")
@@ -25,3 +31,40 @@ def stage_size(stage: str, crop: int) -> int:
     for _ in range(STRIDES[stage].bit_length() - 1):
         size = -(-size // 2)
     return size
+
+
+def pretrained_path(arch: str, pretrained: str) -> Path:
+    """Where the weights must be: torchvision's file in the local hub cache, or a path."""
+    if pretrained != "imagenet":
+        return Path(pretrained)
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(arch).DEFAULT
+    return Path(torch.hub.get_dir()) / "checkpoints" / weights.url.rsplit("/", 1)[-1]
+
+
+def load_pretrained(backbone: nn.Module, arch: str, pretrained: str) -> None:
+    """Backbone weights from a local file; the classifier is kept only if its shape fits."""
+    path = pretrained_path(arch, pretrained)
+    if not path.exists():
+        if pretrained == "imagenet":
+            raise TrainingError(
+                f"model.pretrained: imagenet needs torchvision's {arch} weights at {path} and nothing can be "
+                f"downloaded here; copy the file {path.name} into {path.parent} (or set model.pretrained to a path)"
+            )
+        raise TrainingError(f"model.pretrained: {path} not found")
+    state = load_torch(path, "point model.pretrained at a valid state dict")
+    state = state.get("state_dict", state)
+    own = backbone.state_dict()
+    for key in ("fc.weight", "fc.bias"):
+        if key in state and key in own and state[key].shape != own[key].shape:
+            del state[key]  # another class count: fine-tuning starts a new classifier
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    wrong = [k for k in missing if not k.startswith("fc.")] + list(unexpected)
+    shapes = [k for k in state if k in own and state[k].shape != own[k].shape]
+    if wrong or shapes:
+        raise TrainingError(
+            f"model.pretrained: {path} does not fit {arch}: "
+            f"{len(wrong)} missing/unexpected keys (e.g. {wrong[:3]}), "
+            f"{len(shapes)} shape mismatches (e.g. {shapes[:3]})"
+        )

@@ -12,3 +12,7 @@ class ArtifactError(PipelineError, ValueError):
 
 class MissingArtifactError(PipelineError):
     """An input another stage makes is not there; the message names that stage."""
+
+
+class TrainingError(PipelineError, RuntimeError):
+    """A run that cannot start or go on: bad weights, a changed dataset or checkpoint, a non-finite loss."""

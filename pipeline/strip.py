@@ -21,7 +21,7 @@ from pipeline.backbone import build_backbone
 from pipeline.data.dataset import load_image
 from pipeline.data.manifest import read_manifest
 from pipeline.data.transforms import eval_preset
-from pipeline.deploy import deploy_meta, write_deployable
+from pipeline.deploy.runners import deploy_meta, write_deployable
 from pipeline.errors import PipelineError
 from pipeline.io import write_json
 from pipeline.lio.checkpoint import load_trained

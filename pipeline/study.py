@@ -20,8 +20,8 @@ from pathlib import Path
 from scipy import stats
 
 from pipeline.errors import PipelineError
+from pipeline.evaluate.localisation import SCORES
 from pipeline.io import write_json, write_text
-from pipeline.localisation import SCORES
 
 #: variant -> its `-S` overrides (on top of the preset). Every LIO setting a variant depends on
 #: is spelled out, so a variant means the same thing whatever params.yaml's defaults are.
@@ -190,7 +190,7 @@ def pretrain(work: Path, out: Path, params: Path = Path("params.yaml")) -> dict:
     from pipeline.data.prepare import prepare
     from pipeline.io import save_torch
     from pipeline.lio.checkpoint import load_trained
-    from pipeline.train import train
+    from pipeline.train.loop import train
 
     data = yaml.safe_load(params.read_text())
     for override in PRETRAIN_SET:  # `-S key=value`, as DVC applies it

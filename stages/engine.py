@@ -5,7 +5,7 @@ import click
 
 from pipeline import paths
 from pipeline.command import with_config
-from pipeline.engine import build_engine
+from pipeline.deploy.engine import build_engine
 
 
 @click.command("engine")

@@ -4,7 +4,7 @@ import click
 
 from pipeline import paths
 from pipeline.command import with_config
-from pipeline.export import export_all
+from pipeline.deploy.export import export_all
 
 
 @click.command("export")

@@ -5,8 +5,8 @@ import sys
 
 import click
 
+from pipeline.deploy.predict import predict
 from pipeline.errors import PipelineError
-from pipeline.predict import predict
 
 
 @click.command("predict")

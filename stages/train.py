@@ -4,7 +4,7 @@ import click
 
 from pipeline import paths
 from pipeline.command import with_config
-from pipeline.train import train
+from pipeline.train.loop import train
 
 
 @click.command("train")

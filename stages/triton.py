@@ -4,7 +4,7 @@ import click
 
 from pipeline import paths
 from pipeline.command import with_config
-from pipeline.triton import build_repository
+from pipeline.deploy.triton import build_repository
 
 
 @click.command("triton")

@@ -75,7 +75,7 @@ def exported(tmp_path_factory, tiny_prepared) -> Path:
     from pipeline.backbone import build_backbone
     from pipeline.config import to_dict
     from pipeline.data.transforms import preprocessing
-    from pipeline.deploy import deploy_meta, write_deployable
+    from pipeline.deploy.runners import deploy_meta, write_deployable
     from stages import export
 
     root = tmp_path_factory.mktemp("exported")

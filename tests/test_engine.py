@@ -9,9 +9,9 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-import pipeline.engine as engine_lib
+import pipeline.deploy.engine as engine_lib
 from pipeline.config import load_config
-from pipeline.engine import EngineError, EngineRunner
+from pipeline.deploy.engine import EngineError, EngineRunner
 from stages import engine as engine_stage
 
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline import onnx_runtime
-from pipeline.deploy import load_deployable
-from pipeline.export import check_parity, export_fp32
-from pipeline.predict import predict
+from pipeline.deploy import onnx_runtime
+from pipeline.deploy.export import check_parity, export_fp32
+from pipeline.deploy.predict import predict
+from pipeline.deploy.runners import load_deployable
 from stages.cli import main
 
 
@@ -75,9 +75,9 @@ def damage(source, path, meta):
 def test_a_failing_gate_rejects_the_variant_and_the_engine_falls_back(exported, tmp_path, monkeypatch):
     import shutil
 
-    import pipeline.export as export_lib
+    import pipeline.deploy.export as export_lib
     from pipeline.config import ExportConfig, Gate, Gates
-    from pipeline.engine import build_engine
+    from pipeline.deploy.engine import build_engine
     from tests.conftest import tiny_config
 
     shutil.copytree(exported / "models", tmp_path / "models")
@@ -106,7 +106,7 @@ def test_a_failing_gate_rejects_the_variant_and_the_engine_falls_back(exported, 
 
 
 def test_layer_sensitivity_ranks_quantized_layers_and_repair_keeps_them_in_fp32(exported, tmp_path):
-    from pipeline.export import export_int8, layer_sensitivity
+    from pipeline.deploy.export import export_int8, layer_sensitivity
 
     onnx_dir = exported / "models/onnx"
     calibration = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
@@ -125,7 +125,7 @@ def test_layer_sensitivity_ranks_quantized_layers_and_repair_keeps_them_in_fp32(
 
 
 def test_fused_preprocessing_model_takes_the_clients_uint8_crops(exported):
-    from pipeline.preprocess import resize_and_crop
+    from pipeline.deploy.preprocess import resize_and_crop
 
     report = json.loads((exported / "reports/export.json").read_text())["fused_preprocess"]
     assert report["parity_vs_fp32"]["passed"]

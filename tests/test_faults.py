@@ -24,12 +24,13 @@ from click.testing import CliRunner
 from pipeline import paths
 from pipeline.data.dataset import ImageError, load_image
 from pipeline.data.prepare import prepare
-from pipeline.deploy import load_deployable
-from pipeline.errors import ArtifactError, PipelineError
+from pipeline.deploy.runners import load_deployable
+from pipeline.errors import ArtifactError, PipelineError, TrainingError
+from pipeline.evaluate.report import backends
 from pipeline.io import OutputError, exclusive, save_torch, write_json
 from pipeline.lio.checkpoint import load_trained
-from pipeline.report import backends
-from pipeline.train import TrainingError, resume, train, truncate_live_plots
+from pipeline.train.checkpoint import resume, truncate_live_plots
+from pipeline.train.loop import train
 from stages.cli import main
 from tests.conftest import tiny_config
 from tests.test_data import make_imagefolder, save_image
@@ -179,18 +180,19 @@ def test_full_disk_in_the_cli_is_one_line(tmp_path, tiny_prepared, monkeypatch):
 
 
 # ---------------------------------------------------------------- 3. report and predict
-def test_report_lists_every_missing_backend_with_the_reason(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    _, skipped = backends(torch.nn.Linear(2, 2), tmp_path / "w.pt", cuda=False)
+def test_report_lists_every_missing_backend_with_the_reason(tmp_path):
+    from stages.report import report_files
+
+    _, skipped = backends(torch.nn.Linear(2, 2), report_files("resnet18", tmp_path), cuda=False)
     for precision in ("fp32", "fp16", "int8"):
-        assert f"{paths.ONNX[precision]} not found" in skipped[f"onnxruntime-{precision}"]
+        assert f"{tmp_path / paths.ONNX[precision]} not found" in skipped[f"onnxruntime-{precision}"]
     assert "engine.json not found" in skipped["tensorrt"]
 
 
 def test_cpu_and_cuda_backends_get_their_own_model_copies(tmp_path, monkeypatch):
     """`nn.Module.to` moves in place: the CPU row must keep CPU weights when a GPU row exists.
     A CUDA device cannot run here, so the second device is `meta` (also not the CPU)."""
-    from pipeline.deploy import torch_runner
+    from pipeline.deploy.runners import torch_runner
 
     model = torch.nn.Linear(3, 2)
     cpu = torch_runner(model, "cpu")

@@ -16,7 +16,7 @@ import sys
 for name in ("onnx", "onnxruntime", "tqdm", "dvc", "dvclive", "click", "scipy", "modelopt", "tensorrt"):
     sys.modules[name] = None  # `import name` now fails, as on a machine without it
 sys.path[:0] = [ROOT, BENCH]
-import pipeline.lio, pipeline.backbone, pipeline.deploy, train  # what the GPU parts import
+import pipeline.lio, pipeline.backbone, pipeline.deploy.runners, train  # what the GPU parts import
 print("ok")
 """
 

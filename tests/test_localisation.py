@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pipeline.localisation import centre_disc, iou, pointing, pointing_chance, pooled, reference_maps, unit
+from pipeline.evaluate.localisation import centre_disc, iou, pointing, pointing_chance, pooled, reference_maps, unit
 
 
 def half_mask(size=16):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.localisation import SCORES
+from pipeline.evaluate.localisation import SCORES
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {  # every stage runs, in about a minute

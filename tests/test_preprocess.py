@@ -1,4 +1,4 @@
-"""The client preprocessing (pipeline.preprocess) against the pipeline's own input tensors, bitwise."""
+"""The client preprocessing (pipeline.deploy.preprocess) against the pipeline's own input tensors, bitwise."""
 
 import numpy as np
 from PIL import Image
@@ -6,7 +6,7 @@ from PIL import Image
 from pipeline.data.dataset import stack_images
 from pipeline.data.manifest import read_manifest
 from pipeline.data.transforms import eval_preset, preprocessing
-from pipeline.preprocess import preprocess, resize_and_crop
+from pipeline.deploy.preprocess import preprocess, resize_and_crop
 from tests.conftest import tiny_config
 
 

@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from pipeline.metrics import accuracy, confusions, per_class
-from pipeline.report import markdown_table
-from pipeline.timing import latency
+from pipeline.evaluate.metrics import accuracy, confusions, per_class
+from pipeline.evaluate.report import markdown_table
+from pipeline.evaluate.timing import latency
 
 
 def test_accuracy_top1_top5():

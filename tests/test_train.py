@@ -13,8 +13,10 @@ import pytest
 import torch
 import yaml
 
+from pipeline.backbone import load_pretrained
 from pipeline.config import to_dict
-from pipeline.train import TrainingError, load_pretrained, train
+from pipeline.errors import TrainingError
+from pipeline.train.loop import train
 from tests.conftest import tiny_config
 
 
@@ -171,7 +173,7 @@ def test_torchrun_two_ranks_gloo_end_identical(tmp_path, tiny_prepared):
 def _replica_check(rank: int, world: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
-    from pipeline.train import replicas_identical
+    from pipeline.train.distributed import replicas_identical
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     same, other = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)

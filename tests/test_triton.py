@@ -14,7 +14,7 @@ import onnx
 import pytest
 from google.protobuf import text_format
 
-from pipeline.triton import FUSED_MODEL, ONNX_MODEL, TRT_MODEL, write_repository
+from pipeline.deploy.triton import FUSED_MODEL, ONNX_MODEL, TRT_MODEL, write_repository
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 DT = model_config_pb2.DataType

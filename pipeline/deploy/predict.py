@@ -15,8 +15,8 @@ import torch
 
 from pipeline.data.dataset import ImageError
 from pipeline.data.readers import IMAGE_SUFFIXES
+from pipeline.deploy.preprocess import preprocess
 from pipeline.errors import ArtifactError
-from pipeline.preprocess import preprocess
 
 
 def load_predictor(path: Path):
@@ -25,19 +25,19 @@ def load_predictor(path: Path):
     if not path.exists():
         raise ArtifactError(f"{path}: no such model file")
     if path.suffix == ".pt":
-        from pipeline.deploy import load_deployable, torch_runner
+        from pipeline.deploy.runners import load_deployable, torch_runner
 
         model, meta = load_deployable(path)
 
         return torch_runner(model), meta
     if path.suffix == ".onnx":
-        from pipeline import onnx_runtime
+        from pipeline.deploy import onnx_runtime
 
         meta = onnx_runtime.read_meta(path)
         sess = onnx_runtime.session(path, "cuda" if torch.cuda.is_available() else "cpu")
         return (lambda x: onnx_runtime.run(sess, x)), meta
     if path.suffix == ".engine":
-        from pipeline.engine import EngineRunner
+        from pipeline.deploy.engine import EngineRunner
 
         info = path.with_name("engine.json")
         if not info.exists():

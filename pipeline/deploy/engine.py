@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import onnx_runtime, paths
+from pipeline import paths
+from pipeline.deploy import onnx_runtime
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_path, sha256, write_json
 

@@ -10,7 +10,7 @@ from torchvision.transforms.v2.functional import to_pil_image
 from torchvision.utils import make_grid
 
 from pipeline.data.transforms import MEAN, STD
-from pipeline.localisation import upsample
+from pipeline.evaluate.localisation import upsample
 
 TILE = 128  # pixels per tile, whatever the network's input size
 HEADER = 18

@@ -11,10 +11,6 @@ epoch reseeds all randomness from (seed, epoch), so resuming gives the same weig
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import math
-import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -29,39 +25,19 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pipeline.config import Config, to_dict
+from pipeline.backbone import load_pretrained
+from pipeline.config import Config, TrainConfig
 from pipeline.data.dataset import ManifestDataset
 from pipeline.data.manifest import read_manifest
 from pipeline.data.transforms import ClassificationPresetEval, ClassificationPresetTrain, preprocessing
-from pipeline.errors import PipelineError
-from pipeline.io import load_torch, remove_stale_temporaries, save_torch, sha256, write_text
+from pipeline.errors import TrainingError
+from pipeline.evaluate.metrics import accuracy
+from pipeline.io import remove_stale_temporaries
 from pipeline.lio import GroupBatchSampler, LIOModel, group_positives
 from pipeline.lio.checkpoint import save_trained
-from pipeline.metrics import accuracy
-
-
-class TrainingError(PipelineError, RuntimeError):
-    pass
-
-
-# ---------------------------------------------------------------- setup
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"train.device is {name!r} but no CUDA GPU is visible; use auto or cpu")
-    return device
-
-
-def init_distributed() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, 0
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+from pipeline.train.checkpoint import fingerprint, resume, run_settings, save_checkpoint, truncate_live_plots
+from pipeline.train.distributed import init_distributed, replicas_identical, resolve_device
+from pipeline.train.optim import build_optimizer, lr_lambda
 
 
 def build_model(cfg: Config, num_classes: int) -> LIOModel:
@@ -69,100 +45,6 @@ def build_model(cfg: Config, num_classes: int) -> LIOModel:
     if cfg.model.pretrained != "none":
         load_pretrained(model.backbone, cfg.model.arch, cfg.model.pretrained)
     return model
-
-
-def pretrained_path(arch: str, pretrained: str) -> Path:
-    """Where the weights must be: torchvision's file in the local hub cache, or a path."""
-    if pretrained != "imagenet":
-        return Path(pretrained)
-    import torchvision
-
-    weights = torchvision.models.get_model_weights(arch).DEFAULT
-    return Path(torch.hub.get_dir()) / "checkpoints" / weights.url.rsplit("/", 1)[-1]
-
-
-def load_pretrained(backbone: nn.Module, arch: str, pretrained: str) -> None:
-    """Backbone weights from a local file; the classifier is kept only if its shape fits."""
-    path = pretrained_path(arch, pretrained)
-    if not path.exists():
-        if pretrained == "imagenet":
-            raise TrainingError(
-                f"model.pretrained: imagenet needs torchvision's {arch} weights at {path} and nothing can be "
-                f"downloaded here; copy the file {path.name} into {path.parent} (or set model.pretrained to a path)"
-            )
-        raise TrainingError(f"model.pretrained: {path} not found")
-    state = load_torch(path, "point model.pretrained at a valid state dict")
-    state = state.get("state_dict", state)
-    own = backbone.state_dict()
-    for key in ("fc.weight", "fc.bias"):
-        if key in state and key in own and state[key].shape != own[key].shape:
-            del state[key]  # another class count: fine-tuning starts a new classifier
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
-    wrong = [k for k in missing if not k.startswith("fc.")] + list(unexpected)
-    shapes = [k for k in state if k in own and state[k].shape != own[k].shape]
-    if wrong or shapes:
-        raise TrainingError(
-            f"model.pretrained: {path} does not fit {arch}: "
-            f"{len(wrong)} missing/unexpected keys (e.g. {wrong[:3]}), "
-            f"{len(shapes)} shape mismatches (e.g. {shapes[:3]})"
-        )
-
-
-def build_optimizer(cfg: Config, model: LIOModel) -> torch.optim.Optimizer:
-    """Backbone at train.lr; new layers (heads, classifier) at lr * head_lr_mult; no decay on norms and biases."""
-    t = cfg.train
-    new = {id(p) for p in [*model.head_parameters(), *model.backbone.get_submodule("fc").parameters()]}
-    groups: dict[tuple[bool, bool], list] = {}
-    for p in model.parameters():
-        groups.setdefault((id(p) in new, p.ndim <= 1), []).append(p)
-    param_groups = [
-        {
-            "params": ps,
-            "lr": t.lr * (t.head_lr_mult if is_new else 1.0),
-            "weight_decay": 0.0 if flat else t.weight_decay,
-        }
-        for (is_new, flat), ps in sorted(groups.items())
-    ]
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(param_groups, lr=t.lr, momentum=t.momentum, nesterov=True)
-    return torch.optim.AdamW(param_groups, lr=t.lr)
-
-
-def lr_lambda(cfg: Config, steps_per_epoch: int):
-    """Linear warm-up, then cosine decay to zero or step decay at train.step_epochs."""
-    t = cfg.train
-    warmup = t.warmup_epochs * steps_per_epoch
-    total = t.epochs * steps_per_epoch
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if t.schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-        return t.step_gamma ** sum(step >= m * steps_per_epoch for m in t.step_epochs)
-
-    return factor
-
-
-def run_settings(cfg: Config) -> dict:
-    """The params that define a training run (resuming needs them unchanged)."""
-    return {k: v for k, v in to_dict(cfg).items() if k in ("seed", "data", "model", "lio", "train")}
-
-
-def fingerprint(settings: dict, manifest: Path) -> str:
-    blob = json.dumps(settings, sort_keys=True) + sha256(manifest)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _diff(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
-    return out
 
 
 def check_files(rows: list[dict], prepared: Path) -> None:
@@ -179,17 +61,6 @@ def check_files(rows: list[dict], prepared: Path) -> None:
             )
 
 
-def truncate_live_plots(live_dir: Path, step: int) -> None:
-    """Drops the rows at or after `step` from dvclive's plot files, so a resumed run logs each step once."""
-    for tsv in Path(live_dir).glob("plots/metrics/**/*.tsv"):
-        lines = tsv.read_text().splitlines()
-        if not lines:
-            continue
-        col = lines[0].split("\t").index("step")
-        kept = [lines[0]] + [ln for ln in lines[1:] if int(ln.split("\t")[col]) < step]
-        write_text(tsv, "\n".join(kept) + "\n")
-
-
 # ---------------------------------------------------------------- loops
 def autocast(device: torch.device, enabled: bool):
     """bf16 autocast on GPUs that support it (no loss scaling needed); fp32 elsewhere."""
@@ -198,21 +69,23 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast("cuda", dtype=torch.bfloat16)
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, ema, device, cfg: Config, epoch: int, show: bool) -> dict:
+def train_one_epoch(
+    model, loader, optimizer, scheduler, ema, device, P: int, t: TrainConfig, epoch: int, show: bool
+) -> dict:
+    """One pass over the group batches (each image with P positives of its class); the mean losses and top-1."""
     model.train()
-    P = cfg.lio.P
     sums: dict[str, float] = {}
     correct = seen = 0
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch", disable=not show, leave=False)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch", disable=not show, leave=False)
     for step, batch in enumerate(bar):
         images, *masks, labels = batch  # masks only with lio.mask_source: gt
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         masks = masks[0].to(device, non_blocking=True) if masks else None
-        if cfg.train.channels_last and device.type == "cuda":
+        if t.channels_last and device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
         positives = group_positives(len(labels) // (P + 1), P).to(device)
-        with autocast(device, cfg.train.amp):
+        with autocast(device, t.amp):
             out = model(images, labels, positives, masks)
         if not torch.isfinite(out.loss):
             parts = ", ".join(f"{k}={v.item():.4g}" for k, v in out.parts.items())
@@ -251,56 +124,6 @@ def evaluate(model: nn.Module, loader, device, amp: bool = False, desc: str = "e
         targets.append(labels.cpu().numpy())
     labels_all = np.concatenate(targets)
     return {**accuracy(np.concatenate(outputs), labels_all), "loss": loss / len(labels_all)}
-
-
-def replicas_identical(model: nn.Module) -> bool:
-    """Whether every rank holds the same parameters (BN buffers may differ: DDP re-broadcasts them)."""
-    blob = b"".join(p.detach().cpu().numpy().tobytes() for p in model.parameters())
-    digests: list[str | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(digests, hashlib.sha256(blob).hexdigest())
-    return len(set(digests)) == 1
-
-
-def save_checkpoint(path: Path, epoch: int, stamp: str, settings: dict, model, optimizer, scheduler, ema, best) -> None:
-    save_torch(
-        {
-            "epoch": epoch,
-            "fingerprint": stamp,
-            "settings": settings,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None,
-            "best": best,
-        },
-        path,
-    )
-
-
-def resume(path: Path, stamp: str, settings: dict, model, optimizer, scheduler, ema) -> tuple[int, dict]:
-    """(epochs done, best so far) from an unfinished run with the same settings; (0, none) otherwise.
-
-    A finished run's checkpoint is only history, so training starts afresh; an unfinished
-    one with other settings is refused rather than silently thrown away.
-    """
-    fresh = (0, {"epoch": -1, "val_top1": -1.0, "state": None})
-    if not path.exists():
-        return fresh
-    state = load_torch(path, "delete it to start training over")
-    if state["epoch"] >= state["settings"]["train"]["epochs"]:
-        return fresh
-    if state["fingerprint"] != stamp:
-        changes = "; ".join(_diff(state["settings"], settings)) or "the prepared data changed"
-        raise TrainingError(
-            f"{path} holds an unfinished run with other settings ({changes}). "
-            "Restore those settings to resume it, or delete the file to start over."
-        )
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if ema is not None:
-        ema.load_state_dict(state["ema"])
-    return state["epoch"], state["best"]
 
 
 # ---------------------------------------------------------------- main
@@ -348,8 +171,8 @@ def train(cfg: Config, prepared: Path, out_model: Path, checkpoints: Path, live_
     model = build_model(cfg, len(classes)).to(device)
     if cfg.train.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg, model)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, len(sampler)))
+    optimizer = build_optimizer(cfg.train, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train, len(sampler)))
     ema = (
         AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
         if cfg.train.ema_decay > 0
@@ -384,7 +207,7 @@ def train(cfg: Config, prepared: Path, out_model: Path, checkpoints: Path, live_
         torch.manual_seed(cfg.seed * 1000 + epoch)
         loader_gen.manual_seed(cfg.seed * 1000 + epoch)
         sampler.set_epoch(epoch)
-        stats = train_one_epoch(net, loader, optimizer, scheduler, ema, device, cfg, epoch, main)
+        stats = train_one_epoch(net, loader, optimizer, scheduler, ema, device, P, cfg.train, epoch, main)
         val = evaluate(scored, eval_loader(val_set), device, cfg.train.amp, "val", main)
         if val["top1"] > best["val_top1"]:
             best = {

@@ -14,20 +14,43 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline import onnx_runtime, paths
 from pipeline.config import Config
 from pipeline.data.dataset import batches, load_image, load_pair, logits_over
 from pipeline.data.manifest import read_manifest
 from pipeline.data.transforms import eval_preset
-from pipeline.deploy import load_deployable, torch_runner
-from pipeline.engine import EngineError, EngineRunner
-from pipeline.figures import extent_figure
+from pipeline.deploy import onnx_runtime
+from pipeline.deploy.engine import EngineError, EngineRunner
+from pipeline.deploy.runners import load_deployable, torch_runner
+from pipeline.evaluate.figures import extent_figure
+from pipeline.evaluate.localisation import IOU, MAPS, evaluate_maps, iou, mean_area
+from pipeline.evaluate.metrics import accuracy, agreement, confusions, per_class
+from pipeline.evaluate.timing import latency, throughput
 from pipeline.io import atomic_path, write_json, write_text
 from pipeline.lio.checkpoint import load_trained
 from pipeline.lio.sampler import group_positives
-from pipeline.localisation import IOU, MAPS, evaluate_maps, iou, mean_area
-from pipeline.metrics import accuracy, agreement, confusions, per_class
-from pipeline.timing import latency, throughput
+from pipeline.paths import require
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """What the report reads (the other stages' outputs) and writes; `lio report` passes
+    pipeline/paths.py's table, the tests their own folders."""
+
+    prepared: Path
+    trained: Path
+    weights: Path  # the stripped plain model (its .json beside it)
+    onnx: dict[str, Path]
+    export_report: Path
+    engine: Path
+    engine_info: Path
+    metrics: Path
+    report: Path
+    model_card: Path
+    latency: Path
+    masks: Path
+    localisation: Path
+    per_class: Path
+    confusion: Path
 
 
 @dataclass
@@ -43,15 +66,16 @@ class Backend:
 
 
 def backends(
-    model: torch.nn.Module, weights: Path, cuda: bool, gates: dict | None = None
+    model: torch.nn.Module, files: ReportFiles, cuda: bool, gates: dict | None = None
 ) -> tuple[list[Backend], dict[str, str]]:
     """Everything that runs here; and what was skipped, with why."""
-    found = [Backend("pytorch", torch_runner(model, "cpu"), weights, "cpu")]
+    found = [Backend("pytorch", torch_runner(model, "cpu"), files.weights, "cpu")]
     skipped: dict[str, str] = {}
     if cuda:
-        found.append(Backend("pytorch-cuda", torch_runner(model, "cuda"), weights, "cuda", sync=torch.cuda.synchronize))
+        cuda_run = torch_runner(model, "cuda")
+        found.append(Backend("pytorch-cuda", cuda_run, files.weights, "cuda", sync=torch.cuda.synchronize))
     gates = gates or {}  # reports/export.json: a variant its gate rejected is not a backend
-    for precision, path in paths.ONNX.items():
+    for precision, path in files.onnx.items():
         if gates.get(precision, {}).get("status") == "rejected":
             g = gates[precision]["gate"]
             skipped[f"onnxruntime-{precision}"] = (
@@ -67,19 +91,14 @@ def backends(
         sess = onnx_runtime.session(path, "cuda" if cuda else "cpu")
         run = partial(onnx_runtime.run, sess)
         found.append(Backend(f"onnxruntime-{precision}", run, path, onnx_runtime.provider(sess)))
-    info_file = paths.ENGINE_INFO
-    info: dict[str, Any] = (
-        json.loads(info_file.read_text())
-        if info_file.exists()
-        else {"built": False, "reason": f"{info_file} not found"}
-    )
+    info = engine_info(files.engine_info)
     if info.get("built"):
         try:
             found.append(
                 Backend(
                     f"tensorrt-{info['precision']}",
-                    EngineRunner(paths.ENGINE, info_file),
-                    paths.ENGINE,
+                    EngineRunner(files.engine, files.engine_info),
+                    files.engine,
                     info["gpu"]["name"],
                 )
             )
@@ -90,15 +109,15 @@ def backends(
     return found, skipped
 
 
-def score_localisation(cfg: Config, rows: list[dict], preset) -> dict:
+def score_localisation(cfg: Config, files: ReportFiles, rows: list[dict], preset) -> dict:
     """Per LIO stage: IoU of m' and M beside the reference predictors, pointing accuracy
-    (pipeline.localisation), on the test images with true masks; and reports/masks.png,
+    (pipeline.evaluate.localisation), on the test images with true masks; and reports/masks.png,
     which every run writes (a baseline's shows the images and masks alone)."""
-    model, blob = load_trained(paths.require(paths.TRAINED, "train"))
+    model, blob = load_trained(require(files.trained, "train"))
     P, threshold = blob["lio"]["P"], cfg.report.mask_threshold
     test = [r for r in rows if r["split"] == "test"]
     masked = [r for r in test if r["mask"]]
-    draw_masks(cfg, model, masked or test, preset, P, threshold, with_masks=bool(masked))
+    draw_masks(cfg, files.masks, model, masked or test, preset, P, threshold, with_masks=bool(masked))
     if not model.stages or not masked:
         return {}
     train_masks = [r for r in rows if r["split"] == "train" and r["mask"]]
@@ -107,7 +126,9 @@ def score_localisation(cfg: Config, rows: list[dict], preset) -> dict:
     return {"stages": stages, "train_mask_area": area, "threshold": threshold}
 
 
-def draw_masks(cfg: Config, model, test: list[dict], preset, P: int, threshold: float, with_masks: bool) -> None:
+def draw_masks(
+    cfg: Config, out: Path, model, test: list[dict], preset, P: int, threshold: float, with_masks: bool
+) -> None:
     """One test image per class (round robin), each with P positives of its class."""
     by_class: dict[int, list[dict]] = {}
     for r in test:
@@ -135,20 +156,19 @@ def draw_masks(cfg: Config, model, test: list[dict], preset, P: int, threshold: 
     true = torch.stack([m for m in masks if m is not None]) if with_masks else None
     columns = {f"{name} {s}": m[anchors] for s, d in maps.items() for name, m in d.items() if name != "ref"}
     ious = {title: iou(m, true, threshold) for title, m in columns.items()} if true is not None else {}
-    with atomic_path(paths.MASKS) as tmp:
+    with atomic_path(out) as tmp:
         extent_figure(tmp, torch.stack(images)[anchors], columns, true, ious)
 
 
-def write_report(cfg: Config) -> list[str]:
+def write_report(cfg: Config, files: ReportFiles) -> list[str]:
     """Score, time and write everything; returns the Markdown lines."""
-    rows, classes = read_manifest(paths.require(paths.PREPARED, "prepare"))
-    weights = paths.require(paths.deployable(cfg.model.arch), "strip")
-    model, meta = load_deployable(weights)
+    rows, classes = read_manifest(require(files.prepared, "prepare"))
+    model, meta = load_deployable(require(files.weights, "strip"))
     preset = eval_preset(meta["preprocess"])
     test = [r for r in rows if r["split"] == "test"]
     labels = np.array([r["label"] for r in test])
-    gates = json.loads(paths.EXPORT_REPORT.read_text()) if paths.EXPORT_REPORT.exists() else {}
-    found, skipped = backends(model, weights, torch.cuda.is_available(), gates)
+    gates = json.loads(files.export_report.read_text()) if files.export_report.exists() else {}
+    found, skipped = backends(model, files, torch.cuda.is_available(), gates)
     batch = cfg.engine.max_batch
     sample = next(batches(test, preset, batch)).numpy()
     big = np.resize(sample, (batch, *sample.shape[1:]))  # the largest profile batch, for throughput
@@ -178,22 +198,22 @@ def write_report(cfg: Config) -> list[str]:
     classes_table = per_class(predicted, labels, classes)
     mistakes = confusions(predicted, labels, classes)
     write_json(
-        paths.CONFUSION,
+        files.confusion,
         [{"actual": classes[a], "predicted": classes[p]} for a, p in zip(labels.tolist(), predicted.tolist())],
     )
-    write_json(paths.PER_CLASS, {"backend": deployed, "classes": classes_table})
+    write_json(files.per_class, {"backend": deployed, "classes": classes_table})
 
-    loc = score_localisation(cfg, rows, preset)
+    loc = score_localisation(cfg, files, rows, preset)
     metrics = {
         "test_top1": table[0]["top1"],
         "backends": {r["backend"]: r for r in table},
         "skipped": skipped,
         "localisation": loc.get("stages", {}),
     }
-    write_json(paths.METRICS, metrics)
-    write_json(paths.LATENCY, [{"backend": r["backend"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"]} for r in table])
+    write_json(files.metrics, metrics)
+    write_json(files.latency, [{"backend": r["backend"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"]} for r in table])
     write_json(
-        paths.LOCALISATION,
+        files.localisation,
         [
             {"map": f"{s} {name}", "iou": d[IOU + name]}
             for s, d in loc.get("stages", {}).items()
@@ -201,19 +221,21 @@ def write_report(cfg: Config) -> list[str]:
             if IOU + name in d
         ],
     )
-    advice = recommendations(table, gates, engine_info())
-    lines = report_lines(cfg, table, skipped, len(labels), deployed, classes_table, mistakes, loc)
+    engine = engine_info(files.engine_info)
+    advice = recommendations(table, gates, engine)
+    lines = report_lines(cfg, table, skipped, len(labels), deployed, classes_table, mistakes, loc, files.masks.name)
     lines += ["", "## What to deploy", "", *[f"- **{target}**: {text}" for target, text in advice.items()]]
-    write_text(paths.REPORT, "\n".join(lines) + "\n")
+    write_text(files.report, "\n".join(lines) + "\n")
     write_text(
-        paths.MODEL_CARD,
-        model_card(cfg, rows, classes, table, gates, engine_info(), advice, deployed, meta["preprocess"]),
+        files.model_card,
+        model_card(cfg, rows, classes, table, gates, engine, advice, deployed, meta["preprocess"]),
     )
     return lines
 
 
-def engine_info() -> dict:
-    return json.loads(paths.ENGINE_INFO.read_text()) if paths.ENGINE_INFO.exists() else {"built": False}
+def engine_info(path: Path) -> dict[str, Any]:
+    """models/engine/engine.json, or why there is none."""
+    return json.loads(path.read_text()) if path.exists() else {"built": False, "reason": f"{path} not found"}
 
 
 def recommendations(table: list[dict], gates: dict, engine: dict) -> dict[str, str]:
@@ -288,7 +310,7 @@ def model_card(cfg: Config, rows, classes, table, gates, engine, advice, deploye
         f"{t.weight_decay}, {t.schedule} schedule), batch {t.batch_size}, seed {cfg.seed}, weights from "
         f"`model.pretrained: {cfg.model.pretrained}`.",
         "",
-        "**Preprocessing** (also in every artifact's metadata; `pipeline.preprocess.preprocess` does it): "
+        "**Preprocessing** (also in every artifact's metadata; `pipeline.deploy.preprocess.preprocess` does it): "
         f"`{pre}`: decode RGB, resize the shorter side, centre-crop, scale to [0, 1], normalise.",
         "",
         "**Accuracy and latency** per backend, on the test split, on the machine that ran the report:",
@@ -360,7 +382,7 @@ def _study_line() -> str:
     )
 
 
-def report_lines(cfg, table, skipped, n_test, deployed, classes_table, mistakes, loc) -> list[str]:
+def report_lines(cfg, table, skipped, n_test, deployed, classes_table, mistakes, loc, masks_file: str) -> list[str]:
     batch = cfg.engine.max_batch
     columns = [
         ("backend", "backend", ""),
@@ -430,7 +452,7 @@ def report_lines(cfg, table, skipped, n_test, deployed, classes_table, mistakes,
             "",
             markdown_table(rows, cols),
             "",
-            f"![extent]({paths.MASKS.name})",
+            f"![extent]({masks_file})",
         ]
     return lines
 

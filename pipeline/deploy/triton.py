@@ -21,9 +21,9 @@ from pathlib import Path
 
 import onnx
 
+from pipeline.deploy.onnx_runtime import read_meta
 from pipeline.errors import ArtifactError
 from pipeline.io import atomic_dir, write_json
-from pipeline.onnx_runtime import read_meta
 from pipeline.paths import require
 
 ONNX_MODEL, TRT_MODEL, FUSED_MODEL = "lio_onnx", "lio_tensorrt", "lio_onnx_uint8"
@@ -166,14 +166,14 @@ def write_repository(
                 "scale to [0, 1], subtract mean and divide by std per channel",
                 "lay out as NCHW float32, batch first",
             ],
-            "client_function": "pipeline.preprocess.preprocess (the pipeline's own, bit for bit)",
+            "client_function": "pipeline.deploy.preprocess.preprocess (the pipeline's own, bit for bit)",
             "fused_input": None
             if fused is None
             else {
                 "model": FUSED_MODEL,
                 "datatype": "UINT8",
                 "shape": ["batch", meta["preprocess"]["crop"], meta["preprocess"]["crop"], 3],
-                "client": "pipeline.preprocess.resize_and_crop (resize and crop only)",
+                "client": "pipeline.deploy.preprocess.resize_and_crop (resize and crop only)",
             },
             "tensorrt": engine_info.get("tensorrt") if engine_info.get("built") else None,
             "tensorrt_plan_needs": plan_needs(engine_info) if engine_info.get("built") else None,

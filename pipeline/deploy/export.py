@@ -29,16 +29,16 @@ import onnx
 import torch
 from torch import nn
 
-from pipeline import onnx_runtime
 from pipeline.config import ExportConfig, Gate
 from pipeline.data.dataset import logits_over, stack_images
 from pipeline.data.manifest import read_manifest
 from pipeline.data.transforms import eval_preset
-from pipeline.deploy import load_deployable, torch_runner
+from pipeline.deploy import onnx_runtime
+from pipeline.deploy.preprocess import resize_and_crop
+from pipeline.deploy.runners import load_deployable, torch_runner
 from pipeline.errors import PipelineError
+from pipeline.evaluate.metrics import accuracy, agreement
 from pipeline.io import atomic_path, write_json
-from pipeline.metrics import accuracy, agreement
-from pipeline.preprocess import resize_and_crop
 
 INPUT, OUTPUT = "input", "logits"
 #: int8_cpu candidates: ONNX Runtime formats x calibration methods; the fastest that passes its gate is kept.
@@ -96,7 +96,7 @@ def export_fused(model: nn.Module, path: Path, preprocess: dict, opset: int, met
     """The fused-preprocessing variant: input `images`, uint8 [batch, crop, crop, 3]."""
     crop = preprocess["crop"]
     fused = FusedPreprocess(model, preprocess["mean"], preprocess["std"]).eval()
-    meta = {**meta, "input": "uint8 NHWC RGB, resized and centre-cropped (pipeline.preprocess.resize_and_crop)"}
+    meta = {**meta, "input": "uint8 NHWC RGB, resized and centre-cropped (pipeline.deploy.preprocess.resize_and_crop)"}
     _export(fused, torch.zeros(2, crop, crop, 3, dtype=torch.uint8), "images", path, opset, meta)
 
 
