@@ -156,28 +156,50 @@ def queue(
     pretrained: Path = PRETRAINED,
     recorded: Path | None = Path("reports/study.json"),
 ) -> list[str]:
-    """Queues every run with `dvc exp run --queue`, except those already in `recorded` (a study
-    cut short by the end of a session goes on where it stopped); returns the names."""
+    """Queues every run with `dvc exp run --queue`, except those already in `recorded` or still
+    queued or running (a study cut short by the end of a session goes on where it stopped, and
+    queueing twice adds nothing); returns the names."""
     if preset == "transfer" and not pretrained.exists():
         raise StudyError(
             f"the transfer preset fine-tunes {pretrained}, which is missing: run `lio study pretrain` first"
         )
     dvc = dvc or [sys.executable, "-m", "dvc"]
-    done = set()
+    done = pending(dvc)
     if recorded is not None:
-        done = {r["name"] for p in load_study(recorded)["presets"].values() for r in p.get("runs", [])}
+        done |= {r["name"] for p in load_study(recorded)["presets"].values() for r in p.get("runs", [])}
     names = []
     for name, overrides in grid(preset, seeds, other_seeds, variants, pretrained):
         if name in done:
             continue
-        args = [*dvc, "exp", "run", "--queue", "--name", name]
-        for o in overrides:
-            args += ["-S", o]
-        proc = subprocess.run(args, capture_output=True, text=True)
-        if proc.returncode:
-            raise StudyError(f"`{' '.join(args)}` failed: {proc.stderr.strip() or proc.stdout.strip()}")
+        _dvc(dvc, "exp", "run", "--queue", "--name", name, *(a for o in overrides for a in ("-S", o)))
         names.append(name)
     return names
+
+
+def _dvc(dvc: list[str], *args: str) -> str:
+    proc = subprocess.run([*dvc, *args], capture_output=True, text=True)
+    if proc.returncode:
+        raise StudyError(f"`dvc {' '.join(args)}` failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout
+
+
+def pending(dvc: list[str]) -> set[str]:
+    """Names of the experiments `dvc queue status` lists as queued or running."""
+    rows = (line.split() for line in _dvc(dvc, "queue", "status").splitlines())
+    return {row[1] for row in rows if len(row) > 2 and row[-1] in ("Queued", "Running")}
+
+
+def baselines(dvc: list[str], preset: str) -> list[str]:
+    """The commits that experiments of `preset` ran from, as `dvc exp list -A` prints them
+    (`<baseline>:` then a tab-indented `<sha> [<name>]` per experiment)."""
+    revs: list[str] = []
+    base = ""
+    for line in _dvc(dvc, "exp", "list", "-A").splitlines():
+        if line.strip() and not line[0].isspace():
+            base = line.strip().rstrip(":")
+        elif line.strip().endswith("]") and line.split("[")[-1].startswith(f"study-{preset}-") and base not in revs:
+            revs.append(base)
+    return revs
 
 
 def pretrain(work: Path, out: Path, params: Path = Path("params.yaml")) -> dict:
@@ -422,15 +444,16 @@ def load_study(path: Path) -> dict:
 
 
 def collect(preset: str, out_dir: Path, command: str, machine: str, dvc: list[str] | None = None) -> dict:
-    """Adds the finished runs of `dvc exp show --json -A` to OUT/study.json (runs already recorded
-    there stay: experiments live only on the machine that ran them) and rewrites OUT/study.md."""
+    """Adds the finished runs of `preset` that `dvc exp show --json` finds to OUT/study.json (runs
+    already recorded there stay: experiments live only on the machine that ran them) and rewrites
+    OUT/study.md. Only the commits the study ran from are shown: `-A` walks every commit of the
+    repository, minutes per call once the study has committed its results a few dozen times."""
     dvc = dvc or [sys.executable, "-m", "dvc"]
-    proc = subprocess.run([*dvc, "exp", "show", "--json", "-A"], capture_output=True, text=True)
-    if proc.returncode:
-        raise StudyError(f"`dvc exp show --json -A` failed: {proc.stderr.strip()}")
+    revs = baselines(dvc, preset)
+    shown = json.loads(_dvc(dvc, "exp", "show", "--json", *(a for r in revs for a in ("--rev", r)))) if revs else []
     study = load_study(out_dir / "study.json")
     old = study["presets"].get(preset, {})
-    found = records(json.loads(proc.stdout), preset)
+    found = records(shown, preset)
     if not found and old:
         return old  # nothing new: the committed study stays byte for byte
     merged = {r["name"]: r for r in old.get("runs", [])} | {r["name"]: r for r in found}

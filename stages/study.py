@@ -61,7 +61,7 @@ def pretrain_command(work):
     help="Where the runs ran, for the table.",
 )
 def collect_command(preset, out, watch, machine):
-    """Add the finished runs of `dvc exp show --json -A` to OUT/study.json (recorded runs stay) and OUT/study.md."""
+    """Add the finished runs DVC holds (`dvc exp show`) to OUT/study.json (recorded runs stay) and OUT/study.md."""
     command_line = (
         "lio study pretrain && " if preset == "transfer" else ""
     ) + f"lio study queue --preset {preset} && dvc queue start --jobs 1 && lio study collect --preset {preset}"

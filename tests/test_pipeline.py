@@ -150,8 +150,14 @@ def test_dvc_repro_then_experiment(tmp_path):
     sh(["git", "add", "-A"], repo, env)  # the baseline: dvc.lock and the small metrics files
     sh(["git", "commit", "-qm", "baseline run"], repo, env)
 
-    out = sh([*dvc, "exp", "run", "-S", "lio.P=5"], repo, env)
+    out = sh([*dvc, "exp", "run", "--name", "study-cpu-lio-s5", "-S", "lio.P=5"], repo, env)
     assert "Stage 'prepare' didn't change, skipping" in out and "Running stage 'train'" in out
+    # `lio study collect` finds a study-named experiment through the real `dvc exp list` / `exp show`
+    sh(["lio", "study", "collect", "--preset", "cpu", "--out", "collected"], repo, env)
+    (run,) = json.loads((repo / "collected/study.json").read_text())["presets"]["cpu"]["runs"]
+    test_top1 = json.loads((repo / "dvclive/metrics.json").read_text())["test"]["top1"]
+    assert run["name"] == "study-cpu-lio-s5" and run["test_top1"] == test_top1 and run["localisation"]
+    shutil.rmtree(repo / "collected")
     shown = json.loads(sh([*dvc, "exp", "show", "--json"], repo, env))
     with_metrics = {}  # P -> metrics, for the workspace and the experiment (the bare git commit has none)
     for r in all_data(shown):

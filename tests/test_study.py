@@ -63,6 +63,11 @@ def test_queue_skips_recorded_runs(tmp_path):
     finally:
         os.chdir(cwd)
     assert names == ["study-cpu-baseline-s1", "study-cpu-lio-s1"]
+    os.chdir(repo)
+    try:  # still queued: queueing again adds nothing
+        assert queue("cpu", 2, 0, ["baseline", "lio"], recorded=Path("study.json")) == []
+    finally:
+        os.chdir(cwd)
 
 
 def exp(name, top1, loc=None, seconds=100.0):
@@ -141,9 +146,15 @@ def test_verdict_names_the_side_of_zero():
 
 
 def fake_dvc(tmp_path, shown) -> list[str]:
-    """A `dvc` whose `exp show --json -A` prints `shown` (the real DVC runs in tests/test_pipeline.py)."""
+    """A `dvc` whose `exp list -A` puts the experiments of `shown` under one baseline and whose
+    `exp show --json` prints `shown` (collect against the real DVC: tests/test_pipeline.py)."""
+    from pipeline.study import experiments
+
+    listing = "abc1234:\n" + "".join(f"\tdef5678 [{name}]\n" for name, _ in experiments(shown))
     script = tmp_path / "fake_dvc.py"
-    script.write_text(f"import json, sys\nprint(json.dumps({shown!r}))\n")
+    script.write_text(
+        f"import json, sys\nprint({listing!r} if sys.argv[1:3] == ['exp', 'list'] else json.dumps({shown!r}))\n"
+    )
     return [sys.executable, str(script)]
 
 
