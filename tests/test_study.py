@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.study import VARIANTS, StudyError, aggregate, collect, grid, queue, records, verdict
+from pipeline.study import VARIANTS, StudyError, aggregate, choice, collect, grid, queue, records, verdict
 
 
 def test_grid_has_every_variant_at_the_same_budget():
@@ -137,6 +137,25 @@ def test_aggregate_pairs_seeds_with_the_baseline():
     assert v["lio"]["localisation"]["layer2"]["iou m'"] == pytest.approx(0.4)
 
 
+def test_choice_compares_validation_on_shared_seeds():
+    def run(variant, seed, val, test=0.5):
+        return {"variant": variant, "seed": seed, "best_val_top1": val, "test_top1": test}
+
+    runs = [
+        *(run("baseline", s, 0.99) for s in range(3)),  # not a candidate, however good
+        run("lio", 0, 0.80),
+        run("lio", 1, 0.70),
+        run("lio", 2, 0.20),  # a bad seed only lio ran: left out of the comparison
+        run("lio-binary", 0, 0.78, test=0.99),  # test never chooses
+        run("lio-binary", 1, 0.74),
+        run("lio-gm", 0, 0.95),  # needs true masks: not a candidate
+    ]
+    c = choice(runs)
+    assert c["seeds"] == [0, 1] and c["best"] == "lio-binary"
+    assert c["val_top1_mean"] == {"lio": pytest.approx(0.75), "lio-binary": pytest.approx(0.76)}
+    assert choice([run("baseline", 0, 0.9)]) is None
+
+
 def test_verdict_names_the_side_of_zero():
     def v(ci):
         return {"test_vs_baseline": {"ci95": ci}}
@@ -179,3 +198,4 @@ def test_collect_keeps_recorded_runs(tmp_path):
     assert [r["name"] for r in study["presets"]["transfer"]["runs"]] == ["study-transfer-lio-s0"]
     text = (out / "study.md").read_text()
     assert "## cpu preset" in text and "## transfer preset" in text
+    assert "the best is **lio**" in text  # the only candidate with runs
