@@ -235,10 +235,11 @@ def pretrain(work: Path, out: Path, params: Path = Path("params.yaml")) -> dict:
 
 
 def experiments(shown) -> Iterator[tuple[str, dict]]:
-    """(name, data) of every named experiment in `dvc exp show --json`, whatever the nesting."""
+    """(name, data) of every named experiment in `dvc exp show --json`, whatever the nesting.
+    Failed runs are left out: their files are the queued snapshot's, another run's results."""
     if isinstance(shown, dict):
         data = shown.get("data")
-        if isinstance(data, dict) and shown.get("name") and "params" in data:
+        if isinstance(data, dict) and shown.get("name") and "params" in data and not shown.get("error"):
             yield shown["name"], data
         for v in shown.values():
             yield from experiments(v)
@@ -276,7 +277,13 @@ def records(shown, preset: str) -> list[dict]:
             "best_val_top1": _metric(data, "dvclive/metrics.json", "best", "val_top1"),
             "best_epoch": _metric(data, "dvclive/metrics.json", "best", "epoch"),
             "train_seconds": _metric(data, "dvclive/metrics.json", "train_seconds"),
-            "localisation": _metric(data, "reports/metrics.json", "localisation") or {},
+            # a run stopped before its report holds the queued snapshot's reports/metrics.json, another
+            # model's: the report's test top-1 equals the training stage's only if it scored this model
+            "localisation": (
+                _metric(data, "reports/metrics.json", "localisation") or {}
+                if _metric(data, "reports/metrics.json", "test_top1") == top1
+                else {}
+            ),
         }
     return sorted(out.values(), key=lambda r: (list(VARIANTS).index(r["variant"]), r["seed"]))
 

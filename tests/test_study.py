@@ -70,14 +70,14 @@ def test_queue_skips_recorded_runs(tmp_path):
         os.chdir(cwd)
 
 
-def exp(name, top1, loc=None, seconds=100.0):
+def exp(name, top1, loc=None, seconds=100.0, report_top1=None):
     metrics = {
         "dvclive/metrics.json": {
             "data": {"test": {"top1": top1}, "best": {"val_top1": top1, "epoch": 3}, "train_seconds": seconds}
         }
     }
     if loc is not None:
-        metrics["reports/metrics.json"] = {"data": {"localisation": loc}}
+        metrics["reports/metrics.json"] = {"data": {"test_top1": report_top1 or top1, "localisation": loc}}
     return {
         "revs": [
             {"rev": "abc", "name": name, "data": {"timestamp": "2026-11-26T09:00:00", "params": {}, "metrics": metrics}}
@@ -99,6 +99,8 @@ def test_aggregate_pairs_seeds_with_the_baseline():
                 exp("study-gpu-lio-s0", 0.99),
                 exp("other-experiment", 0.1),
                 exp("study-cpu-lio-detached-s0", 0.5),
+                # stopped before its report: reports/metrics.json is another model's, its localisation is left out
+                exp("study-cpu-lio-detached-s1", 0.4, {"layer2": {"iou m'": 0.9}}, report_top1=0.84),
                 # a running experiment shows the queued snapshot's files (another run's metrics): left out
                 {
                     "revs": [
@@ -114,6 +116,11 @@ def test_aggregate_pairs_seeds_with_the_baseline():
                     ]
                 },
                 {"revs": [{"name": "study-cpu-lio-s2", "data": {"params": {}, "metrics": {}}}]},
+                # a failed run: its files are the queued snapshot's, with another run's metrics
+                {
+                    "executor": {"state": "failed"},
+                    "revs": [{**exp("study-cpu-oel-only-s1", 0.857)["revs"][0], "error": {"msg": "failed"}}],
+                },
             ],
         },
     ]
@@ -124,7 +131,9 @@ def test_aggregate_pairs_seeds_with_the_baseline():
         "study-cpu-lio-s0",
         "study-cpu-lio-s1",
         "study-cpu-lio-detached-s0",
+        "study-cpu-lio-detached-s1",
     ]  # other presets, names and unfinished runs left out
+    assert runs[-1]["localisation"] == {} and runs[2]["localisation"] == {"layer2": {"iou m'": 0.3}}
     v = aggregate(runs)
     assert v["lio"]["test_top1_mean"] == pytest.approx(0.785)
     d = v["lio"]["test_vs_baseline"]
