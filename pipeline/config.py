@@ -125,7 +125,7 @@ class LIOConfig:
     scl: bool = True
     mask_source: Literal["pseudo", "gt"] = "pseudo"  # OEL target: pseudo mask M, or the true mask ("w/ GM")
     target_grad: bool = True  # L_oel back-propagates through M as in the released code; false: M is a constant
-    scl_weights: Literal["extent", "binary"] = "extent"  # SCL weights: relu(m') (paper) or m' > mean(m') (code)
+    scl_weights: Literal["binary", "extent"] = "binary"  # SCL weights: m' > mean(m') (code) or relu(m') (paper)
 
     def check(self, where: str) -> None:
         bad = [s for s in self.stages if s not in STAGES]

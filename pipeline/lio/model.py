@@ -65,7 +65,7 @@ class LIOModel(nn.Module):
         scl: bool = True,
         mask_source: str = "pseudo",
         target_grad: bool = True,
-        scl_weights: str = "extent",
+        scl_weights: str = "binary",
     ):
         super().__init__()
         unknown = [s for s in stages if s not in STAGES]
