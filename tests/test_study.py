@@ -208,3 +208,24 @@ def test_collect_keeps_recorded_runs(tmp_path):
     text = (out / "study.md").read_text()
     assert "## cpu preset" in text and "## transfer preset" in text
     assert "the best is **lio**" in text  # the only candidate with runs
+
+
+def test_default_and_readme_follow_the_recorded_study():
+    """params.yaml's lio section is the study's choice, and the README quotes the study's intervals."""
+    import yaml
+
+    study = json.loads(Path("reports/study.json").read_text())["presets"]
+    lio = yaml.safe_load(Path("params.yaml").read_text())["lio"]
+    chosen = study["cpu"]["choice"]["best"]  # the default trains from scratch: the cpu preset decides
+    for override in VARIANTS[chosen]:
+        key, value = override.split("=", 1)
+        assert lio[key.removeprefix("lio.")] == yaml.safe_load(value), (chosen, override)
+    readme = " ".join(Path("README.md").read_text().split())  # line breaks inside a quoted interval
+
+    def interval(ci):
+        return "[" + ", ".join(f"{x:+.3f}".replace("-", "−") for x in ci) + "]"
+
+    quoted = [("cpu", v) for v in study["cpu"]["variants"] if v != "baseline"] + [("transfer", "lio")]
+    for preset, variant in quoted:
+        ci = study[preset]["variants"][variant]["test_vs_baseline"]["ci95"]
+        assert interval(ci) in readme, (preset, variant, interval(ci))
