@@ -127,12 +127,13 @@ def test_ablation_switches_and_pooling():
     assert maps["layer2"]["m'"].shape == maps["layer2"]["M"].shape == (8, 4, 4)  # 64 px -> 8x8 -> pooled 4x4
 
 
-def test_scl_only_takes_reference_and_weights_from_the_pseudo_mask(monkeypatch):
+@pytest.mark.parametrize("scl_weights", ["extent", "binary"])
+def test_scl_only_takes_reference_and_weights_from_the_pseudo_mask(monkeypatch, scl_weights):
     """Without OEL there is no untrained head to read: SCL's reference cell and weights come from M."""
     import pipeline.lio.model as model_module
 
     x, y, pos = batch(size=64)
-    model = LIOModel("resnet18", 4, ["layer2"], oel=False, scl_channels=8).train()
+    model = LIOModel("resnet18", 4, ["layer2"], oel=False, scl_channels=8, scl_weights=scl_weights).train()
     assert len(model.oel) == 0 and model.stages == ["layer2"]
     seen = {}
     real_loss = model_module.scl_loss
@@ -145,7 +146,10 @@ def test_scl_only_takes_reference_and_weights_from_the_pseudo_mask(monkeypatch):
     torch.manual_seed(0)
     model(x, y, pos)
     M = model.extent_maps(x, pos)["layer2"]["M"]
-    assert torch.allclose(seen["weight"], M.clamp_min(0))
+    if scl_weights == "extent":  # relu(M), the paper's form
+        assert torch.allclose(seen["weight"], M.clamp_min(0))
+    else:  # M above its per-image mean, the released code's
+        assert torch.equal(seen["weight"], (M > M.flatten(1).mean(1).view(-1, 1, 1)).float())
     ref = M.flatten(1).argmax(1)  # the distance target is zero exactly at the reference cell
     assert torch.all(seen["dist"].flatten(1).gather(1, ref[:, None]) == 0)
     assert torch.equal(model.extent_maps(x, pos)["layer2"]["ref"], M)
