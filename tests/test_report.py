@@ -3,7 +3,7 @@
 import numpy as np
 
 from pipeline.evaluate.metrics import accuracy, confusions, per_class
-from pipeline.evaluate.report import markdown_table
+from pipeline.evaluate.report import _study_line, markdown_table
 from pipeline.evaluate.timing import latency
 
 
@@ -33,3 +33,32 @@ def test_latency_percentiles_are_ordered():
 def test_markdown_table():
     text = markdown_table([{"a": "x", "b": 0.12345}, {"a": "y"}], [("a", "A", ""), ("b", "B", ".2f")])
     assert text.splitlines() == ["| A | B |", "|---|---|", "| x | 0.12 |", "| y | n/a |"]
+
+
+def test_model_card_quotes_the_study_and_its_choice(tmp_path, monkeypatch):
+    """The card quotes LIO's interval and, when the study chose another variant as the default, that one's."""
+    import json
+
+    def variant(mean, lo, hi, n, wins):
+        return {"test_vs_baseline": {"mean": mean, "ci95": [lo, hi], "n": n, "wins": wins}}
+
+    monkeypatch.chdir(tmp_path)
+    assert _study_line() == "no study recorded (`lio study`)."
+    study = {
+        "presets": {
+            "cpu": {
+                "variants": {
+                    "lio": variant(-0.024, -0.097, 0.048, 8, 4),
+                    "lio-binary": variant(-0.01, -0.18, 0.16, 3, 2),
+                },
+                "choice": {"best": "lio-binary"},
+            },
+            "transfer": {"variants": {"lio": variant(0.0, -0.007, 0.007, 8, 3)}, "choice": {"best": "lio"}},
+        }
+    }
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports/study.json").write_text(json.dumps(study))
+    line = _study_line()
+    assert "cpu preset: LIO vs baseline -0.024 test top-1, 95% CI [-0.097, +0.048] over 8 paired seeds" in line
+    assert "cpu preset: lio-binary (its choice by validation) vs baseline -0.010" in line
+    assert line.count("transfer preset") == 1 and "transfer preset: LIO (its choice by validation)" in line

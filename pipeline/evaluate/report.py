@@ -361,20 +361,24 @@ def model_card(cfg: Config, rows, classes, table, gates, engine, advice, deploye
 
 
 def _study_line() -> str:
-    """The study's main comparison with its interval, from reports/study.json (when present)."""
+    """The study's main comparison, and its choice of the default when that is another variant,
+    with their intervals, from reports/study.json (when present)."""
     path = Path("reports/study.json")
     if not path.exists():
         return "no study recorded (`lio study`)."
     parts = []
     for preset, section in json.loads(path.read_text()).get("presets", {}).items():
-        v = section.get("variants", {}).get("lio")
-        if not v or v["test_vs_baseline"]["ci95"] is None:
-            continue
-        d = v["test_vs_baseline"]
-        parts.append(
-            f"{preset} preset: LIO vs baseline {d['mean']:+.3f} test top-1, 95% CI [{d['ci95'][0]:+.3f}, "
-            f"{d['ci95'][1]:+.3f}] over {d['n']} paired seeds ({d['wins']} wins)"
-        )
+        chosen = (section.get("choice") or {}).get("best")
+        for name in dict.fromkeys(["lio", chosen]):
+            v = section.get("variants", {}).get(name)
+            if not v or v["test_vs_baseline"]["ci95"] is None:
+                continue
+            d = v["test_vs_baseline"]
+            parts.append(
+                f"{preset} preset: {'LIO' if name == 'lio' else name}"
+                f"{' (its choice by validation)' if name == chosen else ''} vs baseline {d['mean']:+.3f} test top-1, "
+                f"95% CI [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] over {d['n']} paired seeds ({d['wins']} wins)"
+            )
     return (
         "; ".join(parts) + " (reports/study.md)."
         if parts
