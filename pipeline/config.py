@@ -126,6 +126,7 @@ class LIOConfig:
     mask_source: Literal["pseudo", "gt"] = "pseudo"  # OEL target: pseudo mask M, or the true mask ("w/ GM")
     target_grad: bool = True  # L_oel back-propagates through M as in the released code; false: M is a constant
     scl_weights: Literal["binary", "extent"] = "binary"  # SCL weights: m' > mean(m') (code) or relu(m') (paper)
+    positives: Literal["same_class", "batch"] = "same_class"  # M against the group (paper) or the code's batch rows
 
     def check(self, where: str) -> None:
         bad = [s for s in self.stages if s not in STAGES]
@@ -169,6 +170,7 @@ class TrainConfig:
     ema_decay: float = 0.0  # 0 disables the weight EMA
     amp: bool = True  # bf16 autocast on CUDA GPUs that support it
     channels_last: bool = True  # on CUDA
+    compile: Literal["auto", "true", "false"] = "auto"  # torch.compile the training step; auto: on CUDA
     eval_batch_size: int = 64
 
     def check(self, where: str) -> None:

@@ -26,19 +26,22 @@ from pipeline.io import write_json, write_text
 #: variant -> its `-S` overrides (on top of the preset). Every LIO setting a variant depends on
 #: is spelled out, so a variant means the same thing whatever params.yaml's defaults are.
 _GRAD, _DETACHED = "lio.target_grad=true", "lio.target_grad=false"
+_GROUP = "lio.positives=same_class"  # M against the image's own group (the paper)
 VARIANTS = {
     "baseline": ["lio.stages=[]"],
-    "lio": [_GRAD, "lio.scl_weights=extent"],  # multi-stage, gradient through M (the released code)
-    "lio-detached": [_DETACHED, "lio.scl_weights=extent"],  # M as a constant target (the first study's LIO)
-    "oel-only": ["lio.scl=false", _GRAD],
-    "scl-only": ["lio.oel=false", "lio.scl_weights=extent"],  # SCL's guide is M, without gradient either way
-    "lio-gm": ["lio.mask_source=gt", "lio.scl_weights=extent"],
-    "lio-binary": [_GRAD, "lio.scl_weights=binary"],  # the released code's SCL weights, m' > mean(m')
+    "lio": [_GRAD, "lio.scl_weights=extent", _GROUP],  # multi-stage, gradient through M (the released code)
+    "lio-detached": [_DETACHED, "lio.scl_weights=extent", _GROUP],  # M as a constant target (the first study's LIO)
+    "oel-only": ["lio.scl=false", _GRAD, _GROUP],
+    "scl-only": ["lio.oel=false", "lio.scl_weights=extent", _GROUP],  # SCL's guide is M, without gradient either way
+    "lio-gm": ["lio.mask_source=gt", "lio.scl_weights=extent", _GROUP],
+    "lio-binary": [_GRAD, "lio.scl_weights=binary", _GROUP],  # the released code's SCL weights, m' > mean(m')
+    # LIO with M against the released code's batch rows (images of other groups), not the image's class
+    "lio-batch": [_GRAD, "lio.scl_weights=extent", "lio.positives=batch"],
 }
 #: variants that get the full seed count; the others get `other_seeds`
 MAIN_VARIANTS = ("baseline", "lio")
 #: variants that can become params.yaml's default: every LIO setting that needs no true masks
-CANDIDATES = ("lio", "lio-detached", "oel-only", "scl-only", "lio-binary")
+CANDIDATES = ("lio", "lio-detached", "oel-only", "scl-only", "lio-binary", "lio-batch")
 
 _FAST_DEPLOY = ["export.precisions=[fp32]", "engine.precision=fp32", "report.iters=5", "report.throughput_iters=1"]
 # The embedded default's 6 classes x 140 images are too easy at 112 px (a ResNet-18 baseline
@@ -87,7 +90,7 @@ PRESETS = {
             "train.epochs=14",
             *_FAST_DEPLOY,
         ],
-        "variants": ["baseline", "lio", "lio-detached"],
+        "variants": ["baseline", "lio", "lio-detached", "lio-batch"],
     },
     # The paper's geometry on one GPU: 448 px, maps pooled by 2 to 28/14/7, ResNet-50.
     "gpu": {

@@ -3,8 +3,10 @@
 from collections import Counter
 
 import pytest
+import torch
 
 from pipeline.lio import GroupBatchSampler, group_positives
+from pipeline.lio.sampler import batch_positives, code_positives
 
 
 def labels_of(counts):
@@ -76,3 +78,43 @@ def test_bad_arguments():
         GroupBatchSampler([0, 0], 0, 1)
     with pytest.raises(ValueError, match="rank"):
         GroupBatchSampler([0, 0], 1, 1, rank=2, world_size=2)
+
+
+# ---------------------------------------- the released code's grouping (issue "Fidelity, second pass")
+def released_code_rows(N, P):
+    """The batch the released code's training step feeds `get_mask`, as ids of our group layout
+    (anchor i is id i*(P+1), its k-th positive id i*(P+1)+1+k), following its files step by step:
+    collate_fn1 stacks positives anchor-major; train_util_index.py reorders them with
+    view(N, P).transpose(0, 1) and puts the N anchors in front; get_mask views the result as
+    [N*(P+1) / (P+1), P+1] consecutive rows and compares each row with the others of its run."""
+    anchors = torch.arange(N) * (P + 1)
+    positives = torch.stack([anchors + 1 + k for k in range(P)], dim=1).flatten()  # collate_fn1: anchor-major
+    positives = positives.view(N, P).transpose(0, 1).contiguous().view(-1)  # train_util_index.py
+    rows = torch.cat([anchors, positives])  # all_img_features
+    runs = rows.view(-1, P + 1)  # get_mask: all_objects.view(N_1, num_positive + 1, S, C)
+    return {int(r): {int(o) for o in run if o != r} for run in runs for r in run}
+
+
+@pytest.mark.parametrize("N, P", [(16, 3), (8, 3), (6, 1), (10, 4)])
+def test_code_positives_reproduce_the_released_grouping(N, P):
+    compared = released_code_rows(N, P)
+    pos = code_positives(N, P)
+    assert {i: set(pos[i].tolist()) for i in range(N * (P + 1))} == compared
+    # with N >= P+1 anchors, no image is compared with its own class's images (its group):
+    # the code's M(a0) is built from the images a1..aP, of other anchors
+    assert all(o // (P + 1) != i // (P + 1) for i, others in compared.items() for o in others)
+
+
+def test_released_grouping_compares_anchors_with_anchors():
+    # the concrete reading of the issue for the code's defaults (16 anchors a batch, 3 positives):
+    # the first run is anchors a0..a3, the fifth run the first positives of anchors 0..3
+    compared = released_code_rows(16, 3)
+    assert compared[0] == {4, 8, 12}  # a0 with a1, a2, a3
+    assert compared[1] == {5, 9, 13}  # p0(a0) with p0(a1), p0(a2), p0(a3)
+
+
+def test_batch_positives_choose_the_layout():
+    assert torch.equal(batch_positives(3, 2, "same_class"), group_positives(3, 2))
+    assert torch.equal(batch_positives(3, 2, "batch"), code_positives(3, 2))
+    with pytest.raises(ValueError, match="same_class"):
+        batch_positives(3, 2, "random")

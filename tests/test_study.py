@@ -32,8 +32,10 @@ def test_transfer_grid_fine_tunes_the_pretrained_backbone(tmp_path):
     weights = tmp_path / "backbone.pt"
     runs = dict(grid("transfer", seeds=5, other_seeds=1, pretrained=weights))
     assert sorted(runs) == sorted(
-        [f"study-transfer-{v}-s{s}" for v in ("baseline", "lio") for s in range(5)] + ["study-transfer-lio-detached-s0"]
+        [f"study-transfer-{v}-s{s}" for v in ("baseline", "lio") for s in range(5)]
+        + ["study-transfer-lio-detached-s0", "study-transfer-lio-batch-s0"]
     )
+    assert "lio.positives=batch" in runs["study-transfer-lio-batch-s0"]
     overrides = runs["study-transfer-lio-s0"]
     assert f"model.pretrained={weights.resolve()}" in overrides and "train.optimizer=sgd" in overrides
     with pytest.raises(StudyError, match="lio study pretrain"):

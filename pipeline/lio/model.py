@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.backbone import STAGES, build_backbone
-from pipeline.lio.oel import OELHead, pseudo_mask
+from pipeline.lio.oel import OELHead, PairIndex, pair_index, pseudo_mask
 from pipeline.lio.scl import SCLHead, polar_targets, reference_cells, scl_loss
 
 MASK_SOURCES = ("pseudo", "gt")
@@ -119,12 +119,17 @@ class LIOModel(nn.Module):
         return logits, feats
 
     def forward(
-        self, images: Tensor, labels: Tensor | None = None, positives: Tensor | None = None, masks: Tensor | None = None
+        self,
+        images: Tensor,
+        labels: Tensor | None = None,
+        positives: Tensor | PairIndex | None = None,
+        masks: Tensor | None = None,
     ):
         """Logits alone without labels (inference); an LIOOutput with labels (training).
 
-        positives: long [B, P] batch indices (docs/method.md, batches); masks: the true
-        object masks [B, H, W] of the batch, needed only with mask_source="gt".
+        positives: long [B, P] batch indices (docs/method.md, batches), or their `pair_index`
+        (what a compiled step takes: no data-dependent shapes inside); masks: the true object
+        masks [B, H, W] of the batch, needed only with mask_source="gt".
         """
         if labels is None:
             return self.backbone(images)
@@ -137,6 +142,8 @@ class LIOModel(nn.Module):
             raise ValueError("LIO training needs the [B, P] positives index of the batch")
         if self.use_oel and self.mask_source == "gt" and masks is None:
             raise ValueError("mask_source='gt' needs the true masks of the batch")
+        if not isinstance(positives, PairIndex):
+            positives = pair_index(positives)
         for s in self.stages:
             f = feats[s]
             extent = self.oel[s](f) if self.use_oel else None
@@ -161,7 +168,7 @@ class LIOModel(nn.Module):
         return F.relu(guide)
 
     @torch.no_grad()
-    def extent_maps(self, images: Tensor, positives: Tensor) -> dict[str, dict[str, Tensor]]:
+    def extent_maps(self, images: Tensor, positives: Tensor | PairIndex) -> dict[str, dict[str, Tensor]]:
         """Per stage, {"M": pseudo mask, "m'": predicted extent (OEL only), "ref": the map
         SCL takes its reference cell from (m' with OEL, else M)}, each [B, N, N]."""
         _, feats = self._run(images)

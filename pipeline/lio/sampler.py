@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
+POSITIVES = ("same_class", "batch")
+
 
 def group_positives(num_groups: int, P: int) -> Tensor:
     """The [B, P] positives index of a batch laid out as `num_groups` groups of P+1."""
@@ -21,6 +23,34 @@ def group_positives(num_groups: int, P: int) -> Tensor:
     others = torch.stack([torch.cat([member[:k], member[k + 1 :]]) for k in range(size)])  # [P+1, P]
     base = torch.arange(num_groups).repeat_interleave(size).unsqueeze(1) * size
     return base + others.repeat(num_groups, 1)
+
+
+def code_positives(num_groups: int, P: int) -> Tensor:
+    """The [B, P] positives the authors' released code compares, on the same batch (`lio.positives: batch`).
+
+    The code stacks N anchors, then the first positive of every anchor, then the second, ...
+    (`train_util_index.py`: `view(N, P, ...).transpose(0, 1)`, `cat((main, positives))`), and
+    `get_mask` takes P+1 *consecutive* rows of that tensor as one group (docs/method.md, "The
+    released code's positives"). Reading a batch of same-class groups position-major gives that
+    tensor; its consecutive runs of P+1 hold images of P+1 different groups, of whatever
+    classes the sampler drew.
+    """
+    size = P + 1
+    code_order = torch.arange(num_groups * size).view(num_groups, size).t().flatten()  # code row -> batch index
+    runs = code_order.view(-1, size)  # get_mask's groups, as batch indices
+    within = group_positives(1, P)  # [P+1, P]: the other members of a run
+    positives = torch.empty(num_groups * size, P, dtype=torch.long)
+    positives[runs.flatten()] = runs[:, within].reshape(-1, P)
+    return positives
+
+
+def batch_positives(num_groups: int, P: int, positives: str = "same_class") -> Tensor:
+    """The positives index of a sampler batch under `lio.positives` (same_class: the paper)."""
+    if positives == "same_class":
+        return group_positives(num_groups, P)
+    if positives == "batch":
+        return code_positives(num_groups, P)
+    raise ValueError(f"positives must be one of {POSITIVES}, got {positives!r}")
 
 
 class GroupBatchSampler(Sampler[list[int]]):

@@ -11,7 +11,9 @@ epoch reseeds all randomness from (seed, epoch), so resuming gives the same weig
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -26,16 +28,18 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.backbone import load_pretrained
-from pipeline.config import Config, TrainConfig
+from pipeline.config import Config, LIOConfig, TrainConfig
 from pipeline.data.dataset import ManifestDataset
 from pipeline.data.manifest import read_manifest
 from pipeline.data.transforms import ClassificationPresetEval, ClassificationPresetTrain, preprocessing
 from pipeline.errors import TrainingError
 from pipeline.evaluate.metrics import accuracy
 from pipeline.io import remove_stale_temporaries
-from pipeline.lio import GroupBatchSampler, LIOModel, group_positives
+from pipeline.lio import GroupBatchSampler, LIOModel, PairIndex, pair_index
 from pipeline.lio.checkpoint import save_trained
+from pipeline.lio.sampler import batch_positives
 from pipeline.train.checkpoint import fingerprint, resume, run_settings, save_checkpoint, truncate_live_plots
+from pipeline.train.compile import CompiledStep, unwrap, wants_compile
 from pipeline.train.distributed import init_distributed, replicas_identical, resolve_device
 from pipeline.train.optim import build_optimizer, lr_lambda
 
@@ -69,10 +73,33 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast("cuda", dtype=torch.bfloat16)
 
 
+def batch_layouts(lio: LIOConfig, device: torch.device) -> Callable[[int], PairIndex]:
+    """The positives of a batch of B images as a pair index on `device`, built on the host once
+    per batch size (the sampler fixes the layout; only the last batch of an epoch may be shorter)."""
+    built: dict[int, PairIndex] = {}
+
+    def of(batch: int) -> PairIndex:
+        if batch not in built:
+            built[batch] = pair_index(batch_positives(batch // (lio.P + 1), lio.P, lio.positives)).to(device)
+        return built[batch]
+
+    return of
+
+
 def train_one_epoch(
-    model, loader, optimizer, scheduler, ema, device, P: int, t: TrainConfig, epoch: int, show: bool
+    model,
+    loader,
+    optimizer,
+    scheduler,
+    ema,
+    device,
+    layouts: Callable[[int], PairIndex],
+    t: TrainConfig,
+    epoch: int,
+    show: bool,
 ) -> dict:
-    """One pass over the group batches (each image with P positives of its class); the mean losses and top-1."""
+    """One pass over the group batches (each image with P positives, `batch_layouts`); the mean
+    losses and top-1. One host sync per step, after the optimizer step (the loss check)."""
     model.train()
     sums: dict[str, float] = {}
     correct = seen = 0
@@ -84,26 +111,30 @@ def train_one_epoch(
         masks = masks[0].to(device, non_blocking=True) if masks else None
         if t.channels_last and device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
-        positives = group_positives(len(labels) // (P + 1), P).to(device)
         with autocast(device, t.amp):
-            out = model(images, labels, positives, masks)
-        if not torch.isfinite(out.loss):
-            parts = ", ".join(f"{k}={v.item():.4g}" for k, v in out.parts.items())
-            raise TrainingError(
-                f"non-finite loss at epoch {epoch + 1}, step {step + 1} ({parts}); training stopped and the last "
-                "good checkpoint was kept. Lower train.lr or check the data."
-            )
+            out = model(images, labels, layouts(len(labels)), masks)
+        losses = {"loss": out.loss, **out.parts}
+        # the losses and the correct count in one tensor, read once per step after the optimizer step
+        # (the step is then queued without waiting; a non-finite loss stops the run before any checkpoint)
+        summary = torch.stack([*(v.detach().float() for v in losses.values()), (out.logits.argmax(1) == labels).sum()])
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
         scheduler.step()
+        values = summary.tolist()
+        if not math.isfinite(values[0]):
+            parts = ", ".join(f"{k}={v:.4g}" for k, v in zip(losses, values))
+            raise TrainingError(
+                f"non-finite loss at epoch {epoch + 1}, step {step + 1} ({parts}); training stopped and the last "
+                "good checkpoint was kept. Lower train.lr or check the data."
+            )
         if ema is not None:
-            ema.update_parameters(model.module if isinstance(model, DistributedDataParallel) else model)
-        for k, v in {"loss": out.loss, **out.parts}.items():
-            sums[k] = sums.get(k, 0.0) + v.item() * len(labels)
-        correct += (out.logits.argmax(1) == labels).sum().item()
+            ema.update_parameters(unwrap(model))
+        for k, v in zip(losses, values):
+            sums[k] = sums.get(k, 0.0) + v * len(labels)
+        correct += int(values[-1])
         seen += len(labels)
-        bar.set_postfix(loss=f"{out.loss.item():.3f}")
+        bar.set_postfix(loss=f"{values[0]:.3f}")
     stats = {k: v / seen for k, v in sums.items()}
     stats["top1"] = correct / seen
     return stats
@@ -167,6 +198,10 @@ def train(cfg: Config, prepared: Path, out_model: Path, checkpoints: Path, live_
     def eval_loader(ds):
         return DataLoader(ds, batch_size=cfg.train.eval_batch_size, num_workers=workers)
 
+    if device.type == "cuda":
+        # TF32 for float32 matmuls: the pseudo mask's products (the backbone runs bf16 under autocast).
+        # Measured on an H200 (issue "GPU speed"): M within 2e-4 of its spatial contrast, argmax unchanged.
+        torch.set_float32_matmul_precision("high")
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, len(classes)).to(device)
     if cfg.train.channels_last and device.type == "cuda":
@@ -190,8 +225,11 @@ def train(cfg: Config, prepared: Path, out_model: Path, checkpoints: Path, live_
         print(f"resuming from {checkpoint} after epoch {start}")
 
     net: nn.Module = model
+    if wants_compile(cfg.train.compile, device):
+        net = CompiledStep(model)
     if world > 1:
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    layouts = batch_layouts(cfg.lio, device)
 
     live = None
     if main:
@@ -207,7 +245,7 @@ def train(cfg: Config, prepared: Path, out_model: Path, checkpoints: Path, live_
         torch.manual_seed(cfg.seed * 1000 + epoch)
         loader_gen.manual_seed(cfg.seed * 1000 + epoch)
         sampler.set_epoch(epoch)
-        stats = train_one_epoch(net, loader, optimizer, scheduler, ema, device, P, cfg.train, epoch, main)
+        stats = train_one_epoch(net, loader, optimizer, scheduler, ema, device, layouts, cfg.train, epoch, main)
         val = evaluate(scored, eval_loader(val_set), device, cfg.train.amp, "val", main)
         if val["top1"] > best["val_top1"]:
             best = {
