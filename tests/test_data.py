@@ -28,12 +28,13 @@ def tree_digest(root):
 
 
 # ------------------------------------------------------------ generator
-def test_generator_is_deterministic(tmp_path):
-    cfg = SyntheticConfig(classes=3, images_per_class=4, image_size=32)
-    synthetic.generate(tmp_path / "a", cfg, seed=7)
-    synthetic.generate(tmp_path / "b", cfg, seed=7)
+def test_generator_is_deterministic_for_any_worker_count(tmp_path):
+    cfg = SyntheticConfig(classes=3, images_per_class=4, image_size=32, extra_test_per_class=2)
+    synthetic.generate(tmp_path / "a", cfg, seed=7, workers=1)
+    synthetic.generate(tmp_path / "b", cfg, seed=7, workers=3)  # drawn on 3 processes, 8*3 plans in flight
     synthetic.generate(tmp_path / "c", cfg, seed=8)
     assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b") != tree_digest(tmp_path / "c")
+    assert len(list((tmp_path / "b" / "images").rglob("*.png"))) == 3 * (4 + 2)
 
 
 def test_no_class_is_a_rotation_or_mirror_of_another():

@@ -10,13 +10,21 @@ radius and keeps its parts apart, so the object covers the same area in every cl
 
 Written in the CUB-200-2011 layout, masks in `segmentations/`, so the CUB reader reads it.
 """
+
 from __future__ import annotations
 
+import itertools
 import math
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm import tqdm
 
 from pipeline.config import SyntheticConfig
 from pipeline.data.readers import DatasetError
@@ -69,40 +77,72 @@ def _draw_part(draw: ImageDraw.ImageDraw, shape: str, cx, cy, size, angle, fill)
         draw.polygon(_part_polygon(shape, cx, cy, size, angle), fill=fill)
 
 
-def render(layout: np.ndarray, size: int, rng: np.random.Generator) -> tuple[Image.Image, Image.Image]:
-    """One instance: random rotation, scale, position, colour jitter and clutter."""
+@dataclass
+class Plan:
+    """Every random choice of one instance, drawn in `render`'s order, so that the drawing
+    itself (the expensive part) can run in any process and still give the same pixels."""
+
+    size: int
+    background: np.ndarray
+    noise: np.ndarray
+    clutter: list[tuple[str, float, float, float, tuple]]  # shape, x, y, angle, RGBA
+    parts: list[tuple[str, float, float, float, float, tuple]]  # shape, x, y, size, angle, RGBA
+
+
+def plan(layout: np.ndarray, size: int, rng: np.random.Generator) -> Plan:
+    """One instance's random rotation, scale, position, colour jitter and clutter."""
     big = size * SUPERSAMPLE
     background = rng.integers(90, 170, size=3)
     noise = rng.normal(0, 12, size=(big // 8, big // 8, 3))
-    base = np.clip(background + np.kron(noise, np.ones((8, 8, 1))), 0, 255).astype(np.uint8)
-    image = Image.fromarray(base, "RGB")
-    mask = Image.new("L", (big, big), 0)
-    draw, mask_draw = ImageDraw.Draw(image, "RGBA"), ImageDraw.Draw(mask)
 
     def jitter(rgb):
         return tuple(int(v) for v in np.clip(np.array(rgb) + rng.integers(-25, 26, size=3), 0, 255))
 
+    clutter = []
     for _ in range(3):  # clutter: the same parts, smaller and faded, anywhere
         shape, rgb = PARTS[rng.integers(len(PARTS))]
         x, y = rng.uniform(0.05, 0.95, size=2) * big
-        _draw_part(draw, shape, x, y, 0.6 * PART * big, rng.uniform(0, 2 * math.pi), jitter(rgb) + (120,))
-
+        clutter.append((shape, x, y, rng.uniform(0, 2 * math.pi), jitter(rgb) + (120,)))
     angle = rng.uniform(0, 2 * math.pi)
     scale = rng.uniform(0.85, 1.1)
     centre = big / 2 + rng.uniform(-0.08, 0.08, size=2) * big
     rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
     points = centre + (layout @ rot.T) * RADIUS * scale * big
+    parts = []
     for (shape, rgb), (x, y) in zip(PARTS, points):
         part_angle = angle + rng.normal(0, 0.15)
-        _draw_part(draw, shape, x, y, PART * scale * big, part_angle, jitter(rgb) + (255,))
-        _draw_part(mask_draw, shape, x, y, PART * scale * big, part_angle, 255)
+        parts.append((shape, x, y, PART * scale * big, part_angle, jitter(rgb) + (255,)))
+    return Plan(size, background, noise, clutter, parts)
+
+
+def draw(p: Plan) -> tuple[Image.Image, Image.Image]:
+    """The image and its object mask, at 4x then downsampled."""
+    big = p.size * SUPERSAMPLE
+    base = np.clip(p.background + np.kron(p.noise, np.ones((8, 8, 1))), 0, 255).astype(np.uint8)
+    image = Image.fromarray(base, "RGB")
+    mask = Image.new("L", (big, big), 0)
+    pen, mask_pen = ImageDraw.Draw(image, "RGBA"), ImageDraw.Draw(mask)
+    for shape, x, y, angle, fill in p.clutter:
+        _draw_part(pen, shape, x, y, 0.6 * PART * big, angle, fill)
+    for shape, x, y, part_size, angle, fill in p.parts:
+        _draw_part(pen, shape, x, y, part_size, angle, fill)
+        _draw_part(mask_pen, shape, x, y, part_size, angle, 255)
     return (
-        image.resize((size, size), Image.Resampling.LANCZOS),
-        mask.resize((size, size), Image.Resampling.BILINEAR).point(lambda v: 255 if v >= 128 else 0),
+        image.resize((p.size, p.size), Image.Resampling.LANCZOS),
+        mask.resize((p.size, p.size), Image.Resampling.BILINEAR).point(lambda v: 255 if v >= 128 else 0),
     )
 
 
-def generate(root: Path, cfg: SyntheticConfig, seed: int) -> None:
+def _write(job: tuple[Plan, Path, Path]) -> tuple[int, int, int, int] | None:
+    """Draw one planned instance and save it; its mask's bounding box (None: empty mask)."""
+    p, image_path, mask_path = job
+    image, mask = draw(p)
+    image.save(image_path)
+    mask.save(mask_path)
+    return mask.getbbox()
+
+
+def generate(root: Path, cfg: SyntheticConfig, seed: int, workers: int | None = None) -> None:
     """Write the dataset under `root` in the CUB-200-2011 layout.
 
     The first round(images_per_class * test_fraction) images of each class are test images.
@@ -111,6 +151,9 @@ def generate(root: Path, cfg: SyntheticConfig, seed: int) -> None:
     unchanged. With `layout_seed` set, the arrangements come from that seed alone (the first
     `skip_classes` of them are left out), so pre-training and study data can share one
     stream of arrangements and be disjoint by construction.
+
+    The random choices are drawn in one process, in order; the drawing and PNG encoding run
+    on `workers` processes (default: every core), so the files are the same for any count.
     """
     rng = np.random.default_rng(seed)
     if cfg.layout_seed >= 0:
@@ -121,41 +164,50 @@ def generate(root: Path, cfg: SyntheticConfig, seed: int) -> None:
     n_test = round(cfg.images_per_class * cfg.test_fraction)
     if cfg.images_per_class < 2 or not 0 < n_test < cfg.images_per_class:
         raise DatasetError("data.synthetic: images_per_class and test_fraction must leave train and test images")
-    images: list[str] = []
-    labels: list[str] = []
-    splits: list[str] = []
-    boxes: list[str] = []
-    classes: list[str] = []
-
-    def add(c: int, i: int, layout: np.ndarray, is_test: bool, stream: np.random.Generator) -> None:
-        name = f"{c:03d}.arrangement_{c:02d}"
-        image, mask = render(layout, cfg.image_size, stream)
-        rel = f"{name}/arrangement_{c:02d}_{i:04d}.png"
-        image.save(root / "images" / rel)
-        mask.save(root / "segmentations" / rel)
-        x0, y0, x1, y1 = mask.getbbox() or (0, 0, cfg.image_size, cfg.image_size)
-        k = len(images) + 1
-        images.append(f"{k} {rel}")
-        labels.append(f"{k} {c}")
-        splits.append(f"{k} {int(not is_test)}")
-        boxes.append(f"{k} {x0}.0 {y0}.0 {x1 - x0}.0 {y1 - y0}.0")
-
-    for c, layout in enumerate(layouts, start=1):
-        name = f"{c:03d}.arrangement_{c:02d}"
-        classes.append(f"{c} {name}")
+    names = [f"{c:03d}.arrangement_{c:02d}" for c in range(1, len(layouts) + 1)]
+    for name in names:
         (root / "images" / name).mkdir(parents=True, exist_ok=True)
         (root / "segmentations" / name).mkdir(parents=True, exist_ok=True)
-        for i in range(cfg.images_per_class):
-            add(c, i, layout, i < n_test, rng)
-    extra = np.random.default_rng([seed, 1])  # its own stream: the images above do not depend on it
-    for c, layout in enumerate(layouts, start=1):
-        for i in range(cfg.images_per_class, cfg.images_per_class + cfg.extra_test_per_class):
-            add(c, i, layout, True, extra)
+    # (class, index, test?) in the order the random streams are read: every class's own images,
+    # then the extra test images from their own stream (the images above do not depend on it)
+    order = [(c, i, i < n_test) for c in range(1, len(layouts) + 1) for i in range(cfg.images_per_class)]
+    extras = range(cfg.images_per_class, cfg.images_per_class + cfg.extra_test_per_class)
+    order += [(c, i, True) for c in range(1, len(layouts) + 1) for i in extras]
+    extra = np.random.default_rng([seed, 1])
+
+    def jobs() -> Iterator[tuple[Plan, Path, Path]]:
+        for c, i, _ in order:  # the plans are drawn here, in order; only the drawing runs in the workers
+            stream = extra if i >= cfg.images_per_class else rng
+            rel = f"{names[c - 1]}/arrangement_{c:02d}_{i:04d}.png"
+            yield plan(layouts[c - 1], cfg.image_size, stream), root / "images" / rel, root / "segmentations" / rel
+
+    boxes = _run(jobs(), len(order), workers)
+    images, labels, splits, bounds = [], [], [], []
+    for k, ((c, i, is_test), box) in enumerate(zip(order, boxes), start=1):
+        x0, y0, x1, y1 = box or (0, 0, cfg.image_size, cfg.image_size)
+        images.append(f"{k} {names[c - 1]}/arrangement_{c:02d}_{i:04d}.png")
+        labels.append(f"{k} {c}")
+        splits.append(f"{k} {int(not is_test)}")
+        bounds.append(f"{k} {x0}.0 {y0}.0 {x1 - x0}.0 {y1 - y0}.0")
+    classes = [f"{c} {name}" for c, name in enumerate(names, start=1)]
     for fname, lines in [
         ("images.txt", images),
         ("classes.txt", classes),
         ("image_class_labels.txt", labels),
         ("train_test_split.txt", splits),
-        ("bounding_boxes.txt", boxes),
+        ("bounding_boxes.txt", bounds),
     ]:
         (root / fname).write_text("\n".join(lines) + "\n")
+
+
+def _run(jobs: Iterator[tuple[Plan, Path, Path]], total: int, workers: int | None) -> list:
+    """`_write` over the jobs on a process pool, in order, a bounded number of plans in flight."""
+    workers = workers or len(os.sched_getaffinity(0))
+    bar = tqdm(total=total, desc="drawing the synthetic dataset", unit="img", leave=False, disable=total < 200)
+    out = []
+    with bar, ProcessPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
+        window = 8 * workers
+        while chunk := list(itertools.islice(jobs, window)):
+            out += pool.map(_write, chunk) if pool else map(_write, chunk)
+            bar.update(len(chunk))
+    return out
