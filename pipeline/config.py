@@ -86,6 +86,7 @@ class DataConfig:
     val_fraction: float = 0.15
     on_bad_image: Literal["fail", "skip"] = "fail"
     workers: int = 2
+    augment: Literal["auto", "workers", "device"] = "auto"  # where training images are augmented; auto: device on CUDA
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     transforms: TransformConfig = field(default_factory=TransformConfig)
 

@@ -1,6 +1,7 @@
 """The training stage on a tiny generated dataset, on the CPU."""
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -69,6 +70,22 @@ def test_baseline_trains_through_the_same_code(tmp_path, tiny_prepared):
     weights = final_weights(tmp_path)
     assert all(k.startswith("backbone.") for k in weights)
     assert not (tmp_path / "dvclive/plots/metrics/train/layer4").exists()
+
+
+def test_device_augmentation_and_the_released_codes_positives_train(tmp_path, tiny_prepared):
+    """data.augment: device (run here on the CPU) with true masks moved alike, and
+    lio.positives: batch, through the real loop."""
+    cfg = workspace(
+        tmp_path,
+        tiny_prepared,
+        **{"data.augment": "device", "lio.positives": "batch", "lio.mask_source": "gt", "train.epochs": 1},
+    )
+    summary = train(
+        cfg, tmp_path / "data/prepared", tmp_path / "models/lio.pt", tmp_path / "checkpoints", tmp_path / "dvclive"
+    )
+    metrics = json.loads((tmp_path / "dvclive/metrics.json").read_text())
+    assert metrics["test"]["top1"] == summary["test_top1"]
+    assert cfg.lio.stages and all(math.isfinite(metrics["train"][s]["oel"]) for s in cfg.lio.stages)
 
 
 @pytest.mark.slow

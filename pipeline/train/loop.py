@@ -30,6 +30,7 @@ from tqdm import tqdm
 from pipeline.backbone import load_pretrained
 from pipeline.config import Config, LIOConfig, TrainConfig
 from pipeline.data.dataset import ManifestDataset
+from pipeline.data.device_augment import DeviceAugment, DeviceImages, DeviceLoader
 from pipeline.data.manifest import read_manifest
 from pipeline.data.transforms import ClassificationPresetEval, ClassificationPresetTrain, preprocessing
 from pipeline.errors import TrainingError
@@ -186,14 +187,20 @@ def train(cfg: Config, prepared: Path, out_model: Path, checkpoints: Path, live_
     sampler = GroupBatchSampler(train_set.labels, P, cfg.train.batch_size // (P + 1), cfg.seed, rank, world, classes)
     loader_gen = torch.Generator()
     workers = cfg.data.workers
-    loader = DataLoader(
-        train_set,
-        batch_sampler=sampler,
-        num_workers=workers,
-        generator=loader_gen,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-    )
+    loader: DataLoader | DeviceLoader
+    if cfg.data.augment == "device" or (cfg.data.augment == "auto" and device.type == "cuda"):
+        # decoded once, augmented a batch at a time on the device (the CPU preset's distribution)
+        on_device = DeviceImages(train_set.rows, tf.resize, device, masks=gt, workers=workers)
+        loader = DeviceLoader(on_device, sampler, DeviceAugment(tf).to(device))
+    else:
+        loader = DataLoader(
+            train_set,
+            batch_sampler=sampler,
+            num_workers=workers,
+            generator=loader_gen,
+            pin_memory=device.type == "cuda",
+            persistent_workers=False,
+        )
 
     def eval_loader(ds):
         return DataLoader(ds, batch_size=cfg.train.eval_batch_size, num_workers=workers)
