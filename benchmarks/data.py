@@ -1,8 +1,13 @@
-"""Is the data loader the bottleneck? Decoded and augmented images per second of the
-default loader (2 workers) beside the default LIO training step's images per second,
-measured in one run at the default sizes.
+"""Does the input keep up with training? Images per second delivered by each `data.augment`
+path beside the LIO training step's images per second, on the device that trains, in one run.
 
-    python benchmarks/data.py [--workers 2] [--batches 30]
+    python benchmarks/data.py                                  # the defaults: 64 px, 2 workers, CPU
+    python benchmarks/data.py --size 448 --workers 16 --batch 64 --compile   # the paper's size on a GPU
+
+workers: decode + resize + rotate + crop + flip per image on CPU worker processes (DataLoader).
+device: decoded and resized once (not timed: `decode once` is printed apart), then one
+grid_sample per batch on the device. The step is the multi-stage LIO step on random images of
+the same size (bf16 and channels_last on CUDA, as training runs).
 """
 
 from __future__ import annotations
@@ -15,64 +20,122 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.config import load_config
+from pipeline.config import TransformConfig, load_config
 from pipeline.data.dataset import ManifestDataset
+from pipeline.data.device_augment import DeviceAugment, DeviceImages, DeviceLoader
 from pipeline.data.manifest import read_manifest
 from pipeline.data.prepare import prepare
 from pipeline.data.transforms import ClassificationPresetTrain
-from pipeline.lio import GroupBatchSampler, LIOModel, group_positives
+from pipeline.lio import GroupBatchSampler, LIOModel, group_positives, pair_index
+from pipeline.train.compile import CompiledStep
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def rate(loader, batches: int, device: torch.device) -> float:
+    """Images per second over `batches` batches after the first (which pays for starting workers)."""
+    seen, start = 0, None
+    while True:
+        for images, _ in loader:
+            images = images.to(device, non_blocking=True)
+            if start is None:
+                sync(device)
+                start, seen = time.perf_counter(), 0
+                continue
+            seen += len(images)
+            if seen >= batches * len(images):
+                sync(device)
+                return seen / (time.perf_counter() - start)
+
+
+def step_rate(arch: str, stages, batch: int, size: int, device: torch.device, compiled: bool) -> float:
+    torch.manual_seed(0)
+    model = LIOModel(arch, 16, stages, pool=2 if size >= 448 else 1).to(device).train()
+    cuda = device.type == "cuda"
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+        torch.set_float32_matmul_precision("high")
+    net = CompiledStep(model) if compiled else model
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, 3, size, size, device=device)
+    x = x.contiguous(memory_format=torch.channels_last) if cuda else x
+    y = torch.arange(batch, device=device) // 4 % 16
+    pos = pair_index(group_positives(batch // 4, 3)).to(device)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+    times = []
+    for _ in range(6):
+        start = time.perf_counter()
+        with amp:
+            loss = net(x, y, pos).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return batch / min(times[2:])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml", help="settings to measure (default: the repository's)")
+    parser.add_argument("--params", default="params.yaml", help="settings to start from (default: the repository's)")
+    parser.add_argument("--size", type=int, default=None, help="crop in px (resize = size * 8 / 7); default: params")
     parser.add_argument("--workers", type=int, default=None, help="loader workers (default: data.workers)")
-    parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=None, help="images per batch (default: train.batch_size)")
+    parser.add_argument("--images-per-class", type=int, default=None, help="synthetic images per class")
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--compile", action="store_true", help="also time the compiled LIO step")
     args = parser.parse_args()
     cfg = load_config(args.params)
-    args.workers = cfg.data.workers if args.workers is None else args.workers
-    P, batch = cfg.lio.P, cfg.train.batch_size
+    device = torch.device(args.device)
+    if args.size:
+        cfg.data.synthetic.image_size = args.size * 8 // 7
+        cfg.data.transforms = TransformConfig(resize=args.size * 8 // 7, crop=args.size)
+    if args.images_per_class:
+        cfg.data.synthetic.images_per_class = args.images_per_class
+    workers = cfg.data.workers if args.workers is None else args.workers
+    batch = args.batch or cfg.train.batch_size
+    tf, P = cfg.data.transforms, 3
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
         prepare(cfg, Path(tmp) / "prepared")
+        results["prepare (draw the synthetic set, all cores)"] = time.perf_counter() - start
         rows, _ = read_manifest(Path(tmp) / "prepared")
-        ds = ManifestDataset(rows, "train", ClassificationPresetTrain(cfg.data.transforms))
+        ds = ManifestDataset(rows, "train", ClassificationPresetTrain(tf))
         sampler = GroupBatchSampler(ds.labels, P, batch // (P + 1))
-        loader = DataLoader(ds, batch_sampler=sampler, num_workers=args.workers, persistent_workers=args.workers > 0)
-        seen, start = 0, None
-        while seen < args.batches * batch:
-            for images, _ in loader:
-                if start is None:  # the first batch pays for the workers' start
-                    start, seen = time.perf_counter(), 0
-                    continue
-                seen += len(images)
-                if seen >= args.batches * batch:
-                    break
-        assert start is not None
-        loader_rate = seen / (time.perf_counter() - start)
-
-    model = LIOModel(cfg.model.arch, cfg.data.synthetic.classes, cfg.lio.stages).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x = torch.randn(batch, 3, cfg.data.transforms.crop, cfg.data.transforms.crop)
-    y = torch.arange(batch // (P + 1)).repeat_interleave(P + 1) % cfg.data.synthetic.classes
-    pos = group_positives(batch // (P + 1), P)
-    start = time.perf_counter()
-    for i in range(6):
-        if i == 1:
-            start = time.perf_counter()
-        opt.zero_grad()
-        model(x, y, pos).loss.backward()
-        opt.step()
-    step_rate = 5 * batch / (time.perf_counter() - start)
-
+        loader = DataLoader(
+            ds,
+            batch_sampler=sampler,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=device.type == "cuda",
+        )
+        workers_rate = rate(loader, args.batches, device)
+        start = time.perf_counter()
+        on_device = DeviceImages(ds.rows, tf.resize, device, workers=workers)
+        results["decode once (device path)"] = time.perf_counter() - start
+        device_rate = rate(DeviceLoader(on_device, sampler, DeviceAugment(tf).to(device)), args.batches, device)
+    steps = {"eager": step_rate(cfg.model.arch, cfg.lio.stages, batch, tf.crop, device, False)}
+    if args.compile:
+        steps["compiled"] = step_rate(cfg.model.arch, cfg.lio.stages, batch, tf.crop, device, True)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(
-        f"default settings: {cfg.data.transforms.crop} px, batch {batch}, {args.workers} workers, "
-        f"{torch.get_num_threads()} torch threads\n"
+        f"\n{where}; {tf.crop} px (resized to {tf.resize}), batch {batch}, {workers} workers, "
+        f"{len(ds)} training images, {torch.get_num_threads()} torch threads\n"
     )
-    print("| what | images/s |")
-    print("|---|---|")
-    print(f"| data loader (decode + augment) | {loader_rate:.0f} |")
-    print(f"| LIO multi-stage training step | {step_rate:.1f} |")
-    print(f"| loader / step | {loader_rate / step_rate:.1f}x |")
+    print("| what | images/s | vs eager LIO step |")
+    print("|---|---|---|")
+    print(f"| data.augment: workers | {workers_rate:.0f} | {workers_rate / steps['eager']:.2f}x |")
+    print(f"| data.augment: device | {device_rate:.0f} | {device_rate / steps['eager']:.2f}x |")
+    for mode, r in steps.items():
+        print(f"| LIO multi-stage step, {mode} | {r:.0f} | {r / steps['eager']:.2f}x |")
+    print()
+    for what, seconds in results.items():
+        print(f"{what}: {seconds:.1f} s")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,13 @@ similarity matrices at once: time and peak extra memory, side by side in one run
 --backward times forward + backward: pseudo_mask(grad=True) (the argmax-saving autograd
 Function) against plain autograd through the naive version (what `lio.target_grad` costs).
 
+    python benchmarks/oel.py --precision       # the paper's three stages at batch 64: fp32, TF32, bf16
+
+--precision: forward + backward of M at layer2/3/4 of a 448 px ResNet-50 pooled by 2 (N = 28,
+14, 7), with float32 products, TF32 products (CUDA; what training uses there) and features
+rounded to bf16; each with its largest error against float64 as a fraction of M's spatial
+contrast (max - min per image), and the share of images whose argmax cell is unchanged.
+
 Peak memory: torch.cuda.max_memory_allocated on a GPU; on the CPU, each case runs in a
 fresh subprocess and the peak resident set size above the inputs is taken.
 """
@@ -22,7 +29,7 @@ import time
 
 import torch
 
-from pipeline.lio.oel import pseudo_mask
+from pipeline.lio.oel import pair_index, pseudo_mask
 from pipeline.lio.sampler import group_positives
 
 B, P = 16, 3
@@ -81,14 +88,52 @@ def measure(impl: str, n: int, c: int, device: str, repeats: int, backward: bool
     return {"seconds": min(times), "peak_bytes": max(peak, 0)}
 
 
+PAPER_STAGES = (("layer2", 28, 512), ("layer3", 14, 1024), ("layer4", 7, 2048))
+
+
+def precision_table(device: str, batch: int = 64) -> None:
+    """fp32 / TF32 / bf16-rounded features: time of forward + backward and M's error."""
+    pr = pair_index(group_positives(batch // (P + 1), P)).to(torch.device(device))
+    print(f"{torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}, batch {batch}, P={P}\n")
+    print("| stage | N | C | mode | fwd+bwd ms | max error / contrast | argmax unchanged |")
+    print("|---|---|---|---|---|---|---|")
+    for stage, n, c in PAPER_STAGES:
+        g = torch.Generator(device=device).manual_seed(0)
+        feats = torch.randn(batch, c, n, n, device=device, generator=g).relu()  # post-ReLU, as a stage map
+        reference = pseudo_mask(feats.double(), pr)
+        contrast = (reference.flatten(1).amax(1) - reference.flatten(1).amin(1)).clamp_min(1e-12)
+        modes = {"fp32": (feats, "highest"), "bf16 features": (feats.bfloat16(), "highest")}
+        if device == "cuda":
+            modes["tf32"] = (feats, "high")
+        for mode, (x, precision) in modes.items():
+            torch.set_float32_matmul_precision(precision)
+            x = x.detach().requires_grad_(True)
+            times = []
+            for _ in range(5):
+                start = time.perf_counter()
+                m = pseudo_mask(x, pr, grad=True)
+                m.sum().backward()
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+            error = ((m.detach().double() - reference).flatten(1).abs().amax(1) / contrast).max().item()
+            same = (m.detach().flatten(1).argmax(1) == reference.flatten(1).argmax(1)).float().mean().item()
+            print(f"| {stage} | {n} | {c} | {mode} | {min(times) * 1e3:.2f} | {error:.1e} | {same:.0%} |")
+        torch.set_float32_matmul_precision("highest")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="7,14,28,56")
     parser.add_argument("--channels", default="512,1024,2048")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--backward", action="store_true", help="time forward + backward (lio.target_grad)")
+    parser.add_argument("--precision", action="store_true", help="M's error and time in fp32, TF32 and bf16")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # impl,n,c: one CPU measurement in this process
     args = parser.parse_args()
+    if args.precision:
+        precision_table(args.device)
+        return
     if args.case:
         impl, n, c = args.case.split(",")
         repeats = 2 if int(n) < 56 else 1

@@ -1,8 +1,10 @@
 """Training-step time and peak memory: plain ResNet-50 vs single-stage and multi-stage LIO,
-at the same batch and input size, side by side in one run.
+eager and under `torch.compile` (train.compile), at the same batch and input size, side by
+side in one run.
 
-    python benchmarks/train.py                 # CPU: the embedded defaults (batch 24, 64 px)
-    python benchmarks/train.py --gpu-paper     # GPU: 448 px, 64 images (16 groups of 4), bf16
+    python benchmarks/train.py                 # CPU: the embedded defaults (batch 24, 64 px), eager
+    python benchmarks/train.py --compile       # CPU: also compiled (minutes of compiling on 2 cores)
+    python benchmarks/train.py --gpu-paper     # GPU: 448 px, 64 images (16 groups of 4), bf16, eager + compiled
 
 Peak memory is torch.cuda.max_memory_allocated on a GPU; on the CPU each case runs in a
 fresh subprocess and the rise of the peak resident set size over the step is taken.
@@ -19,14 +21,17 @@ import time
 
 import torch
 
-from pipeline.lio import LIOModel, group_positives
+from pipeline.lio import LIOModel, group_positives, pair_index
+from pipeline.train.compile import CompiledStep
 
 CASES = {"plain": [], "LIO layer4": ["layer4"], "LIO multi-stage": ["layer2", "layer3", "layer4"]}
 
 
-def measure(stages: list[str], batch: int, size: int, pool: int, device: str, steps: int) -> dict:
+def measure(stages: list[str], batch: int, size: int, pool: int, device: str, steps: int, compiled: bool) -> dict:
     torch.manual_seed(0)
     model = LIOModel("resnet50", 200, stages, pool=pool).to(device).train()
+    if device == "cuda":
+        torch.set_float32_matmul_precision("high")  # as the training loop does on CUDA (the pseudo mask's products)
     if device == "cuda":
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -34,14 +39,15 @@ def measure(stages: list[str], batch: int, size: int, pool: int, device: str, st
     if device == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 200, (batch,), device=device)
-    pos = group_positives(batch // 4, 3).to(device)
+    pos = pair_index(group_positives(batch // 4, 3)).to(torch.device(device))
+    net = CompiledStep(model) if compiled else model
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
     )
 
     def step():
         with autocast:
-            loss = model(x, y, pos).loss
+            loss = net(x, y, pos).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -49,7 +55,8 @@ def measure(stages: list[str], batch: int, size: int, pool: int, device: str, st
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    step()  # warm-up (and the optimizer state)
+    step()  # warm-up (the optimizer state, and compiling)
+    step()
     step()
     if device == "cuda":
         torch.cuda.synchronize()
@@ -68,40 +75,47 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpu-paper", action="store_true", help="448 px, batch 64, bf16, pool 2 on a GPU")
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--compile", action="store_true", help="also compiled (always with --gpu-paper)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.gpu_paper:
         batch, size, pool, device, steps = 64, 448, 2, "cuda", args.steps or 20
     else:
         batch, size, pool, device, steps = 24, 64, 1, "cpu", args.steps or 5
+    modes = ["eager", "compiled"] if args.compile or args.gpu_paper else ["eager"]
     if args.case:
-        print(json.dumps(measure(CASES[args.case], batch, size, pool, device, steps)))
+        name, mode = args.case.split("|")
+        print(json.dumps(measure(CASES[name], batch, size, pool, device, steps, mode == "compiled")))
         return
     results = {}
-    for name in CASES:
-        if device == "cuda":
-            results[name] = measure(CASES[name], batch, size, pool, device, steps)
-        else:
-            out = subprocess.run(
-                [sys.executable, __file__, "--case", name, "--steps", str(steps)],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-            results[name] = json.loads(out.strip().splitlines()[-1])
+    for mode in modes:
+        for name in CASES:
+            if device == "cuda":
+                results[name, mode] = measure(CASES[name], batch, size, pool, device, steps, mode == "compiled")
+            else:
+                out = subprocess.run(
+                    [sys.executable, __file__, "--case", f"{name}|{mode}", "--steps", str(steps)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+                results[name, mode] = json.loads(out.strip().splitlines()[-1])
     where = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(
         f"ResNet-50 training step, batch {batch} ({batch // 4} groups of P+1=4), {size} px, pool {pool}, "
         f"{'bf16' if device == 'cuda' else 'fp32'}, {where}\n"
     )
-    print("| model | step ms | images/s | step time vs plain | peak MiB | memory vs plain |")
-    print("|---|---|---|---|---|---|")
-    plain = results["plain"]
-    for name, r in results.items():
+    print("| model | step | step ms | images/s | vs eager plain | vs compiled plain | peak MiB | memory vs plain |")
+    print("|---|---|---|---|---|---|---|---|")
+    eager = results["plain", "eager"]
+    compiled = results.get(("plain", "compiled"))
+    for (name, mode), r in results.items():
+        plain = results["plain", mode]
         print(
-            f"| {name} | {r['seconds'] * 1e3:.0f} | {batch / r['seconds']:.1f} | "
-            f"{r['seconds'] / plain['seconds']:.2f}x | "
-            f"{r['peak_bytes'] / 2**20:.0f} | {r['peak_bytes'] / max(plain['peak_bytes'], 1):.2f}x |"
+            f"| {name} | {mode} | {r['seconds'] * 1e3:.1f} | {batch / r['seconds']:.1f} | "
+            f"{r['seconds'] / eager['seconds']:.2f}x | "
+            + (f"{r['seconds'] / compiled['seconds']:.2f}x | " if compiled else "- | ")
+            + f"{r['peak_bytes'] / 2**20:.0f} | {r['peak_bytes'] / max(plain['peak_bytes'], 1):.2f}x |"
         )
 
 

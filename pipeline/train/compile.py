@@ -27,9 +27,10 @@ class CompiledStep(nn.Module):
     def __init__(self, module: nn.Module, **options):
         super().__init__()
         self.module = module
-        # not a registered submodule: its parameters are `module`'s, listed once
+        # not a registered submodule (its parameters are `module`'s, listed once); one static graph per batch
+        # size (the sampler yields at most two: full batches and a shorter last one)
         self._compiled: nn.Module | None
-        object.__setattr__(self, "_compiled", torch.compile(module, fullgraph=True, **options))
+        object.__setattr__(self, "_compiled", torch.compile(module, fullgraph=True, dynamic=False, **options))
         self._proven = False
 
     @property
