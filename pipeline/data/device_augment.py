@@ -93,6 +93,8 @@ class DeviceAugment(nn.Module):
     def __init__(self, cfg: TransformConfig):
         super().__init__()
         self.crop, self.rotation, self.hflip = cfg.crop, cfg.rotation, cfg.hflip
+        self.mean: Tensor
+        self.std: Tensor
         self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1) * 255, persistent=False)
 

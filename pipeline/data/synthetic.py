@@ -204,7 +204,7 @@ def _run(jobs: Iterator[tuple[Plan, Path, Path]], total: int, workers: int | Non
     """`_write` over the jobs on a process pool, in order, a bounded number of plans in flight."""
     workers = workers or len(os.sched_getaffinity(0))
     bar = tqdm(total=total, desc="drawing the synthetic dataset", unit="img", leave=False, disable=total < 200)
-    out = []
+    out: list[tuple[int, int, int, int] | None] = []
     with bar, ProcessPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
         window = 8 * workers
         while chunk := list(itertools.islice(jobs, window)):
