@@ -86,41 +86,70 @@ def test_no_code_dep_goes_unused(stage):
     assert not unused, f"dvc.yaml: stage {stage!r} lists {unused} in its deps but never imports them"
 
 
+def _chain(node: ast.expr) -> tuple[str, list[str]] | None:
+    """(root name, attributes) of `a.b.c`, or None for anything else."""
+    chain: list[str] = []
+    while isinstance(node, ast.Attribute):
+        chain.append(node.attr)
+        node = node.value
+    return (node.id, list(reversed(chain))) if isinstance(node, ast.Name) else None
+
+
 def params_read(files: set[Path]) -> set[str]:
-    """Dotted params (`export`, `engine.max_batch`, `seed`) read as `cfg.<...>` in these files."""
+    """Dotted params (`export`, `engine.max_batch`, `seed`) read as `cfg.<...>` in these files,
+    following local aliases (`data = cfg.data; data.root` reads `data.root`, not `data` whole)."""
     read: set[str] = set()
     for path in files:
-        for node in ast.walk(ast.parse(path.read_text())):
-            if not isinstance(node, ast.Attribute):
-                continue
-            chain: list[str] = []
-            inner: ast.expr = node
-            while isinstance(inner, ast.Attribute):
-                chain.append(inner.attr)
-                inner = inner.value
-            if isinstance(inner, ast.Name) and inner.id == "cfg":
-                read.add(".".join(reversed(chain)))
+        tree = ast.parse(path.read_text())
+        aliases = {"cfg": []}  # name -> the params path it stands for
+        alias_values = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                got = _chain(node.value)
+                if got and got[0] == "cfg" and got[1]:
+                    aliases[node.targets[0].id] = got[1]
+                    alias_values.add(id(node.value))
+        inner_of_longer = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute):
+                inner_of_longer.add(id(node.value))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Attribute) or id(node) in inner_of_longer or id(node) in alias_values:
+                continue  # only the longest chain counts: `cfg.data.root` reads data.root, not data
+            got = _chain(node)
+            if got and got[0] in aliases:
+                read.add(".".join(aliases[got[0]] + got[1]))
     return read
 
 
-def _overlaps(a: str, b: str) -> bool:
-    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+def _covers(listed: str, read: str) -> bool:
+    """A listed param covers a read of itself or of anything inside it."""
+    return read == listed or read.startswith(listed + ".")
 
 
 @pytest.mark.parametrize("stage", list(DVC))
 def test_params_are_the_fields_the_stage_reads(stage):
-    """Every `cfg.<section>[.<field>]` the command's code reads is a listed param, and every listed
-    param is read: a missing one would not rerun the stage when it changes, an extra one would rerun
-    it for nothing. (Library code that receives one section reads it as `cfg` too: the section is listed.)"""
+    """Every `cfg.<section>[.<field>]` the command's code reads is covered by a listed param, and
+    every listed param is read: a missing one would not rerun the stage when it changes, an extra one
+    would rerun it for nothing. A section read whole (passed on as a value) must be listed whole: its
+    fields are then read under another name, where this check cannot follow them."""
     spec = DVC[stage]
     listed = [p if isinstance(p, str) else next(iter(p)) for p in spec.get("params", [])]
     listed = [p.split(":")[-1] for p in listed]
     read = {r for r in params_read(closure(command_modules(spec["cmd"]))) if r.split(".")[0] in SECTIONS}
-    # a section read whole (`data = cfg.data`) counts as covered when some of its fields are listed
-    missing = sorted(r for r in read if not any(_overlaps(r, p) for p in listed))
-    unused = sorted(p for p in listed if not any(_overlaps(p, r) for r in read))
+    missing = sorted(r for r in read if not any(_covers(p, r) for p in listed))
+    unused = sorted(p for p in listed if not any(_covers(p, r) or _covers(r, p) for r in read))
     assert not missing, f"dvc.yaml: stage {stage!r} reads {missing} but does not list them in its params"
     assert not unused, f"dvc.yaml: stage {stage!r} lists {unused} in its params but never reads them"
+
+
+def test_the_params_check_follows_aliases(tmp_path):
+    """The hole a mutation found: a section read through a local alias counted as read whole."""
+    code = tmp_path / "m.py"
+    code.write_text("def f(cfg):\n    data = cfg.data\n    return data.root, data.synthetic.classes, cfg.seed\n")
+    assert params_read({code}) == {"data.root", "data.synthetic.classes", "seed"}
+    code.write_text("def f(cfg):\n    g(cfg.data)\n    return cfg.engine.max_batch\n")
+    assert params_read({code}) == {"data", "engine.max_batch"}
 
 
 SECTIONS = ("seed", "data", "model", "lio", "train", "export", "engine", "report")

@@ -168,12 +168,28 @@ def test_scl_loss_by_hand():
     assert scl_loss(pd, pa, d, a, w).item() == pytest.approx(l_dis + l_ang, rel=1e-5)
 
 
-def test_scl_loss_ignores_a_constant_angle_offset():
+def test_scl_loss_wraps_the_angle_gap_by_hand():
+    # N = 2, three weighted cells; gaps 0.1, 0.2 and -0.1, which wraps to 0.9 (the same direction
+    # error as +0.9 turns): mean 0.4, deviations -0.3, -0.2, 0.5. Unwrapped, the spread would be 0.125.
+    w = torch.tensor([[[1.0, 1.0], [1.0, 0.0]]])
+    d = pd = torch.zeros(1, 2, 2)
+    a = torch.tensor([[[0.05, 0.5], [0.15, 0.0]]])
+    pa = torch.tensor([[[0.15, 0.7], [0.05, 0.3]]])
+    l_ang = math.sqrt((0.3**2 + 0.2**2 + 0.5**2) / 3)
+    l_dis = math.sqrt(1e-8)  # d = pd: only the epsilon inside the root
+    assert scl_loss(pd, pa, d, a, w).item() == pytest.approx(l_dis + l_ang, rel=1e-5)
+
+
+@pytest.mark.parametrize("offset", [0.3, 0.6, 0.95])
+def test_scl_loss_ignores_a_constant_angle_offset(offset):
+    """Rotation invariance over the whole circle: predicted angles that are the targets turned by a
+    constant, wrapping past 1 for some cells, cost nothing."""
     g = torch.Generator().manual_seed(3)
-    a = torch.rand(2, 3, 3, generator=g) * 0.5
+    a = torch.rand(2, 3, 3, generator=g)  # the full [0, 1): (a + offset) % 1 wraps for some cells
+    assert ((a + offset) >= 1).any() and ((a + offset) < 1).any()
     w = torch.rand(2, 3, 3, generator=g)
     d = torch.rand(2, 3, 3, generator=g)
-    loss = scl_loss(d, (a + 0.3) % 1.0, d, a, w)
+    loss = scl_loss(d, (a + offset) % 1.0, d, a, w)
     assert loss.item() < 1e-3  # both terms vanish but for the epsilon inside the square roots
 
 

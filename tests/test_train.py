@@ -15,9 +15,10 @@ import torch
 import yaml
 
 from pipeline.backbone import load_pretrained
-from pipeline.config import to_dict
+from pipeline.config import TrainConfig, to_dict
 from pipeline.errors import TrainingError
 from pipeline.train.loop import train
+from pipeline.train.optim import lr_lambda
 from tests.conftest import tiny_config
 
 
@@ -208,3 +209,28 @@ def test_replicas_identical_sees_a_diverged_rank(tmp_path):
     out = tmp_path / "result.json"
     torch.multiprocessing.spawn(_replica_check, args=(2, 29541, str(out)), nprocs=2)
     assert json.loads(out.read_text()) == [True, False]
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step"])
+def test_lr_schedule_by_hand(schedule):
+    """10 steps an epoch, 4 epochs, 1 warm-up epoch: 0.1 at step 0, 1.0 at the last warm-up step,
+    then cosine to cos(pi * 29/30) at the last step, or x0.1 from epoch 2 and x0.01 from epoch 3."""
+    t = TrainConfig(epochs=4, warmup_epochs=1.0, schedule=schedule, step_epochs=[2, 3], step_gamma=0.1)
+    f = lr_lambda(t, steps_per_epoch=10)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    if schedule == "cosine":
+        assert f(10) == pytest.approx(1.0)
+        assert f(25) == pytest.approx(0.5)  # halfway through the 30 decay steps
+        assert f(39) == pytest.approx(0.5 * (1 + math.cos(math.pi * 29 / 30)))
+    else:
+        assert [f(s) for s in (10, 19, 20, 29, 30, 39)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_training_lowers_the_loss(tmp_path, tiny_prepared):
+    """A real run whose training loss falls: a skipped optimizer step or a zero learning rate fails here
+    (`0 <= top-1 <= 1` holds whatever the weights do)."""
+    cfg = workspace(tmp_path, tiny_prepared, **{"train.epochs": 6, "lio.stages": [], "train.warmup_epochs": 0.0})
+    train(cfg, tmp_path / "data/prepared", tmp_path / "models/lio.pt", tmp_path / "checkpoints", tmp_path / "dvclive")
+    rows = (tmp_path / "dvclive/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]
+    losses = [float(r.split("\t")[-1]) for r in rows]
+    assert len(losses) == 6 and min(losses[-2:]) < 0.75 * losses[0], losses

@@ -1,0 +1,120 @@
+"""Can the fast suite fail? Applies named mutations, one at a time, to a scratch copy of the
+repository and runs the fast tests that should catch each; a mutation that survives is a hole.
+
+    python tools/mutate.py                 # every mutation, its likely tests first (a few minutes)
+    python tools/mutate.py --full          # each against the whole fast suite (pytest -m "not slow")
+    python tools/mutate.py wrap-deleted    # only the named ones
+
+The copy is made from `git ls-files` (the working tree's contents), so nothing here is edited.
+Exit status 1 if any mutation survives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: name -> (file, text, replacement, the tests most likely to catch it)
+MUTATIONS = {
+    "gate-always-passes": (
+        "pipeline/deploy/export.py",
+        '"passed": bool(',
+        '"passed": True or bool(',
+        ["tests/test_export.py"],
+    ),
+    "wrap-deleted": (
+        "pipeline/lio/scl.py",
+        "gap = torch.where(gap < 0, gap + 1, gap)",
+        "gap = gap",
+        ["tests/test_lio_math.py"],
+    ),
+    "param-dropped": ("dvc.yaml", "      - data.val_fraction\n", "", ["tests/test_dvc_yaml.py"]),
+    "optimizer-step-skipped": (
+        "pipeline/train/loop.py",
+        "        optimizer.step()\n",
+        "        pass  # optimizer.step() skipped\n",
+        ["tests/test_train.py"],
+    ),
+    "schedule-constant": (
+        "pipeline/train/optim.py",
+        "    def factor(step: int) -> float:\n",
+        "    def factor(step: int) -> float:\n        return 1.0\n",
+        ["tests/test_train.py"],
+    ),
+    "pair-routes-swapped": (
+        "pipeline/lio/oel.py",
+        "row_src, inverse[row_src], col_src, inverse[col_src]",
+        "col_src, inverse[col_src], row_src, inverse[row_src]",
+        ["tests/test_compile.py", "tests/test_lio_math.py"],
+    ),
+    "code-grouping-anchor-major": (
+        "pipeline/lio/sampler.py",
+        "view(num_groups, size).t().flatten()",
+        "view(num_groups, size).flatten()",
+        ["tests/test_sampler.py"],
+    ),
+    "device-flip-never": (
+        "pipeline/data/device_augment.py",
+        "torch.rand(b, device=device) < 0.5 if self.hflip",
+        "torch.rand(b, device=device) < 0.0 if self.hflip",
+        ["tests/test_device_augment.py"],
+    ),
+}
+
+
+def scratch_copy(dest: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for rel in filter(None, files.decode().split("\0")):
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", help=f"mutations to apply (default: all of {', '.join(MUTATIONS)})")
+    parser.add_argument("--full", action="store_true", help="run the whole fast suite for each mutation")
+    args = parser.parse_args()
+    unknown = sorted(set(args.names) - set(MUTATIONS))
+    if unknown:
+        parser.error(f"unknown mutation(s) {unknown}; choose from {', '.join(MUTATIONS)}")
+    survived = []
+    print("| mutation | file | tests run | result | seconds |\n|---|---|---|---|---|", flush=True)
+    for name in args.names or list(MUTATIONS):
+        path, text, replacement, tests = MUTATIONS[name]
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = Path(tmp)
+            scratch_copy(copy)
+            source = (copy / path).read_text()
+            if source.count(text) != 1:
+                print(f"| {name} | {path} | - | the text to mutate is not there once: update tools/mutate.py | - |")
+                survived.append(name)
+                continue
+            (copy / path).write_text(source.replace(text, replacement))
+            cmd = [sys.executable, "-m", "pytest", "-m", "not slow", "-x", "-q", "-p", "no:cacheprovider"]
+            cmd += [] if args.full else tests
+            env = {**os.environ, "PYTHONPATH": str(copy)}  # the copy's package, also in spawned interpreters
+            start = time.perf_counter()
+            proc = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True)
+            seconds = time.perf_counter() - start
+        killed = proc.returncode == 1  # 1: tests failed; 0: all passed; others: the run itself broke
+        result = "killed" if killed else ("SURVIVED" if proc.returncode == 0 else f"error (exit {proc.returncode})")
+        if not killed:
+            survived.append(name)
+        where = "the fast suite" if args.full else ", ".join(tests)
+        print(f"| {name} | {path} | {where} | {result} | {seconds:.0f} |", flush=True)
+    print(f"\n{len(survived)} of {len(args.names or MUTATIONS)} mutations survived" + (f": {survived}" if survived else ""))
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
