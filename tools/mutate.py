@@ -112,7 +112,8 @@ def main() -> int:
             survived.append(name)
         where = "the fast suite" if args.full else ", ".join(tests)
         print(f"| {name} | {path} | {where} | {result} | {seconds:.0f} |", flush=True)
-    print(f"\n{len(survived)} of {len(args.names or MUTATIONS)} mutations survived" + (f": {survived}" if survived else ""))
+    total = len(args.names or MUTATIONS)
+    print(f"\n{len(survived)} of {total} mutations survived" + (f": {survived}" if survived else ""))
     return 1 if survived else 0
 
 
