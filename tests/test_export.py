@@ -30,6 +30,17 @@ def test_fp32_export_is_checked_and_matches_pytorch(exported):
     assert model.opset_import[0].version >= 18
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     assert onnx_runtime.read_meta(path)["classes"] == ["a", "b", "c"]
+    # parity computed here, independently of export_all's own check: ONNX Runtime against the
+    # stripped weights in a fresh torchvision model
+    import torchvision
+
+    plain = torchvision.models.resnet18(num_classes=3)
+    plain.load_state_dict(torch.load(exported / "models/resnet18.pt", weights_only=True))
+    x = np.random.default_rng(1).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        expected = plain.eval()(torch.from_numpy(x)).numpy()
+    got = onnx_runtime.run(onnx_runtime.session(path), x)
+    assert np.abs(got - expected).max() <= 1e-4 * max(np.abs(expected).max(), 1.0)
 
 
 def test_dynamic_batch_in_onnx_runtime(exported):
@@ -105,23 +116,45 @@ def test_a_failing_gate_rejects_the_variant_and_the_engine_falls_back(exported, 
     assert result["fp16"]["status"] == "passed" and files["fp16"].exists()
 
 
-def test_layer_sensitivity_ranks_quantized_layers_and_repair_keeps_them_in_fp32(exported, tmp_path):
+def test_layer_sensitivity_finds_a_planted_fault_and_repair_keeps_only_it_in_fp32(exported, tmp_path):
+    """One conv's weight scale (its DequantizeLinear scale) multiplied by 50 in the INT8 model: the
+    ranking must put that conv first; a noise ranking would not. The repair then keeps exactly the
+    excluded layers in FP32, and every other layer stays quantized."""
+    from onnx import numpy_helper
+
     from pipeline.deploy.export import export_int8, layer_sensitivity
 
     onnx_dir = exported / "models/onnx"
     calibration = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
-    ranked = layer_sensitivity(onnx_dir / "model.onnx", onnx_dir / "model.int8.onnx", calibration)
+    int8 = onnx.load(str(onnx_dir / "model.int8.onnx"))
+    producers = {o: n for n in int8.graph.node for o in n.output}
+    quantized = [n for n in int8.graph.node if n.op_type == "Conv" and n.input[1] in producers]
+    victim = quantized[len(quantized) // 2]  # a conv in the middle of the network
+    scale_name = producers[victim.input[1]].input[1]
+    init = {i.name: i for i in int8.graph.initializer}
+    if scale_name not in init:
+        pytest.skip(f"{victim.name}'s weight scale is computed, not stored")
+    init[scale_name].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init[scale_name]) * 50, scale_name))
+    faulty = tmp_path / "faulty.int8.onnx"
+    onnx.save(int8, str(faulty))
+    ranked = layer_sensitivity(onnx_dir / "model.onnx", faulty, calibration)
     convs = {n.name for n in onnx.load(str(onnx_dir / "model.onnx")).graph.node if n.op_type in ("Conv", "Gemm")}
     assert len(ranked) >= 10 and {name for name, _ in ranked} <= convs
-    assert [s for _, s in ranked] == sorted((s for _, s in ranked), reverse=True)
+    assert ranked[0][0] == victim.name, ranked[:3]
+    assert ranked[0][1] > 0.1  # clipped by its output's activation range, but still the largest
+
     keep = [name for name, _ in ranked[:3]]
     repaired = tmp_path / "repaired.onnx"
     export_int8(onnx_dir / "model.onnx", repaired, calibration, {}, exclude=tuple(keep))
     graph = onnx.load(str(repaired)).graph
-    producers = {o: n.op_type for n in graph.node for o in n.output}
-    for node in graph.node:
-        if node.name in keep:  # weights straight from an FP32 initializer, no DequantizeLinear
-            assert producers.get(node.input[1]) != "DequantizeLinear"
+    producers_r = {o: n.op_type for n in graph.node for o in n.output}
+    through_dq = {
+        n.name
+        for n in graph.node
+        if n.op_type in ("Conv", "Gemm") and producers_r.get(n.input[1]) == "DequantizeLinear"
+    }
+    assert not through_dq & set(keep)  # the kept layers read FP32 weights
+    assert through_dq == {name for name, _ in ranked} - set(keep)  # every other ranked layer stays INT8
 
 
 def test_fused_preprocessing_model_takes_the_clients_uint8_crops(exported):
@@ -133,7 +166,13 @@ def test_fused_preprocessing_model_takes_the_clients_uint8_crops(exported):
     spec = onnx_runtime.read_meta(exported / "models/onnx/model.onnx")["preprocess"]
     image = sorted((exported / "data/prepared/synthetic/images/001.arrangement_01").iterdir())[0]
     x = resize_and_crop(image, spec)
-    assert sess.get_inputs()[0].type == "tensor(uint8)" and sess.run(None, {"images": x})[0].shape == (1, 3)
+    assert sess.get_inputs()[0].type == "tensor(uint8)"
+    fused = sess.run(None, {"images": x})[0]
+    # the same crop normalised here, by the stored mean and std, through the FP32 model
+    mean, std = np.array(spec["mean"], np.float32), np.array(spec["std"], np.float32)
+    normalised = ((x.astype(np.float32) / 255 - mean) / std).transpose(0, 3, 1, 2)
+    fp32 = onnx_runtime.run(onnx_runtime.session(exported / "models/onnx/model.onnx"), normalised)
+    assert fused.shape == (1, 3) and np.abs(fused - fp32).max() <= 1e-4 * max(np.abs(fp32).max(), 1.0)
 
 
 def test_parity_failure_leaves_no_onnx(tmp_path):
