@@ -133,3 +133,24 @@ def test_auto_compiles_on_cuda_only_and_unwrap_finds_the_model():
     model = tiny_model()
     assert unwrap(CompiledStep(model, backend="eager")) is model
     assert isinstance(pair_index(group_positives(1, 1)), PairIndex)
+
+
+def test_ddp_wraps_the_compiled_step(tmp_path):
+    """DistributedDataParallel (gloo, one rank in this process) around the compiled step, as the
+    training loop builds it under torchrun: same loss and gradients as eager, reduced by DDP's hooks."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    x, y, pr = tiny_batch()
+    model = tiny_model()
+    eager, g_eager = losses_and_grads(model, model, x, y, pr)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        net = DistributedDataParallel(CompiledStep(model, backend="aot_eager"))
+        out, g_ddp = losses_and_grads(model, net, x, y, pr)
+    finally:
+        dist.destroy_process_group()
+    assert unwrap(net) is model
+    assert torch.allclose(out.loss, eager.loss, rtol=1e-5)
+    for n, g in g_eager.items():
+        assert torch.allclose(g_ddp[n], g, rtol=1e-4, atol=1e-6), n
