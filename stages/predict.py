@@ -6,6 +6,7 @@ import sys
 import click
 
 from pipeline.deploy.predict import predict
+from pipeline.deploy.preprocess import MAX_PIXELS
 from pipeline.errors import PipelineError
 
 
@@ -15,14 +16,21 @@ from pipeline.errors import PipelineError
 @click.option("-k", "--top-k", default=5, show_default=True, help="How many classes to show per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
-def command(model, images, top_k, as_json, strict):
+@click.option(
+    "--max-pixels",
+    default=MAX_PIXELS,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Refuse, before decoding, an image whose header claims more pixels (PIL's default limit).",
+)
+def command(model, images, top_k, as_json, strict, max_pixels):
     """Top-k classes of IMAGES (files or folders) from a .pt, .onnx or .engine MODEL.
 
     An unreadable image is skipped with a warning and listed at the end (exit status 2),
     unless --strict.
     """
     try:
-        results = predict(model, list(images), top_k, strict)
+        results = predict(model, list(images), top_k, strict, max_pixels)
     except PipelineError as e:
         raise click.ClickException(str(e)) from e
     failed = [r for r in results if "error" in r]

@@ -297,3 +297,23 @@ def test_batches_bound_memory_and_cover_every_row(tiny_prepared):
     assert sizes == [4, 4, 3]
     out = logits_over({"mean": lambda x: x.mean(axis=(2, 3))}, rows[:11], preset, size=4)["mean"]
     assert out.shape == (11, 3) and out.dtype == np.float32
+
+
+def test_png_whose_data_stops_short_is_a_one_line_error_not_a_crash(tmp_path):
+    """torchvision's PNG decoder aborts the whole process on image data that stops short
+    (pytorch/vision#3613): load_image refuses such files itself, in a subprocess-free way."""
+    from tests.test_preprocess import png_claiming
+
+    short = png_claiming(tmp_path, 64, 64, data=100)
+    with pytest.raises(ImageError, match=r"cannot decode image \(truncated image data: 100 of 4,160 bytes\)"):
+        load_image(short)
+    corrupt = tmp_path / "corrupt.png"
+    raw = bytearray(png_claiming(tmp_path, 8, 8, data=72).read_bytes())
+    raw[41:45] = b"\xff\xff\xff\xff"  # inside the IDAT's zlib stream
+    corrupt.write_bytes(bytes(raw))
+    with pytest.raises(ImageError, match="cannot decode image"):
+        load_image(corrupt)
+    for mode, shape in (("RGB", (20, 30, 3)), ("L", (20, 30)), ("RGBA", (20, 30, 4)), ("P", (20, 30))):
+        good = tmp_path / f"good_{mode}.png"
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8), mode).save(good)
+        assert load_image(good).shape == (3, 20, 30)  # every colour type passes the check

@@ -218,6 +218,12 @@ def test_predict_bad_inputs(tmp_path, exported):
     junk.write_bytes(b"not an image")
     result = CliRunner().invoke(main, ["predict", str(exported / "models/onnx/model.onnx"), str(junk)])
     assert result.exit_code == 2 and f"skipped {junk}: cannot decode image" in result.output
+    from tests.test_preprocess import png_claiming
+
+    bomb = png_claiming(tmp_path, 30_000, 30_000)
+    result = CliRunner().invoke(main, ["predict", str(exported / "models/onnx/model.onnx"), str(bomb)])
+    assert result.exit_code == 2 and f"skipped {bomb}: claims 900,000,000 pixels" in result.output
+    assert "refused before decoding" in result.output and len(result.output.strip().splitlines()) == 2
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"\0" * 10)
     result = CliRunner().invoke(main, ["predict", str(engine), str(junk)])

@@ -1,6 +1,8 @@
 """Image loading (torchvision.io) and a Dataset over the prepared manifest."""
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +19,56 @@ class ImageError(PipelineError, ValueError):
     pass
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # PNG colour type -> samples per pixel
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def png_data_problem(data: bytes) -> str | None:
+    """Why a PNG's image data cannot fill its declared size, or None. torchvision's PNG decoder
+    takes the whole process down on such a file ("libpng error: Not enough image data", then an
+    abort: pytorch/vision#3613), so it is checked first: the IDAT stream is inflated in bounded
+    pieces and counted, never kept. Anything else wrong is left to the decoder's own error."""
+    if not data.startswith(PNG_SIGNATURE):
+        return None
+    pos, inflate, got, expected = 8, zlib.decompressobj(), 0, None
+    try:
+        while pos + 8 <= len(data) and (expected is None or got < expected):
+            length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+            body = data[pos + 8 : pos + 8 + length]
+            if kind == b"IHDR" and len(body) >= 13:
+                width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", body[:13])
+                bits = _CHANNELS.get(colour, 4) * depth
+                passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+                expected = 0
+                for x0, y0, dx, dy in passes:
+                    cols, rows = -(-(width - x0) // dx), -(-(height - y0) // dy)
+                    expected += rows * (1 + -(-cols * bits // 8)) if cols > 0 and rows > 0 else 0
+            elif kind == b"IDAT" and expected is not None:
+                while body and got < expected:
+                    got += len(inflate.decompress(body, 1 << 20))
+                    body = inflate.unconsumed_tail
+            elif kind == b"IEND":
+                break
+            pos += 12 + length
+    except zlib.error as e:
+        return f"corrupt image data ({e})"
+    if expected is not None and got < expected:
+        return f"truncated image data: {got:,} of {expected:,} bytes"
+    return None
+
+
 def load_image(path: str | Path, crop_bottom: int = 0) -> Tensor:
     """uint8 [3, H, W] RGB; a clear error naming the file if it cannot be decoded."""
     try:
-        data = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
-        image = decode_image(data, mode=ImageReadMode.RGB)
+        raw = Path(path).read_bytes()
     except FileNotFoundError as e:
         raise ImageError(f"{path}: no such image") from e
+    problem = png_data_problem(raw)
+    if problem:
+        raise ImageError(f"{path}: cannot decode image ({problem})")
+    try:
+        image = decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except (RuntimeError, ValueError) as e:
         reason = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
         raise ImageError(f"{path}: cannot decode image ({reason})") from e
@@ -32,7 +77,11 @@ def load_image(path: str | Path, crop_bottom: int = 0) -> Tensor:
 
 def load_mask(path: str | Path) -> Tensor:
     """bool [1, H, W] object mask."""
-    data = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
+    raw = Path(path).read_bytes()
+    problem = png_data_problem(raw)
+    if problem:
+        raise ImageError(f"{path}: cannot decode mask ({problem})")
+    data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
     return decode_image(data, mode=ImageReadMode.GRAY) > 127
 
 

@@ -15,7 +15,7 @@ import torch
 
 from pipeline.data.dataset import ImageError
 from pipeline.data.readers import IMAGE_SUFFIXES
-from pipeline.deploy.preprocess import preprocess
+from pipeline.deploy.preprocess import MAX_PIXELS, preprocess
 from pipeline.errors import ArtifactError
 
 
@@ -59,14 +59,16 @@ def image_paths(inputs: list[Path]) -> list[Path]:
     return out
 
 
-def predict(model_path: Path, inputs: list[Path], k: int = 5, strict: bool = False) -> list[dict]:
-    """Top-k classes per image; an unreadable image gets {"image", "error"} instead (or,
-    with `strict`, stops everything with its ImageError)."""
+def predict(
+    model_path: Path, inputs: list[Path], k: int = 5, strict: bool = False, max_pixels: int = MAX_PIXELS
+) -> list[dict]:
+    """Top-k classes per image; an unreadable image, or one claiming more than `max_pixels`, gets
+    {"image", "error"} instead (or, with `strict`, stops everything with its ImageError)."""
     run, meta = load_predictor(model_path)
     results: list[dict[str, Any]] = []
     for path in image_paths(inputs):
         try:
-            x = preprocess(path, meta["preprocess"])
+            x = preprocess(path, meta["preprocess"], max_pixels)
         except ImageError as e:
             if strict:
                 raise
