@@ -101,7 +101,7 @@ def params_read(files: set[Path]) -> set[str]:
     read: set[str] = set()
     for path in files:
         tree = ast.parse(path.read_text())
-        aliases = {"cfg": []}  # name -> the params path it stands for
+        aliases: dict[str, list[str]] = {"cfg": []}  # name -> the params path it stands for
         alias_values = set()
         for node in ast.walk(tree):
             if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
