@@ -233,3 +233,79 @@ def test_predict_bad_inputs(tmp_path, exported):
     (tmp_path / "resnet18.json").write_text((exported / "models/resnet18.json").read_text())
     with pytest.raises(ValueError, match=f"{weights}: cannot be read, it is truncated or corrupt"):
         load_deployable(weights)
+
+
+def test_int8_cpu_keeps_the_fastest_candidate_that_passes_not_the_fastest(exported, tmp_path, monkeypatch):
+    """The fastest int8_cpu candidate is made to fail its gate (a real, broken model in its place):
+    the export keeps the fastest of those that pass. With a gate nothing can pass, every candidate
+    is rejected and no file is left."""
+    import shutil
+
+    import pipeline.deploy.export as export_lib
+    from pipeline.config import ExportConfig, Gate, Gates
+
+    shutil.copytree(exported / "models", tmp_path / "models")
+    fp32 = tmp_path / "models/onnx/model.onnx"
+    speeds = {
+        ("QOperator", "MinMax"): 400.0,
+        ("QDQ", "MinMax"): 300.0,
+        ("QOperator", "Percentile"): 200.0,
+        ("QDQ", "Percentile"): 100.0,
+    }
+    real = export_lib.export_int8_cpu
+
+    def candidates_with_a_broken_fastest(source, out_dir, calibration, meta):
+        made = real(source, out_dir, calibration, meta)
+        damage(source, made["QOperator", "MinMax"], meta)  # the fastest now flips most predictions
+        return made
+
+    by_file = {}
+    monkeypatch.setattr(
+        export_lib, "export_int8_cpu", lambda *a: by_file.update(made := candidates_with_a_broken_fastest(*a)) or made
+    )
+    monkeypatch.setattr(
+        export_lib, "batch32_throughput", lambda path, x: speeds[next(k for k, p in by_file.items() if p == path)]
+    )
+    files = {"fp32": fp32, "int8_cpu": tmp_path / "models/onnx/model.int8_cpu.onnx"}
+    # the default 64 calibration images, more than the tiny training split holds: a count that is not
+    # a multiple of 8 (it once made the Percentile calibrator fail on the short last batch)
+    gate = ExportConfig(precisions=["fp32", "int8_cpu"], gates=Gates(int8_cpu=Gate(0.2, 0.7)))
+    result = export_lib.export_all(
+        tmp_path / "models/resnet18.pt", exported / "data/prepared", files, tmp_path / "export.json", gate, seed=0
+    )
+    entry = result["int8_cpu"]
+    verdicts = {(c["format"], c["calibration"]): c["gate"]["passed"] for c in entry["candidates"]}
+    assert verdicts["QOperator", "MinMax"] is False and verdicts["QDQ", "MinMax"] is True
+    assert entry["status"] == "passed" and (entry["format"], entry["calibration"]) == ("QDQ", "MinMax")
+    assert files["int8_cpu"].exists()
+
+    impossible = ExportConfig(precisions=["fp32", "int8_cpu"], gates=Gates(int8_cpu=Gate(0.0, 1.01)))
+    result = export_lib.export_all(
+        tmp_path / "models/resnet18.pt", exported / "data/prepared", files, tmp_path / "export.json", impossible, seed=0
+    )
+    entry = result["int8_cpu"]
+    assert entry["status"] == "rejected" and not files["int8_cpu"].exists() and "format" not in entry
+    assert len(entry["candidates"]) == 4 and not any(c["gate"]["passed"] for c in entry["candidates"])
+    assert entry["gate"]["val_top1_drop"] == min(c["gate"]["val_top1_drop"] for c in entry["candidates"])
+
+
+def test_a_rejected_int8_is_repaired_for_real(exported, tmp_path):
+    """ModelOpt INT8 against a gate it cannot pass: the sensitivity-ranked repair runs (the most
+    sensitive layers re-quantized in FP32), is judged again, and is recorded; the file goes."""
+    import shutil
+
+    import pipeline.deploy.export as export_lib
+    from pipeline.config import ExportConfig, Gate, Gates
+
+    shutil.copytree(exported / "models", tmp_path / "models")
+    files = {"fp32": tmp_path / "models/onnx/model.onnx", "int8": tmp_path / "models/onnx/model.int8.onnx"}
+    cfg = ExportConfig(precisions=["fp32", "int8"], gates=Gates(int8=Gate(0.0, 1.01)), int8_repair_layers=2)
+    result = export_lib.export_all(
+        tmp_path / "models/resnet18.pt", exported / "data/prepared", files, tmp_path / "export.json", cfg, seed=0
+    )
+    entry = result["int8"]
+    assert entry["status"] == "rejected" and not files["int8"].exists()
+    assert not entry["first_try"]["passed"] and len(entry["repair"]["kept_in_fp32"]) == 2
+    assert set(entry["repair"]["sensitivity"]) == set(entry["repair"]["kept_in_fp32"])
+    assert entry["repair"]["helped"] == (entry["gate"]["val_agreement"] > entry["first_try"]["val_agreement"])
+    assert entry["gate"] is not entry["first_try"]  # judged again, on the repaired model

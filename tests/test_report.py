@@ -4,7 +4,7 @@ import numpy as np
 
 from pipeline.evaluate.metrics import accuracy, confusions, per_class
 from pipeline.evaluate.report import _study_line, markdown_table
-from pipeline.evaluate.timing import latency
+from pipeline.evaluate.timing import latency, throughput
 
 
 def test_accuracy_top1_top5():
@@ -25,9 +25,61 @@ def test_per_class_and_confusions_by_hand():
     ]
 
 
-def test_latency_percentiles_are_ordered():
-    stats = latency(lambda x: sum(range(2000)), None, warmup=1, iters=20)
-    assert 0 < stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"]
+def test_latency_excludes_warm_up_and_times_the_sync():
+    """A backend whose first calls are slow (warm-up) and whose work finishes only at `sync`
+    (a GPU queue): warm-up stays out of the percentiles, and the sync's time is inside them."""
+    import time
+
+    calls = {"n": 0}
+
+    def fn(x):
+        calls["n"] += 1
+        if calls["n"] <= 3:
+            time.sleep(0.05)  # warm-up: 50 ms
+
+    stats = latency(fn, None, warmup=3, iters=10, sync=lambda: time.sleep(0.004))
+    assert calls["n"] == 13
+    assert 3.5 <= stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"] < 40  # 4 ms of sync, no 50 ms warm-up
+    rate = throughput(lambda x: time.sleep(0.002), np.zeros(8), iters=5, sync=lambda: time.sleep(0.02))
+    assert rate < 8 * 5 / (5 * 0.002 + 0.02) * 1.05  # the final sync (20 ms) is counted
+
+
+def test_recommendations_pick_the_fastest_variant_that_passed():
+    from pipeline.evaluate.report import recommendations
+
+    def row(backend, throughput, p50=1.0, top1=0.9):
+        return {
+            "backend": backend,
+            "device": "CPUExecutionProvider",
+            "throughput": throughput,
+            "p50_ms": p50,
+            "top1": top1,
+        }
+
+    table = [row("onnxruntime-fp32", 100), row("onnxruntime-int8_cpu", 400, 0.5), row("onnxruntime-fp16", 900)]
+    table.append({**row("onnxruntime-fp16", 5000), "device": "CUDAExecutionProvider"})  # not a CPU row
+    gates = {
+        "fp32": {"status": "reference", "file": "models/onnx/model.onnx"},
+        "fp16": {"status": "rejected", "file": "models/onnx/model.fp16.onnx"},  # fastest, but rejected
+        "int8_cpu": {"status": "passed", "file": "models/onnx/model.int8_cpu.onnx"},
+    }
+    engine = {"built": False, "precision": "fp16", "reason": "no TensorRT"}
+    advice = recommendations(table, gates, engine)
+    assert advice["CPU (ONNX Runtime)"].startswith(
+        "`models/onnx/model.int8_cpu.onnx`: 400 img/s at batch 32 (4.00x FP32)"
+    )
+    assert "p50 0.50 ms at batch 1 (0.50x FP32)" in advice["CPU (ONNX Runtime)"]
+    assert "`models/onnx/model.fp16.onnx` (fp16, its gate rejected)" in advice["GPU (TensorRT)"]
+    assert "not built here: no TensorRT" in advice["GPU (TensorRT)"]
+    built = {
+        "built": True,
+        "precision": "fp16",
+        "tensorrt": "10.12",
+        "gpu": {"name": "H200", "compute_capability": "9.0"},
+    }
+    assert recommendations([], {}, built) == {
+        "GPU (TensorRT)": "`models/engine/model.engine` (fp16, TensorRT 10.12, H200, compute capability 9.0)"
+    }
 
 
 def test_markdown_table():

@@ -61,6 +61,18 @@ MUTATIONS = {
         "view(num_groups, size).flatten()",
         ["tests/test_sampler.py"],
     ),
+    "warm-up-timed": (
+        "pipeline/evaluate/timing.py",
+        "    for _ in range(warmup):\n        fn(x)\n",
+        "",
+        ["tests/test_report.py"],
+    ),
+    "fastest-regardless-of-gate": (
+        "pipeline/deploy/export.py",
+        'passing = [c for c in candidates if c["gate"]["passed"]]',
+        "passing = list(candidates)",
+        ["tests/test_export.py"],
+    ),
     "device-flip-never": (
         "pipeline/data/device_augment.py",
         "torch.rand(b, device=device) < 0.5 if self.hflip",

@@ -165,10 +165,14 @@ def _export_int8_cpu(fp32: Path, out_dir: Path, calibration: np.ndarray, meta: d
     from onnxruntime.quantization.calibrate import CalibrationDataReader
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    # equal batches: the histogram calibrators (Percentile) stack per-batch outputs and fail on a short
+    # last batch; the largest size up to 8 that divides the count (8 for the default 64 images)
+    size = max(d for d in range(1, 9) if len(calibration) % d == 0)
+
     class Reader(CalibrationDataReader):
         def __init__(self):
             self.batches = iter(
-                [{INPUT: calibration[i : i + 8].astype(np.float32)} for i in range(0, len(calibration), 8)]
+                [{INPUT: calibration[i : i + size].astype(np.float32)} for i in range(0, len(calibration), size)]
             )
 
         def get_next(self):
