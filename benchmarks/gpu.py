@@ -10,7 +10,8 @@ each part says why it was skipped otherwise. On a machine without CUDA every GPU
 
 Parts:
 - train_step: step time and peak memory, plain ResNet-50 vs multi-stage LIO, 448 px, pool 2,
-  bf16 autocast, channels_last, batch 64 (benchmarks/train.py's measurement), as ratios;
+  bf16 autocast, channels_last, batch 64 (benchmarks/train.py's measurement), eager and compiled
+  (`train.compile`), as ratios;
 - autocast: LIO training steps under bf16 autocast have finite losses, and the pseudo mask
   computed inside autocast equals the float32 one;
 - strip_parity: the trained model's classification path against the plain torchvision model
@@ -64,14 +65,25 @@ def train_step(steps: int) -> dict:
         return {"skipped": NO_CUDA}
     from train import CASES, measure
 
-    cases = {name: measure(CASES[name], BATCH, SIZE, POOL, "cuda", steps) for name in ("plain", "LIO multi-stage")}
-    plain, lio = cases["plain"], cases["LIO multi-stage"]
+    cases = {
+        (name, compiled): measure(CASES[name], BATCH, SIZE, POOL, "cuda", steps, compiled)
+        for compiled in (False, True)
+        for name in ("plain", "LIO multi-stage")
+    }
+    plain, lio = cases["plain", False], cases["LIO multi-stage", False]
+    plain_c, lio_c = cases["plain", True], cases["LIO multi-stage", True]
     return {
         "setting": f"ResNet-50, batch {BATCH}, {SIZE} px, pool {POOL}, bf16, channels_last, {steps} steps",
         "plain": plain,
         "lio_multi_stage": lio,
+        "plain_compiled": plain_c,
+        "lio_multi_stage_compiled": lio_c,
         "step_time_ratio": lio["seconds"] / plain["seconds"],
         "peak_memory_ratio": lio["peak_bytes"] / plain["peak_bytes"],
+        # the goal: compiled LIO <= 1.15x the compiled plain step, peak memory <= 1.10x
+        "compiled_step_time_ratio": lio_c["seconds"] / plain_c["seconds"],
+        "compiled_peak_memory_ratio": lio_c["peak_bytes"] / plain_c["peak_bytes"],
+        "compiled_speedup_lio": lio["seconds"] / lio_c["seconds"],
     }
 
 

@@ -27,7 +27,9 @@ from pipeline.train.compile import CompiledStep
 CASES = {"plain": [], "LIO layer4": ["layer4"], "LIO multi-stage": ["layer2", "layer3", "layer4"]}
 
 
-def measure(stages: list[str], batch: int, size: int, pool: int, device: str, steps: int, compiled: bool) -> dict:
+def measure(
+    stages: list[str], batch: int, size: int, pool: int, device: str, steps: int, compiled: bool = False
+) -> dict:
     torch.manual_seed(0)
     model = LIOModel("resnet50", 200, stages, pool=pool).to(device).train()
     if device == "cuda":

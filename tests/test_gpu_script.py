@@ -40,6 +40,7 @@ def test_runs_on_the_cpu_and_names_every_skipped_part(tmp_path):
     # on a CUDA machine, each part's result, not just the exit code
     step = result["train_step"]
     assert 0.5 < step["step_time_ratio"] < 5 and 0.5 < step["peak_memory_ratio"] < 5
+    assert 0.5 < step["compiled_step_time_ratio"] < 5 and step["compiled_speedup_lio"] > 0
     amp = result["autocast"]
     assert amp["all_finite"] and amp["pseudo_mask_dtype"] == "torch.float32"
     assert amp["pseudo_mask_autocast_equals_float32"]
