@@ -231,3 +231,63 @@ def test_default_and_readme_follow_the_recorded_study():
     for preset, variant in quoted:
         ci = study[preset]["variants"][variant]["test_vs_baseline"]["ci95"]
         assert interval(ci) in readme, (preset, variant, interval(ci))
+
+
+@pytest.mark.slow
+def test_collect_leaves_out_a_real_failed_experiment(tmp_path):
+    """A scratch repository with a real DVC queue: one experiment finishes, one fails (its ref
+    holds the queued snapshot's files). Only the finished one is recorded. (A running one is
+    covered with recorded `exp show` output above: the queue's order cannot be made to hold one
+    running here.)"""
+    import os
+    import subprocess
+    import time
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    dvc = [sys.executable, "-m", "dvc"]
+    for cmd in (["git", "init", "-q"], [*dvc, "init", "-q"]):
+        subprocess.run(cmd, cwd=repo, check=True)
+    (repo / "params.yaml").write_text(Path("params.yaml").read_text())
+    (repo / "dvclive").mkdir()  # the snapshot's metrics: what a failed run's ref still holds
+    snapshot = {"test": {"top1": 0.9}, "best": {"val_top1": 0.9, "epoch": 1}, "train_seconds": 1.0}
+    (repo / "dvclive/metrics.json").write_text(json.dumps(snapshot))
+    script = (
+        "import json, sys, yaml\n"
+        "seed = yaml.safe_load(open('params.yaml'))['seed']\n"
+        "if seed == 1:\n    sys.exit(1)\n"
+        "json.dump({'test': {'top1': 0.5}, 'best': {'val_top1': 0.6, 'epoch': 1}, 'train_seconds': 1.0},"
+        " open('dvclive/metrics.json', 'w'))\n"
+    )
+    (repo / "run.py").write_text(script)
+    (repo / "dvc.yaml").write_text(
+        f"stages:\n  s:\n    cmd: {sys.executable} run.py\n    deps: [run.py]\n    params: [seed]\n"
+        "    metrics:\n      - dvclive/metrics.json:\n          cache: false\n          persist: true\n"
+    )
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], cwd=repo, check=True)
+    for seed in range(2):
+        name = f"study-cpu-baseline-s{seed}"
+        subprocess.run(
+            [*dvc, "exp", "run", "--queue", "-q", "--name", name, "-S", f"seed={seed}"],
+            cwd=repo,
+            check=True,
+            capture_output=True,
+        )
+    subprocess.run([*dvc, "queue", "start"], cwd=repo, check=True, capture_output=True)
+    cwd = os.getcwd()
+    states: dict[str, str] = {}
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and sorted(states.values()) != ["Failed", "Success"]:
+            time.sleep(2)
+            status = subprocess.run([*dvc, "queue", "status"], cwd=repo, capture_output=True, text=True).stdout
+            states = {row.split()[1]: row.split()[-1] for row in status.splitlines() if "study-cpu" in row}
+        assert states == {"study-cpu-baseline-s0": "Success", "study-cpu-baseline-s1": "Failed"}, states
+        os.chdir(repo)
+        result = collect("cpu", repo / "reports", "cmd", "machine")
+    finally:
+        os.chdir(cwd)
+        subprocess.run([*dvc, "queue", "stop", "--kill"], cwd=repo, capture_output=True)
+    assert [r["name"] for r in result["runs"]] == ["study-cpu-baseline-s0"]
+    assert result["runs"][0]["test_top1"] == 0.5
