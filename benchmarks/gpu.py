@@ -5,8 +5,9 @@
 
 Needs only torch, torchvision, numpy, pyyaml and this repository's source (GPU machines often
 come with their own torch); ONNX Runtime, onnx and TensorRT are used where importable, and
-each part says why it was skipped otherwise. On a machine without CUDA every GPU part reports
-"skipped: no CUDA device", so the script itself is tested on the CPU.
+each part says why it was skipped otherwise. On a machine without CUDA, train_step, autocast
+and the CPU half of strip_parity run at a tiny size (64 px, batch 8; CPU bf16 autocast), so the
+script's code is tested on the CPU; the CUDA-only parts report "skipped: no CUDA device".
 
 Parts:
 - train_step: step time and peak memory, plain ResNet-50 vs multi-stage LIO, 448 px, pool 2,
@@ -60,20 +61,33 @@ def part(fn, *args):
     return result
 
 
+def geometry() -> tuple[str, int, int, int]:
+    """(device, size, pool, batch): the paper's on a GPU, a tiny one that checks the code on a CPU."""
+    return ("cuda", SIZE, POOL, BATCH) if cuda() else ("cpu", 64, 1, 8)
+
+
 def train_step(steps: int) -> dict:
-    if not cuda():
-        return {"skipped": NO_CUDA}
     from train import CASES, measure
 
+    device, size, pool, batch = geometry()
+    compiled_too = (False, True) if cuda() else (False,)  # compiling ResNet-50 takes minutes on a CPU
     cases = {
-        (name, compiled): measure(CASES[name], BATCH, SIZE, POOL, "cuda", steps, compiled)
-        for compiled in (False, True)
+        (name, compiled): measure(CASES[name], batch, size, pool, device, steps if cuda() else 1, compiled)
+        for compiled in compiled_too
         for name in ("plain", "LIO multi-stage")
     }
     plain, lio = cases["plain", False], cases["LIO multi-stage", False]
+    setting = f"ResNet-50, batch {batch}, {size} px, pool {pool}, {device}"
+    if not cuda():
+        return {
+            "setting": setting + ", float32, eager only (a code check, not a measurement)",
+            "plain": plain,
+            "lio_multi_stage": lio,
+            "step_time_ratio": lio["seconds"] / plain["seconds"],
+        }
     plain_c, lio_c = cases["plain", True], cases["LIO multi-stage", True]
     return {
-        "setting": f"ResNet-50, batch {BATCH}, {SIZE} px, pool {POOL}, bf16, channels_last, {steps} steps",
+        "setting": f"{setting}, bf16, channels_last, {steps} steps",
         "plain": plain,
         "lio_multi_stage": lio,
         "plain_compiled": plain_c,
@@ -88,29 +102,33 @@ def train_step(steps: int) -> dict:
 
 
 def autocast(steps: int) -> dict:
-    if not cuda():
-        return {"skipped": NO_CUDA}
     from pipeline.lio import LIOModel, group_positives, pseudo_mask
 
+    device, size, pool, batch = geometry()
     torch.manual_seed(0)
-    model = LIOModel("resnet50", CLASSES, pool=POOL).cuda().to(memory_format=torch.channels_last).train()
+    model = LIOModel("resnet50", CLASSES, pool=pool).to(device).train()
+    if cuda():
+        model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(32, 3, SIZE, SIZE, device="cuda").contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, CLASSES, (32,), device="cuda")
-    pos = group_positives(8, 3).cuda()
+    images = 32 if cuda() else batch
+    x = torch.randn(images, 3, size, size, device=device)
+    x = x.contiguous(memory_format=torch.channels_last) if cuda() else x
+    y = torch.randint(0, CLASSES, (images,), device=device)
+    pos = group_positives(images // 4, 3).to(device)
     losses = []
     for _ in range(steps):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device, dtype=torch.bfloat16):
             out = model(x, y, pos)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
         losses.append({k: float(v.detach()) for k, v in {"loss": out.loss, **out.parts}.items()})
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16):
         feats = model._run(x)[1]["layer3"]  # the stage map as training sees it (bf16)
         inside = pseudo_mask(feats, pos)
     outside = pseudo_mask(feats.float(), pos)
     return {
+        "device": device,
         "steps": steps,
         "losses": losses,
         "all_finite": all(np.isfinite(list(s.values())).all() for s in losses),
@@ -121,18 +139,19 @@ def autocast(steps: int) -> dict:
 
 
 def strip_parity() -> dict:
-    if not cuda():
-        return {"skipped": NO_CUDA}
     from pipeline.backbone import build_backbone
     from pipeline.lio import LIOModel
 
+    _, size, pool, _ = geometry()
     torch.manual_seed(0)
-    trained = LIOModel("resnet50", CLASSES, pool=POOL).eval()
+    trained = LIOModel("resnet50", CLASSES, pool=pool).eval()
     plain = build_backbone("resnet50", CLASSES).eval()
     plain.load_state_dict(trained.deployable().state_dict(), strict=True)
-    x = torch.randn(8, 3, SIZE, SIZE)
+    x = torch.randn(8, 3, size, size)
     with torch.no_grad():
         cpu_equal = torch.equal(trained(x), plain(x))
+        if not cuda():
+            return {"cpu_bitwise_equal": bool(cpu_equal), "cuda": {"skipped": NO_CUDA}}
         a, b = trained.cuda()(x.cuda()), plain.cuda()(x.cuda())
     diff, scale = float((a - b).abs().max()), float(a.abs().max())
     return {
@@ -258,6 +277,7 @@ def main() -> None:
     for name, r in result.items():
         if name != "machine":
             status = f"skipped: {r['skipped']}" if "skipped" in r else r.get("error") or "ran"
+            status += f" ({r['setting']})" if "setting" in r else ""
             print(f"{name:18s} {status}")
     print(f"wrote {out}")
 
