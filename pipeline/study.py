@@ -38,6 +38,8 @@ VARIANTS = {
     # LIO with M against the released code's batch rows (images of other groups), not the image's class
     "lio-batch": [_GRAD, "lio.scl_weights=extent", "lio.positives=batch"],
 }
+#: variant -> the variant it differs from in one setting, compared paired by seed besides the baseline
+REFERENCES = {"lio-batch": "lio"}
 #: variants that get the full seed count; the others get `other_seeds`
 MAIN_VARIANTS = ("baseline", "lio")
 #: variants that can become params.yaml's default: every LIO setting that needs no true masks
@@ -344,6 +346,17 @@ def aggregate(runs: list[dict]) -> dict:
                 {r["seed"]: r["best_val_top1"] for r in mine if r["best_val_top1"] is not None}, base_val
             ),
             "train_seconds_min": min((r["train_seconds"] for r in mine if r["train_seconds"]), default=None),
+            **(
+                {
+                    "reference": REFERENCES[variant],
+                    "test_vs_reference": paired(
+                        {r["seed"]: r["test_top1"] for r in mine},
+                        {r["seed"]: r["test_top1"] for r in runs if r["variant"] == REFERENCES[variant]},
+                    ),
+                }
+                if variant in REFERENCES
+                else {}
+            ),
             "localisation": loc,
         }
     return variants
@@ -422,6 +435,14 @@ def markdown_section(preset: str, study: dict) -> list[str]:
             + ("— | — | " if base else f"{_f(val['mean'], signed=True)} | {_ci(val)} | ")
             + f"{_f(v['train_seconds_min'], '.0f')} |"
         )
+    for variant, v in variants.items():
+        if "test_vs_reference" in v:
+            d = v["test_vs_reference"]
+            lines += [
+                "",
+                f"{variant} against {v['reference']} (one setting apart), paired by seed on test: "
+                f"{_f(d['mean'], signed=True)}, 95% CI {_ci(d)}, {d['wins']}/{d['n']} wins.",
+            ]
     if study.get("choice"):
         c = study["choice"]
         ranked = sorted(c["val_top1_mean"].items(), key=lambda kv: -kv[1])

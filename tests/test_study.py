@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.study import VARIANTS, StudyError, aggregate, choice, collect, grid, queue, records, verdict
+from pipeline.study import VARIANTS, StudyError, aggregate, choice, collect, grid, markdown, queue, records, verdict
 
 
 def test_grid_has_every_variant_at_the_same_budget():
@@ -291,3 +291,40 @@ def test_collect_leaves_out_a_real_failed_experiment(tmp_path):
         subprocess.run([*dvc, "queue", "stop", "--kill"], cwd=repo, capture_output=True)
     assert [r["name"] for r in result["runs"]] == ["study-cpu-baseline-s0"]
     assert result["runs"][0]["test_top1"] == 0.5
+
+
+def test_lio_batch_is_compared_with_lio_paired_by_seed():
+    def run(variant, seed, test):
+        return {
+            "variant": variant,
+            "seed": seed,
+            "best_val_top1": test,
+            "test_top1": test,
+            "train_seconds": 1.0,
+            "localisation": {},
+            "name": f"study-cpu-{variant}-s{seed}",
+            "best_epoch": 1,
+        }
+
+    runs = [run("baseline", s, 0.5) for s in range(3)]
+    runs += [run("lio", s, t) for s, t in enumerate([0.60, 0.70, 0.80])]
+    runs += [run("lio-batch", s, t) for s, t in enumerate([0.62, 0.66])]  # seed 2 not run yet
+    got = aggregate(runs)["lio-batch"]
+    assert got["reference"] == "lio"
+    d = got["test_vs_reference"]
+    assert d["n"] == 2 and d["wins"] == 1 and d["mean"] == pytest.approx(-0.01)
+    assert "test_vs_reference" not in aggregate(runs)["lio"]
+    assert "lio-batch against lio (one setting apart), paired by seed on test: -0.010" in markdown(
+        {
+            "presets": {
+                "cpu": {
+                    "runs": runs,
+                    "variants": aggregate(runs),
+                    "choice": None,
+                    "setting": {"description": "d", "set": []},
+                    "command": "c",
+                    "machine": "m",
+                }
+            }
+        }
+    )
