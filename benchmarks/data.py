@@ -7,7 +7,8 @@ path beside the LIO training step's images per second, on the device that trains
 workers: decode + resize + rotate + crop + flip per image on CPU worker processes (DataLoader).
 device: decoded and resized once (not timed: `decode once` is printed apart), then one
 grid_sample per batch on the device. The step is the multi-stage LIO step on random images of
-the same size (bf16 and channels_last on CUDA, as training runs).
+the same size (ResNet-50, bf16 and channels_last on CUDA, as training runs; benchmarks/train.py's
+measurement).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
+from train import measure  # benchmarks/train.py: the same step, as its table measures it
 
 from pipeline.config import TransformConfig, load_config
 from pipeline.data.dataset import ManifestDataset
@@ -26,8 +28,7 @@ from pipeline.data.device_augment import DeviceAugment, DeviceImages, DeviceLoad
 from pipeline.data.manifest import read_manifest
 from pipeline.data.prepare import prepare
 from pipeline.data.transforms import ClassificationPresetTrain
-from pipeline.lio import GroupBatchSampler, LIOModel, group_positives, pair_index
-from pipeline.train.compile import CompiledStep
+from pipeline.lio import GroupBatchSampler
 
 
 def sync(device: torch.device) -> None:
@@ -49,33 +50,6 @@ def rate(loader, batches: int, device: torch.device) -> float:
             if seen >= batches * len(images):
                 sync(device)
                 return seen / (time.perf_counter() - start)
-
-
-def step_rate(arch: str, stages, batch: int, size: int, device: torch.device, compiled: bool) -> float:
-    torch.manual_seed(0)
-    model = LIOModel(arch, 16, stages, pool=2 if size >= 448 else 1).to(device).train()
-    cuda = device.type == "cuda"
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-        torch.set_float32_matmul_precision("high")
-    net = CompiledStep(model) if compiled else model
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(batch, 3, size, size, device=device)
-    x = x.contiguous(memory_format=torch.channels_last) if cuda else x
-    y = torch.arange(batch, device=device) // 4 % 16
-    pos = pair_index(group_positives(batch // 4, 3)).to(device)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
-    times = []
-    for _ in range(6):
-        start = time.perf_counter()
-        with amp:
-            loss = net(x, y, pos).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return batch / min(times[2:])
 
 
 def main() -> None:
@@ -119,9 +93,11 @@ def main() -> None:
         on_device = DeviceImages(ds.rows, tf.resize, device, workers=workers)
         results["decode once (device path)"] = time.perf_counter() - start
         device_rate = rate(DeviceLoader(on_device, sampler, DeviceAugment(tf).to(device)), args.batches, device)
-    steps = {"eager": step_rate(cfg.model.arch, cfg.lio.stages, batch, tf.crop, device, False)}
-    if args.compile:
-        steps["compiled"] = step_rate(cfg.model.arch, cfg.lio.stages, batch, tf.crop, device, True)
+    pool = 2 if tf.crop >= 448 else 1
+    steps = {
+        mode: batch / measure(cfg.lio.stages, batch, tf.crop, pool, device.type, 5, mode == "compiled")["seconds"]
+        for mode in (["eager", "compiled"] if args.compile else ["eager"])
+    }
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(
         f"\n{where}; {tf.crop} px (resized to {tf.resize}), batch {batch}, {workers} workers, "

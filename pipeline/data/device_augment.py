@@ -18,12 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision import tv_tensors
 from torchvision.transforms import v2
 from tqdm import tqdm
 
 from pipeline.config import TransformConfig
-from pipeline.data.dataset import load_image, load_mask
+from pipeline.data.dataset import load_image, load_pair
 from pipeline.data.readers import DatasetError
 from pipeline.data.transforms import MEAN, STD
 
@@ -40,15 +39,9 @@ class _Resized(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor | None]:
         row = self.rows[i]
-        image = load_image(row["path"], row["crop_bottom"])
-        mask = None
         if self.masks:
-            mask = load_mask(row["mask"])
-            if row["crop_bottom"]:
-                mask = mask[:, : mask.shape[1] - row["crop_bottom"]]
-            image, mask = self.resize(image, tv_tensors.Mask(mask))  # a Mask: resized nearest, as in load_pair
-            return image, mask[0].as_subclass(Tensor)
-        return self.resize(image), mask
+            return load_pair(row, self.resize)  # the mask resized nearest, as a tv_tensors.Mask
+        return self.resize(load_image(row["path"], row["crop_bottom"])), None
 
 
 class DeviceImages:

@@ -79,8 +79,9 @@ def _draw_part(draw: ImageDraw.ImageDraw, shape: str, cx, cy, size, angle, fill)
 
 @dataclass
 class Plan:
-    """Every random choice of one instance, drawn in `render`'s order, so that the drawing
-    itself (the expensive part) can run in any process and still give the same pixels."""
+    """Every random choice of one instance, drawn in the order the generator has always drawn
+    them (so the files stay the same), apart from the drawing itself (the expensive part), which
+    can then run in any process and still give the same pixels."""
 
     size: int
     background: np.ndarray
@@ -175,17 +176,18 @@ def generate(root: Path, cfg: SyntheticConfig, seed: int, workers: int | None = 
     order += [(c, i, True) for c in range(1, len(layouts) + 1) for i in extras]
     extra = np.random.default_rng([seed, 1])
 
+    rels = [f"{names[c - 1]}/arrangement_{c:02d}_{i:04d}.png" for c, i, _ in order]
+
     def jobs() -> Iterator[tuple[Plan, Path, Path]]:
-        for c, i, _ in order:  # the plans are drawn here, in order; only the drawing runs in the workers
+        for (c, i, _), rel in zip(order, rels):  # the plans are drawn here, in order; the workers only draw
             stream = extra if i >= cfg.images_per_class else rng
-            rel = f"{names[c - 1]}/arrangement_{c:02d}_{i:04d}.png"
             yield plan(layouts[c - 1], cfg.image_size, stream), root / "images" / rel, root / "segmentations" / rel
 
     boxes = _run(jobs(), len(order), workers)
     images, labels, splits, bounds = [], [], [], []
-    for k, ((c, i, is_test), box) in enumerate(zip(order, boxes), start=1):
+    for k, ((c, _, is_test), rel, box) in enumerate(zip(order, rels, boxes), start=1):
         x0, y0, x1, y1 = box or (0, 0, cfg.image_size, cfg.image_size)
-        images.append(f"{k} {names[c - 1]}/arrangement_{c:02d}_{i:04d}.png")
+        images.append(f"{k} {rel}")
         labels.append(f"{k} {c}")
         splits.append(f"{k} {int(not is_test)}")
         bounds.append(f"{k} {x0}.0 {y0}.0 {x1 - x0}.0 {y1 - y0}.0")
