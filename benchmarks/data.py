@@ -22,7 +22,8 @@ import torch
 from torch.utils.data import DataLoader
 from train import measure  # benchmarks/train.py: the same step, as its table measures it
 
-from pipeline.config import TransformConfig, load_config
+from pipeline.config.data import PrepareParams, TransformConfig
+from pipeline.config.params import load_config
 from pipeline.data.dataset import ManifestDataset
 from pipeline.data.device_augment import DeviceAugment, DeviceImages, DeviceLoader
 from pipeline.data.manifest import read_manifest
@@ -76,7 +77,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        prepare(cfg, Path(tmp) / "prepared")
+        prepare(cfg.view(PrepareParams), Path(tmp) / "prepared")
         results["prepare (draw the synthetic set, all cores)"] = time.perf_counter() - start
         rows, _ = read_manifest(Path(tmp) / "prepared")
         ds = ManifestDataset(rows, "train", ClassificationPresetTrain(tf))

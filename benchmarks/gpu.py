@@ -182,19 +182,21 @@ def report_backends() -> dict:
     }
 
 
+def _meta():
+    from pipeline.core.artifacts.deployable import Deployable, Preprocess
+
+    classes = [str(i) for i in range(CLASSES)]
+    return Deployable("resnet50", CLASSES, classes, Preprocess(512, SIZE, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]))
+
+
 def export_onnx(folder: Path) -> tuple[Path, torch.nn.Module]:
     from pipeline.backbone import build_backbone
     from pipeline.deploy.export import export_fp32
 
     torch.manual_seed(0)
     model = build_backbone("resnet50", CLASSES).eval()
-    meta = {
-        "arch": "resnet50",
-        "classes": [str(i) for i in range(CLASSES)],
-        "preprocess": {"resize": 512, "crop": SIZE},
-    }
     path = folder / "model.onnx"
-    export_fp32(model, path, SIZE, 18, meta)
+    export_fp32(model, path, SIZE, 18, _meta())
     return path, model
 
 
@@ -224,17 +226,18 @@ def tensorrt(folder: Path) -> dict:
         return {"skipped": f"TensorRT is not importable ({e})"}
     import onnxruntime as ort
 
-    from pipeline.config import EngineConfig
+    from pipeline.config.engine import EngineConfig
+    from pipeline.core.artifacts.engine import EngineInfo, Profile
     from pipeline.deploy.engine import EngineRunner, build
-    from pipeline.io import write_json
 
     path = folder / "model.onnx"
     if not path.exists():
         export_onnx(folder)
     cfg = EngineConfig(precision="fp32", min_batch=1, opt_batch=8, max_batch=16)
-    meta: dict = {"classes": [], "preprocess": {}}
-    info = build(trt, path, folder / "model.engine", folder / "timing.cache", cfg, meta)
-    write_json(folder / "engine.json", info)
+    built = build(trt, path, folder / "model.engine", folder / "timing.cache", cfg)
+    meta = _meta()
+    info = EngineInfo(True, "fp32", "fp32", Profile(1, 8, 16), str(path), meta.classes, meta.preprocess, **built)
+    info.save(folder / "engine.json")
     runner = EngineRunner(folder / "model.engine", folder / "engine.json")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rows = {}

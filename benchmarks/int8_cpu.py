@@ -11,7 +11,6 @@ ModelOpt's INT8 (QDQ for TensorRT) is timed beside it for reference.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -19,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from pipeline import paths
+from pipeline.core import paths
+from pipeline.core.artifacts.export import ExportReport
+from pipeline.core.metrics import accuracy
 from pipeline.data.dataset import stack_images
 from pipeline.data.manifest import read_manifest
 from pipeline.data.transforms import eval_preset
 from pipeline.deploy import onnx_runtime
-from pipeline.evaluate.metrics import accuracy
 
 INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
 
@@ -72,17 +72,18 @@ def main() -> None:
         raise SystemExit("models/onnx/model.onnx and model.int8_cpu.onnx are needed: run `dvc repro export` first")
     meta = onnx_runtime.read_meta(files["fp32"])
     rows, _ = read_manifest(paths.PREPARED)
-    test = [r for r in rows if r["split"] == "test"]
-    images = stack_images(test, eval_preset(meta["preprocess"])).numpy()
-    labels = np.array([r["label"] for r in test])
+    test = [r for r in rows if r.split == "test"]
+    images = stack_images(test, eval_preset(meta.preprocess)).numpy()
+    labels = np.array([r.label for r in test])
     got = {p: measure(f, images, labels, args.iters) for p, f in files.items()}
     name, flags = cpu()
-    export = json.loads(paths.EXPORT_REPORT.read_text()) if paths.EXPORT_REPORT.exists() else {}
-    chosen = export.get("int8_cpu", {})
+    export = ExportReport.load(paths.EXPORT_REPORT) if paths.EXPORT_REPORT.exists() else None
+    variant = export.variants.get("int8_cpu") if export else None
+    chosen = variant.details if variant else {}
     fp32 = got["fp32"]
     print(f"\nCPU: {name}; INT8 instructions: {', '.join(flags) or 'none'}; ONNX Runtime {ort.__version__}, ")
     print(
-        f"{len(test)} test images at {meta['preprocess']['crop']} px; int8_cpu = {chosen.get('format')} / "
+        f"{len(test)} test images at {meta.preprocess.crop} px; int8_cpu = {chosen.get('format')} / "
         f"{chosen.get('calibration')} calibration.\n"
     )
     print("| variant | test top-1 | p50 ms @ batch 1 | latency vs FP32 | img/s @ batch 32 | throughput vs FP32 |")

@@ -8,14 +8,11 @@ import torch
 import torchvision
 from torch import nn
 
-from pipeline.errors import TrainingError
-from pipeline.io import load_torch
+from pipeline.core.arch import ARCHS, STAGES, STRIDES, stage_size
+from pipeline.core.errors import TrainingError
+from pipeline.weights import load_torch
 
-#: torchvision classifiers LIO can train (each has layer1..layer4 and an `fc` head).
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "wide_resnet50_2")
-#: the stages whose output maps LIO's heads can read, and each one's stride from the input
-STAGES = ("layer1", "layer2", "layer3", "layer4")
-STRIDES = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
+__all__ = ["ARCHS", "STAGES", "STRIDES", "build_backbone", "load_pretrained", "stage_size"]
 
 
 def build_backbone(arch: str, num_classes: int) -> nn.Module:
@@ -23,14 +20,6 @@ def build_backbone(arch: str, num_classes: int) -> nn.Module:
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}: choose one of {', '.join(ARCHS)}")
     return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
-
-
-def stage_size(stage: str, crop: int) -> int:
-    """Side of a stage's output map for a crop x crop input: every stride-2 step rounds up."""
-    size = crop
-    for _ in range(STRIDES[stage].bit_length() - 1):
-        size = -(-size // 2)
-    return size
 
 
 def pretrained_path(arch: str, pretrained: str) -> Path:

@@ -18,14 +18,16 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.backbone import build_backbone
+from pipeline.core.artifacts.deployable import Deployable, Preprocess
+from pipeline.core.artifacts.training import TrainingSummary
+from pipeline.core.errors import PipelineError
+from pipeline.core.io import write_json
+from pipeline.core.paths import metadata, require
 from pipeline.data.dataset import load_image
 from pipeline.data.manifest import read_manifest
 from pipeline.data.transforms import eval_preset
-from pipeline.deploy.runners import deploy_meta, write_deployable
-from pipeline.errors import PipelineError
-from pipeline.io import write_json
 from pipeline.lio.checkpoint import load_trained
-from pipeline.paths import metadata, require
+from pipeline.weights import save_torch
 
 
 class ParityError(PipelineError, RuntimeError):
@@ -193,17 +195,25 @@ def strip(trained: Path, prepared: Path, out: Path, parity_path: Path, test_imag
     """
     model, blob = load_trained(require(trained, "train"))
     rows, _ = read_manifest(require(prepared, "prepare"))
-    preset = eval_preset(blob["preprocess"])
-    test = [r for r in rows if r["split"] == "test"][:test_images]
-    images = torch.stack([preset(load_image(r["path"], r["crop_bottom"])) for r in test])
+    spec = Preprocess.of(blob["preprocess"])
+    preset = eval_preset(spec)
+    test = [r for r in rows if r.split == "test"][:test_images]
+    images = torch.stack([preset(load_image(r.path, r.crop_bottom)) for r in test])
     arch, k = blob["model"]["arch"], blob["model"]["num_classes"]
-    checks, stripped = prove_parity(
-        model, model.deployable(), lambda: build_backbone(arch, k), images, blob["preprocess"]["crop"]
-    )
+    checks, stripped = prove_parity(model, model.deployable(), lambda: build_backbone(arch, k), images, spec.crop)
     result = parity_result(checks)
     write_json(parity_path, result)
     if not result["passed"]:
         Path(out).unlink(missing_ok=True)
         raise ParityError(f"parity failed, no deployable model written (details in {parity_path}):\n{explain(checks)}")
-    write_deployable(out, metadata(out), stripped, deploy_meta(arch, blob["classes"], blob["preprocess"]))
+    meta = Deployable(
+        arch=arch,
+        num_classes=k,
+        classes=blob["classes"],
+        preprocess=spec,
+        training=blob["settings"],
+        summary=TrainingSummary.from_json(blob["metrics"], f"{trained}: metrics"),
+    )
+    save_torch(stripped, out)
+    meta.save(metadata(out))
     return checks

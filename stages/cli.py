@@ -6,7 +6,19 @@ import importlib
 
 import click
 
-COMMANDS = ("prepare", "train", "strip", "export", "engine", "triton", "report", "predict", "study")
+COMMANDS = (
+    "prepare",
+    "train",
+    "strip",
+    "export",
+    "engine",
+    "triton",
+    "score",
+    "localise",
+    "report",
+    "predict",
+    "study",
+)
 
 
 class LazyGroup(click.Group):

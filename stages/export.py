@@ -2,13 +2,14 @@
 
 import click
 
-from pipeline import paths
-from pipeline.command import with_config
+from pipeline.config.export import ExportParams
+from pipeline.core import paths
 from pipeline.deploy.export import export_all
+from stages.command import with_params
 
 
 @click.command("export")
-@with_config
+@with_params(ExportParams)
 def command(cfg):
     """Export the plain model to ONNX, make the reduced-precision variants and gate each on validation."""
     result = export_all(
@@ -20,10 +21,9 @@ def command(cfg):
         cfg.seed,
         paths.FUSED,
     )
-    for precision in cfg.export.precisions:
-        r, gate = result[precision], result[precision].get("gate")
-        line = f"{precision}: {r['file']} test top1 {r['test_top1']:.3f}"
-        if gate is not None:
-            drop, agree = gate["val_top1_drop"], gate["val_agreement"]
-            line += f", gate {r['status']}: val top1 drop {drop:+.4f}, agreement {agree:.4f}"
+    for precision, v in result.variants.items():
+        line = f"{precision}: {v.file} test top1 {v.test_top1:.3f}"
+        if v.gate is not None:
+            drop, agree = v.gate.val_top1_drop, v.gate.val_agreement
+            line += f", gate {v.status}: val top1 drop {drop:+.4f}, agreement {agree:.4f}"
         click.echo(line)

@@ -5,9 +5,9 @@ import sys
 
 import click
 
+from pipeline.core.errors import PipelineError
 from pipeline.deploy.predict import predict
 from pipeline.deploy.preprocess import MAX_PIXELS
-from pipeline.errors import PipelineError
 
 
 @click.command("predict")

@@ -2,13 +2,14 @@
 
 import click
 
-from pipeline.command import with_config
+from pipeline.config.data import PrepareParams
+from pipeline.core.paths import PREPARED
 from pipeline.data.prepare import prepare
-from pipeline.paths import PREPARED
+from stages.command import with_params
 
 
 @click.command("prepare")
-@with_config
+@with_params(PrepareParams)
 def command(cfg):
     """Generate or read the dataset, check its images, carve the validation split."""
     click.echo(f"wrote {PREPARED}: {prepare(cfg, PREPARED)}")

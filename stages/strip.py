@@ -2,13 +2,14 @@
 
 import click
 
-from pipeline import paths
-from pipeline.command import with_config
+from pipeline.config.model import ArchParams
+from pipeline.core import paths
 from pipeline.strip import strip
+from stages.command import with_params
 
 
 @click.command("strip")
-@with_config
+@with_params(ArchParams)
 def command(cfg):
     """Strip the heads and prove the result is a plain torchvision model."""
     out = paths.deployable(cfg.model.arch)

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import click
 
-from pipeline.errors import PipelineError
-from pipeline.study import PRESETS, PRETRAINED, collect, pretrain, queue
+from pipeline.core.errors import PipelineError
+from pipeline.study.presets import PRESETS, PRETRAINED
+from pipeline.study.report import collect
+from pipeline.study.runs import pretrain, queue
 
 PRESET = click.option(
     "--preset",
@@ -70,7 +72,10 @@ def collect_command(preset, out, watch, machine):
             result = collect(preset, Path(out), command_line, machine)
         except PipelineError as e:
             raise click.ClickException(str(e)) from e
-        click.echo(f"{len(result['runs'])} finished runs -> {out}/study.md")
+        click.echo(
+            f"{len(result['runs'])} finished runs -> {out}/study.md; the model card quotes it after "
+            "`dvc repro report` (which only re-renders: nothing is re-timed)"
+        )
         if not watch:
             return
         sys.stdout.flush()

@@ -2,13 +2,14 @@
 
 import click
 
-from pipeline import paths
-from pipeline.command import with_config
+from pipeline.config.train import TrainParams
+from pipeline.core import paths
 from pipeline.train.loop import train
+from stages.command import with_params
 
 
 @click.command("train")
-@with_config
+@with_params(TrainParams)
 def command(cfg):
     """Train LIO (or the baseline with lio.stages: []); torchrun for several GPUs."""
     summary = train(cfg, paths.PREPARED, paths.TRAINED, paths.CHECKPOINTS, paths.LIVE)

@@ -2,13 +2,13 @@
 
 import click
 
-from pipeline import paths
-from pipeline.command import with_config
+from pipeline.core import paths
 from pipeline.deploy.triton import build_repository
+from stages.command import with_params
 
 
 @click.command("triton")
-@with_config
+@with_params()
 def command(cfg):
     """Write a model repository that `tritonserver --model-repository=models/triton` serves."""
     client = build_repository(paths.TRITON, paths.ONNX["fp32"], paths.ENGINE_INFO, paths.ENGINE, paths.FUSED)

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import Config, SyntheticConfig, TransformConfig
+from pipeline.config.data import PrepareParams, SyntheticConfig, TransformConfig
+from pipeline.config.params import Config
+from pipeline.config.schema import apply_overrides, build, to_dict
 from pipeline.data.prepare import prepare
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -35,7 +37,7 @@ def tiny_config(**overrides) -> Config:
     cfg.export.calib_images = 8
     # an untrained model on a handful of validation images: gates that pass whatever it does (the gate's
     # own behaviour is tested with real thresholds in tests/test_export.py)
-    for gate in (cfg.export.gates.fp16, cfg.export.gates.int8, cfg.export.gates.int8_cpu):
+    for gate in cfg.export.gates.values():
         gate.max_top1_drop, gate.min_agreement = 1.0, 0.0
     cfg.export.fuse_preprocess = True
     cfg.engine.max_batch = 8
@@ -43,24 +45,15 @@ def tiny_config(**overrides) -> Config:
     cfg.report.warmup = 1
     cfg.report.throughput_iters = 1
     cfg.report.mask_images = 3
-    for key, value in overrides.items():
-        section, _, field = key.rpartition(".")
-        setattr(_resolve(cfg, section), field, value)
-    return cfg.validate("tiny_config")
-
-
-def _resolve(cfg, dotted: str):
-    obj = cfg
-    for part in filter(None, dotted.split(".")):
-        obj = getattr(obj, part)
-    return obj
+    # dotted overrides, applied as the study (and `dvc exp run -S`) applies them
+    return build(Config, apply_overrides(to_dict(cfg), overrides), "tiny_config", "").validate("tiny_config")
 
 
 @pytest.fixture(scope="session")
 def tiny_prepared(tmp_path_factory) -> Path:
     """A prepared tiny synthetic dataset (data/prepared layout), shared read-only."""
     out = tmp_path_factory.mktemp("tiny") / "data" / "prepared"
-    prepare(tiny_config(), out)
+    prepare(tiny_config().view(PrepareParams), out)
     return out
 
 
@@ -73,9 +66,10 @@ def exported(tmp_path_factory, tiny_prepared) -> Path:
     from click.testing import CliRunner
 
     from pipeline.backbone import build_backbone
-    from pipeline.config import to_dict
+    from pipeline.config.schema import to_dict
+    from pipeline.core.artifacts.deployable import Deployable
     from pipeline.data.transforms import preprocessing
-    from pipeline.deploy.runners import deploy_meta, write_deployable
+    from pipeline.weights import save_torch
     from stages import export
 
     root = tmp_path_factory.mktemp("exported")
@@ -84,8 +78,9 @@ def exported(tmp_path_factory, tiny_prepared) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
     torch.manual_seed(0)
     model = build_backbone("resnet18", 3)
-    meta = deploy_meta("resnet18", ["a", "b", "c"], preprocessing(cfg.data.transforms))
-    write_deployable(root / "models/resnet18.pt", root / "models/resnet18.json", model.state_dict(), meta)
+    meta = Deployable("resnet18", 3, ["a", "b", "c"], preprocessing(cfg.data.transforms), training=to_dict(cfg))
+    save_torch(model.state_dict(), root / "models/resnet18.pt")
+    meta.save(root / "models/resnet18.json")
     cwd = os.getcwd()
     os.chdir(root)
     try:

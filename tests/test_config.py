@@ -3,7 +3,8 @@
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, load_config
+from pipeline.config.params import load_config
+from pipeline.config.schema import ConfigError
 
 
 def merge(base, over):

@@ -9,12 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.config import SyntheticConfig
+from pipeline.config.data import SyntheticConfig
+from pipeline.core.errors import DatasetError
 from pipeline.data import synthetic
 from pipeline.data.dataset import ImageError, ManifestDataset, load_image
 from pipeline.data.manifest import read_manifest
 from pipeline.data.prepare import BAD_IMAGES, prepare
-from pipeline.data.readers import AIRCRAFT_BANNER, DatasetError, read_dataset
+from pipeline.data.readers import AIRCRAFT_BANNER, read_dataset
 from pipeline.data.transforms import ClassificationPresetEval, ClassificationPresetTrain
 from tests.conftest import tiny_config
 
@@ -220,8 +221,8 @@ def test_prepare_writes_manifest_with_stratified_val(tmp_path):
     summary = prepare(cfg, tmp_path / "prepared")
     rows, names = read_manifest(tmp_path / "prepared")
     assert len(names) == 3 and summary["images"] == 48
-    by = {s: [r for r in rows if r["split"] == s] for s in ("train", "val", "test")}
-    assert len(by["test"]) == 12 and all(len([r for r in by["val"] if r["label"] == c]) == 2 for c in range(3))
+    by = {s: [r for r in rows if r.split == s] for s in ("train", "val", "test")}
+    assert len(by["test"]) == 12 and all(len([r for r in by["val"] if r.label == c]) == 2 for c in range(3))
     with open(tmp_path / "prepared" / "manifest.csv") as f:
         header = next(csv.reader(f))
     assert {"path", "label", "split", "bbox", "mask"} <= set(header)
@@ -232,7 +233,7 @@ def test_prepare_writes_manifest_with_stratified_val(tmp_path):
     ds = ManifestDataset(rows, "train", ClassificationPresetTrain(cfg.data.transforms))
     image, label = ds[0]
     assert image.shape == (3, 32, 32) and image.dtype == torch.float32
-    assert ClassificationPresetEval(cfg.data.transforms)(load_image(rows[0]["path"])).shape == (3, 32, 32)
+    assert ClassificationPresetEval(cfg.data.transforms)(load_image(rows[0].path)).shape == (3, 32, 32)
 
 
 # ------------------------------------------------------------ bad input
@@ -267,7 +268,7 @@ def test_truncated_image_fails_or_is_skipped(tmp_path):
     summary = prepare(cfg, out)
     assert summary["skipped"] == 1 and str(bad) in (out / BAD_IMAGES).read_text()
     rows, _ = read_manifest(out)
-    assert str(bad) not in {r["path"] for r in rows}
+    assert str(bad) not in {r.path for r in rows}
     with pytest.raises(ImageError, match="cannot decode"):
         load_image(bad)
 

@@ -6,8 +6,9 @@ import torch
 from PIL import Image
 from scipy import stats
 
-from pipeline.config import TransformConfig
+from pipeline.config.data import TransformConfig
 from pipeline.data.device_augment import DeviceAugment, DeviceImages, DeviceLoader
+from pipeline.data.manifest import Record
 from pipeline.data.transforms import MEAN, STD, ClassificationPresetTrain
 
 CFG = TransformConfig(resize=72, crop=64, rotation=15, hflip=True)
@@ -103,14 +104,7 @@ def test_device_loader_yields_the_samplers_batches_with_moved_masks(tmp_path):
         mask = np.zeros((40, 50), dtype=np.uint8)
         mask[10:30, 10:40] = 255
         Image.fromarray(mask).save(tmp_path / f"{i}.mask.png")
-        rows.append(
-            {
-                "path": str(tmp_path / f"{i}.png"),
-                "mask": str(tmp_path / f"{i}.mask.png"),
-                "label": i % 2,
-                "crop_bottom": 0,
-            }
-        )
+        rows.append(Record(tmp_path / f"{i}.png", i % 2, "train", mask=tmp_path / f"{i}.mask.png"))
     data = DeviceImages(rows, resize=36, device=torch.device("cpu"), masks=True)
     assert data.images.shape == (4, 3, 36, 45) and data.sizes.tolist() == [[36, 45]] * 4
     loader = DeviceLoader(data, [[3, 1], [0, 2]], DeviceAugment(TransformConfig(resize=36, crop=32, rotation=0)))

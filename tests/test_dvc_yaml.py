@@ -31,7 +31,7 @@ def imports_of(path: Path) -> set[str]:
             names |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
-            names |= {f"{node.module}.{a.name}" for a in node.names}  # `from pipeline import paths`
+            names |= {f"{node.module}.{a.name}" for a in node.names}  # `from pipeline.core import paths`
     return {n for n in names if n.split(".")[0] in PACKAGES}
 
 
@@ -69,10 +69,55 @@ def test_every_imported_file_is_a_dep(stage):
     assert not missing, f"dvc.yaml: stage {stage!r} imports {missing} but does not list them in its deps"
 
 
-def test_report_does_not_depend_on_training_code_it_does_not_run():
-    """Editing the report must not retrain: train's closure excludes the report's modules."""
-    train = {p.relative_to(ROOT).as_posix() for p in closure(command_modules(DVC["train"]["cmd"]))}
-    assert "pipeline/evaluate/report.py" not in train and "pipeline/deploy/export.py" not in train
+def _closure_of(stage: str) -> set[str]:
+    return {p.relative_to(ROOT).as_posix() for p in closure(command_modules(DVC[stage]["cmd"]))}
+
+
+def test_editing_a_later_stage_does_not_rerun_an_earlier_one():
+    """Editing the report's or the export's code or checks must not retrain, and the renderer
+    re-renders without re-scoring: each stage's closure excludes the later stages' modules."""
+    train = _closure_of("train")
+    later = ("pipeline/evaluate/", "pipeline/deploy/", "pipeline/config/report.py", "pipeline/config/export.py")
+    assert not [f for f in train if f.startswith(later)]
+    assert "pipeline/config/engine.py" not in _closure_of("export")
+    assert not [f for f in _closure_of("report") if f.startswith(("pipeline/deploy/", "pipeline/lio/"))]
+    assert "pipeline/evaluate/score.py" not in _closure_of("report")
+
+
+def _outs(spec: dict) -> list[str]:
+    arch = yaml.safe_load((ROOT / "params.yaml").read_text())["model"]["arch"]
+    entries = [*spec.get("outs", []), *spec.get("metrics", []), *spec.get("plots", [])]
+    return [(e if isinstance(e, str) else next(iter(e))).replace("${model.arch}", arch) for e in entries]
+
+
+def _table() -> dict[str, str]:
+    """Every path in pipeline/core/paths.py: the module's Path constants, the ONNX table, the deployable."""
+    from pipeline.core import paths
+
+    arch = yaml.safe_load((ROOT / "params.yaml").read_text())["model"]["arch"]
+    table = {k: v.as_posix() for k, v in vars(paths).items() if isinstance(v, Path)}
+    table |= {f"ONNX[{p}]": v.as_posix() for p, v in paths.ONNX.items()}
+    weights = paths.deployable(arch)
+    return table | {"deployable": weights.as_posix(), "metadata": paths.metadata(weights).as_posix()}
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def test_outs_are_the_paths_of_pipeline_core_paths():
+    """dvc.yaml's outs (and metrics, plots) name the files pipeline/core/paths.py names, both ways:
+    an out the code never writes there, or a path the code writes that no stage declares (DVC would
+    neither cache nor track it), fails. reports/study.json is the one exception: `lio study collect`
+    writes it outside the pipeline, and the report reads it as a dep."""
+    table = _table()
+    outs = [o for spec in DVC.values() for o in _outs(spec)]
+    stray = [o for o in outs if not any(_within(o, p) for p in table.values())]
+    assert not stray, f"dvc.yaml declares {stray}, which pipeline/core/paths.py does not name"
+    undeclared = {
+        k: p for k, p in table.items() if k != "STUDY" and not any(_within(p, o) or _within(o, p) for o in outs)
+    }
+    assert not undeclared, f"pipeline/core/paths.py names {undeclared}, which no dvc.yaml stage declares as an out"
 
 
 @pytest.mark.parametrize("stage", list(DVC))

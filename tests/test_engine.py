@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 import pipeline.deploy.engine as engine_lib
-from pipeline.config import load_config
+from pipeline.config.params import load_config
+from pipeline.core.artifacts.engine import EngineInfo
 from pipeline.deploy.engine import EngineError, EngineRunner
 from stages import engine as engine_stage
 
@@ -195,7 +196,7 @@ def test_strongly_typed_build_with_profile_workspace_level_and_timing_cache(work
     assert info["compatibility"] == {"hardware": "none", "version_compatible": False}
     assert not calls(fake, "hardware_compatibility_level")
     assert info["input"] == {"name": "input", "shape": [-1, 3, 32, 32]} and info["output"]["name"] == "logits"
-    assert info["profile"] == {"min": [1, 3, 32, 32], "opt": [8, 3, 32, 32], "max": [8, 3, 32, 32]}
+    assert info["profile"] == {"min": 1, "opt": 8, "max": 8}  # batch sizes, built or not (one shape)
 
     fake.calls.clear()  # a second build starts from the kept timing cache
     assert CliRunner().invoke(engine_stage.command, []).exit_code == 0
@@ -209,7 +210,7 @@ def test_unparseable_onnx_is_reported(workspace, monkeypatch):
     bad.write_bytes(b"\x08junk")
     cfg = load_config("params.yaml")
     with pytest.raises(EngineError, match="bad.onnx: TensorRT cannot parse it"):
-        engine_lib.build(fake, bad, workspace / "e.engine", workspace / "t.cache", cfg.engine, {})
+        engine_lib.build(fake, bad, workspace / "e.engine", workspace / "t.cache", cfg.engine)
     assert not (workspace / "e.engine").exists()
 
 
@@ -233,12 +234,12 @@ def test_rejected_precision_falls_back_to_the_next_that_passed(workspace, monkey
     monkeypatch.setattr(engine_lib, "tensorrt_or_reason", lambda: (fake, None))
     monkeypatch.setattr(engine_lib, "gpu_info", lambda: GPU)
     report = json.loads((workspace / "reports/export.json").read_text())
-    report["fp16"]["status"] = "rejected"  # as export writes it when the gate fails
+    report["variants"]["fp16"]["status"] = "rejected"  # as export writes it when the gate fails
     (workspace / "reports/export.json").write_text(json.dumps(report))
     (workspace / "params.yaml").write_text(
         (workspace / "params.yaml").read_text().replace("precision: fp16", "precision: int8")
     )
-    report["int8"]["status"] = "rejected"
+    report["variants"]["int8"]["status"] = "rejected"
     (workspace / "reports/export.json").write_text(json.dumps(report))
     result = CliRunner().invoke(engine_stage.command, [])
     assert result.exit_code == 0, result.output
@@ -258,6 +259,20 @@ GPU_OLDER = {"name": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0"}
 GPU_TURING = {"name": "Tesla T4", "compute_capability": "7.5"}
 
 
+def engine_info(**fields) -> EngineInfo:
+    """engine.json of a built engine, as the engine stage writes it, with `fields` set."""
+    base = {
+        "built": True,
+        "precision": "fp16",
+        "requested_precision": "fp16",
+        "profile": {"min": 1, "opt": 8, "max": 32},
+        "onnx": "models/onnx/model.fp16.onnx",
+        "classes": ["a", "b", "c"],
+        "preprocess": {"resize": 36, "crop": 32, "mean": [0.5] * 3, "std": [0.5] * 3},
+    }
+    return EngineInfo.from_json(base | fields)
+
+
 @pytest.mark.parametrize(
     "compat,trt_here,gpu_here,refused",
     [
@@ -273,7 +288,7 @@ GPU_TURING = {"name": "Tesla T4", "compute_capability": "7.5"}
     ],
 )
 def test_runner_check_uses_compute_capability_and_compatibility(compat, trt_here, gpu_here, refused):
-    info = {"tensorrt": "10.13.0", "gpu": GPU, "compatibility": compat}
+    info = engine_info(tensorrt="10.13.0", gpu=GPU, compatibility=compat)
     why = engine_lib.why_not_here(info, trt_here, gpu_here)
     assert why is None if refused is None else refused in why
 
@@ -282,9 +297,8 @@ def test_engine_from_another_machine_is_refused(workspace, monkeypatch):
     fake = FakeTensorRT()
     monkeypatch.setattr(engine_lib, "tensorrt_or_reason", lambda: (fake, None))
     info = workspace / "engine.json"
-    info.write_text(
-        json.dumps({"tensorrt": "10.13.0", "gpu": GPU, "input": {"name": "input"}, "output": {"name": "logits"}})
-    )
+    input_, output = {"name": "input", "shape": [-1, 3, 32, 32]}, {"name": "logits", "shape": [-1, 3]}
+    engine_info(tensorrt="10.13.0", gpu=GPU, input=input_, output=output).save(info)
     monkeypatch.setattr(engine_lib, "gpu_info", lambda: GPU_OLDER)
     with pytest.raises(EngineError, match=r"built for compute capability '9.0' but this GPU has '8.0'.*rebuild"):
         EngineRunner(workspace / "model.engine", info)

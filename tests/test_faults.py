@@ -21,16 +21,17 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline import paths
+from pipeline.core import paths
+from pipeline.core.errors import ArtifactError, PipelineError, TrainingError
+from pipeline.core.io import OutputError, exclusive, write_json
 from pipeline.data.dataset import ImageError, load_image
 from pipeline.data.prepare import prepare
 from pipeline.deploy.runners import load_deployable
-from pipeline.errors import ArtifactError, PipelineError, TrainingError
-from pipeline.evaluate.report import backends
-from pipeline.io import OutputError, exclusive, save_torch, write_json
+from pipeline.evaluate.score import backends
 from pipeline.lio.checkpoint import load_trained
 from pipeline.train.checkpoint import resume, truncate_live_plots
 from pipeline.train.loop import train
+from pipeline.weights import save_torch
 from stages.cli import main
 from tests.conftest import tiny_config
 from tests.test_data import make_imagefolder, save_image
@@ -107,7 +108,13 @@ def test_truncated_trained_and_deployable_models(tmp_path, exported):
 
 @pytest.mark.parametrize(
     "text,match",
-    [("{not json", "not valid JSON"), ('{"arch": "resnet18"}', "missing num_classes, classes, preprocess")],
+    [
+        ("{not json", "not valid JSON"),
+        (
+            '{"arch": "resnet18"}',
+            r"not the Deployable this version writes \(Deployable lacks num_classes, classes, preprocess\)",
+        ),
+    ],
 )
 def test_corrupt_model_metadata(tmp_path, exported, text, match):
     weights = tmp_path / "resnet18.pt"
@@ -164,7 +171,7 @@ def test_full_disk_in_the_cli_is_one_line(tmp_path, tiny_prepared, monkeypatch):
     """The stage exits 1 with the message, no traceback."""
     import yaml
 
-    from pipeline.config import to_dict
+    from pipeline.config.schema import to_dict
 
     shutil.copytree(tiny_prepared, tmp_path / "data/prepared")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(to_dict(tiny_config(**{"train.epochs": 1}))))
@@ -181,9 +188,9 @@ def test_full_disk_in_the_cli_is_one_line(tmp_path, tiny_prepared, monkeypatch):
 
 # ---------------------------------------------------------------- 3. report and predict
 def test_report_lists_every_missing_backend_with_the_reason(tmp_path):
-    from stages.report import report_files
+    from stages.score import score_files
 
-    _, skipped = backends(torch.nn.Linear(2, 2), report_files("resnet18", tmp_path), cuda=False)
+    _, skipped = backends(torch.nn.Linear(2, 2), score_files("resnet18", tmp_path), False, None, None)
     for precision in ("fp32", "fp16", "int8"):
         assert f"{tmp_path / paths.ONNX[precision]} not found" in skipped[f"onnxruntime-{precision}"]
     assert "engine.json not found" in skipped["tensorrt"]
@@ -221,7 +228,7 @@ def test_predict_skips_an_unreadable_image_unless_strict(tmp_path, exported):
 # ---------------------------------------------------------------- 4. interrupted and concurrent runs
 KILLED_WRITER = """
 import os, signal, sys
-from pipeline.io import atomic_path
+from pipeline.core.io import atomic_path
 with atomic_path(sys.argv[1]) as tmp:
     tmp.write_bytes(b"x" * 100_000)
     os.kill(os.getpid(), signal.SIGKILL)  # dies mid-write, as `kill -9` during torch.save

@@ -170,7 +170,7 @@ def test_gt_mask_source_trains_oel_against_the_pooled_true_mask():
 
 
 def test_from_config_matches_the_lio_section():
-    from pipeline.config import LIOConfig
+    from pipeline.config.lio import LIOConfig
 
     model = LIOModel.from_config(LIOConfig(stages=["layer3"], P=5, pool=2, scl=False), "resnet18", 7)
     assert model.stages == ["layer3"] and model.pool == 2 and not model.use_scl and len(model.scl) == 0

@@ -1,10 +1,15 @@
 """Report helpers: accuracy, per-class results, latency statistics, the Markdown table."""
 
 import numpy as np
+import pytest
 
-from pipeline.evaluate.metrics import accuracy, confusions, per_class
-from pipeline.evaluate.report import _study_line, markdown_table
-from pipeline.evaluate.timing import latency, throughput
+from pipeline.core.artifacts.deployable import Preprocess
+from pipeline.core.artifacts.engine import EngineInfo, Gpu, Profile
+from pipeline.core.artifacts.export import ExportReport, Variant
+from pipeline.core.artifacts.scores import BackendScore, Scores
+from pipeline.core.metrics import accuracy, confusions, per_class, wilson
+from pipeline.core.timing import latency, throughput
+from pipeline.evaluate.render import markdown_table, recommendations, study_line
 
 
 def test_accuracy_top1_top5():
@@ -44,42 +49,70 @@ def test_latency_excludes_warm_up_and_times_the_sync():
     assert rate < 8 * 5 / (5 * 0.002 + 0.02) * 1.05  # the final sync (20 ms) is counted
 
 
-def test_recommendations_pick_the_fastest_variant_that_passed():
-    from pipeline.evaluate.report import recommendations
+def test_wilson_interval_by_hand():
+    """Wilson's 95% interval: 0 of 10 is not [0, 0], 9 of 10 is asymmetric, both by hand."""
+    lo, hi = wilson(0, 10)
+    assert lo == 0 and hi == pytest.approx(0.2775, abs=1e-4)
+    lo, hi = wilson(9, 10)
+    assert lo == pytest.approx(0.5958, abs=1e-4) and hi == pytest.approx(0.9821, abs=1e-4)
+    assert wilson(450, 500)[1] - wilson(450, 500)[0] < wilson(45, 50)[1] - wilson(45, 50)[0]
 
-    def row(backend, throughput, p50=1.0, top1=0.9):
-        return {
-            "backend": backend,
-            "device": "CPUExecutionProvider",
-            "throughput": throughput,
-            "p50_ms": p50,
-            "top1": top1,
-        }
 
-    table = [row("onnxruntime-fp32", 100), row("onnxruntime-int8_cpu", 400, 0.5), row("onnxruntime-fp16", 900)]
-    table.append({**row("onnxruntime-fp16", 5000), "device": "CUDAExecutionProvider"})  # not a CPU row
-    gates = {
-        "fp32": {"status": "reference", "file": "models/onnx/model.onnx"},
-        "fp16": {"status": "rejected", "file": "models/onnx/model.fp16.onnx"},  # fastest, but rejected
-        "int8_cpu": {"status": "passed", "file": "models/onnx/model.int8_cpu.onnx"},
-    }
-    engine = {"built": False, "precision": "fp16", "reason": "no TensorRT"}
-    advice = recommendations(table, gates, engine)
+def _scores(rows: list[BackendScore], batch: int = 32) -> Scores:
+    return Scores(len(rows), 1, batch, rows, {}, "onnxruntime-fp32", [], [])
+
+
+def _row(backend, throughput, p50=1.0, top1=0.9, device="CPUExecutionProvider") -> BackendScore:
+    return BackendScore(backend, device, top1, (0.8, 0.95), 1.0, 1.0, p50, p50, p50, throughput, 1.0)
+
+
+def _variant(precision, status) -> Variant:
+    file = "models/onnx/model.onnx" if precision == "fp32" else f"models/onnx/model.{precision}.onnx"
+    return Variant(precision, file, status, 0.9)
+
+
+def _engine(built: bool) -> EngineInfo:
+    spec = Preprocess(72, 64, [0.5] * 3, [0.25] * 3)
+    if not built:
+        return EngineInfo(False, "fp16", "fp16", Profile(1, 8, 32), "x.onnx", [], spec, reason="no TensorRT")
+    return EngineInfo(
+        True, "fp16", "fp16", Profile(1, 8, 32), "x.onnx", [], spec, tensorrt="10.12", gpu=Gpu("H200", "9.0")
+    )
+
+
+def test_recommendations_pick_the_fastest_variant_that_passed_and_name_the_measured_batch():
+    table = [_row("onnxruntime-fp32", 100), _row("onnxruntime-int8_cpu", 400, 0.5), _row("onnxruntime-fp16", 900)]
+    table.append(_row("onnxruntime-fp16", 5000, device="CUDAExecutionProvider"))  # not a CPU row
+    export = ExportReport(
+        "validation",
+        {p: _variant(p, s) for p, s in (("fp32", "reference"), ("fp16", "rejected"), ("int8_cpu", "passed"))},
+    )
+    advice = recommendations(_scores(table, batch=8), export, _engine(False))
     assert advice["CPU (ONNX Runtime)"].startswith(
-        "`models/onnx/model.int8_cpu.onnx`: 400 img/s at batch 32 (4.00x FP32)"
+        "`models/onnx/model.int8_cpu.onnx`: 400 img/s at batch 8 (4.00x FP32)"
     )
     assert "p50 0.50 ms at batch 1 (0.50x FP32)" in advice["CPU (ONNX Runtime)"]
     assert "`models/onnx/model.fp16.onnx` (fp16, its gate rejected)" in advice["GPU (TensorRT)"]
     assert "not built here: no TensorRT" in advice["GPU (TensorRT)"]
-    built = {
-        "built": True,
-        "precision": "fp16",
-        "tensorrt": "10.12",
-        "gpu": {"name": "H200", "compute_capability": "9.0"},
-    }
-    assert recommendations([], {}, built) == {
+    assert recommendations(_scores([]), ExportReport("validation", {}), _engine(True)) == {
         "GPU (TensorRT)": "`models/engine/model.engine` (fp16, TensorRT 10.12, H200, compute capability 9.0)"
     }
+
+
+def test_artifacts_round_trip_and_refuse_a_foreign_file(tmp_path):
+    """What a stage saves, the next loads back equal; a file of another shape fails in one line."""
+    from pipeline.core.errors import ArtifactError, MissingArtifactError
+
+    engine = _engine(True)
+    engine.save(tmp_path / "engine.json")
+    assert EngineInfo.load(tmp_path / "engine.json") == engine
+    (tmp_path / "bad.json").write_text('{"built": true, "precision": "fp16"}')
+    with pytest.raises(
+        ArtifactError, match=r"bad.json: not the EngineInfo this version writes .*rerun `dvc repro engine`"
+    ):
+        EngineInfo.load(tmp_path / "bad.json")
+    with pytest.raises(MissingArtifactError, match="missing.json not found: run `dvc repro engine`"):
+        EngineInfo.load(tmp_path / "missing.json")
 
 
 def test_markdown_table():
@@ -87,15 +120,15 @@ def test_markdown_table():
     assert text.splitlines() == ["| A | B |", "|---|---|", "| x | 0.12 |", "| y | n/a |"]
 
 
-def test_model_card_quotes_the_study_and_its_choice(tmp_path, monkeypatch):
+def test_model_card_quotes_the_study_and_its_choice(tmp_path):
     """The card quotes LIO's interval and, when the study chose another variant as the default, that one's."""
     import json
 
     def variant(mean, lo, hi, n, wins):
         return {"test_vs_baseline": {"mean": mean, "ci95": [lo, hi], "n": n, "wins": wins}}
 
-    monkeypatch.chdir(tmp_path)
-    assert _study_line() == "no study recorded (`lio study`)."
+    path = tmp_path / "reports/study.json"
+    assert study_line(path) == "no study recorded (`lio study`)."
     study = {
         "presets": {
             "cpu": {
@@ -108,9 +141,9 @@ def test_model_card_quotes_the_study_and_its_choice(tmp_path, monkeypatch):
             "transfer": {"variants": {"lio": variant(0.0, -0.007, 0.007, 8, 3)}, "choice": {"best": "lio"}},
         }
     }
-    (tmp_path / "reports").mkdir()
-    (tmp_path / "reports/study.json").write_text(json.dumps(study))
-    line = _study_line()
+    path.parent.mkdir()
+    path.write_text(json.dumps(study))
+    line = study_line(path)
     assert "cpu preset: LIO vs baseline -0.024 test top-1, 95% CI [-0.097, +0.048] over 8 paired seeds" in line
     assert "cpu preset: lio-binary (its choice by validation) vs baseline -0.010" in line
     assert line.count("transfer preset") == 1 and "transfer preset: LIO (its choice by validation)" in line

@@ -101,7 +101,8 @@ def test_strip_stage_writes_nothing_deployable_on_failure(tmp_path, tiny_prepare
     import yaml
 
     import pipeline.strip as strip_lib
-    from pipeline.config import to_dict
+    from pipeline.config.schema import to_dict
+    from pipeline.core.artifacts.deployable import Deployable
     from pipeline.data.transforms import preprocessing
     from stages import strip
     from tests.conftest import tiny_config
@@ -113,6 +114,13 @@ def test_strip_stage_writes_nothing_deployable_on_failure(tmp_path, tiny_prepare
         "model": {"arch": "resnet18", "num_classes": 3},
         "classes": ["a", "b", "c"],
         "preprocess": preprocessing(tiny_config().data.transforms),
+        "settings": to_dict(tiny_config()),
+        "metrics": {
+            "best": {"epoch": 1, "val_top1": 0.5},
+            "test": {"top1": 0.5, "top5": 1.0},
+            "chance": 1 / 3,
+            "train_seconds": 1.0,
+        },
     }
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models").mkdir()
@@ -123,6 +131,8 @@ def test_strip_stage_writes_nothing_deployable_on_failure(tmp_path, tiny_prepare
     assert (tmp_path / "models/resnet18.pt").exists() and json.loads((tmp_path / "reports/parity.json").read_text())[
         "passed"
     ]
+    meta = Deployable.load(tmp_path / "models/resnet18.json")  # the settings and results travel with the weights
+    assert meta.training["lio"]["stages"] == ["layer2", "layer3"] and meta.summary and meta.summary.best.epoch == 1
 
     model.backbone.fc = nn.Sequential(nn.Linear(512, 512), nn.Linear(512, 3))
     result = CliRunner().invoke(strip.command, [])

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.study import VARIANTS, StudyError, aggregate, choice, collect, grid, markdown, queue, records, verdict
+from pipeline.study.aggregate import aggregate, choice, verdict
+from pipeline.study.presets import PRESETS, VARIANTS, StudyError, grid, override_text
+from pipeline.study.report import collect, markdown
+from pipeline.study.runs import queue, records
 
 
 def test_grid_has_every_variant_at_the_same_budget():
@@ -26,6 +29,18 @@ def test_grid_has_every_variant_at_the_same_budget():
     assert [n for n, _ in grid("cpu", 2, 1, ["lio-gm"])] == ["study-cpu-lio-gm-s0"]
     with pytest.raises(StudyError, match="unknown variant"):
         grid("cpu", 1, 1, ["lio-v2"])
+
+
+def test_presets_render_the_overrides_the_study_recorded():
+    """The typed presets give the exact `-S` texts reports/study.json recorded for each preset (the
+    recorded study reads back unchanged), and DVC's YAML reading of each text is the typed value."""
+    import yaml
+
+    recorded = json.loads(Path("reports/study.json").read_text())["presets"]
+    for name, section in recorded.items():
+        assert PRESETS[name].settings() == section["setting"]["set"], name
+    for key, value in [("lio.stages", []), ("train.lr", 0.001), ("export.precisions", ["fp32"]), ("lio.oel", False)]:
+        assert yaml.safe_load(override_text(key, value).split("=", 1)[1]) == value
 
 
 def test_transfer_grid_fine_tunes_the_pretrained_backbone(tmp_path):
@@ -72,19 +87,19 @@ def test_queue_skips_recorded_runs(tmp_path):
         os.chdir(cwd)
 
 
-def exp(name, top1, loc=None, seconds=100.0, report_top1=None):
+def exp(name, top1, loc=None, seconds=100.0, localised="md5-of-this-model"):
+    """One experiment as `dvc exp show --json` gives it; `localised` is the hash of the model its
+    reports/extent.json was computed from (this run's models/lio.pt hashes to md5-of-this-model)."""
     metrics = {
         "dvclive/metrics.json": {
             "data": {"test": {"top1": top1}, "best": {"val_top1": top1, "epoch": 3}, "train_seconds": seconds}
         }
     }
     if loc is not None:
-        metrics["reports/metrics.json"] = {"data": {"test_top1": report_top1 or top1, "localisation": loc}}
-    return {
-        "revs": [
-            {"rev": "abc", "name": name, "data": {"timestamp": "2026-11-26T09:00:00", "params": {}, "metrics": metrics}}
-        ]
-    }
+        metrics["reports/extent.json"] = {"data": {"stages": loc, "model_md5": localised}}
+    outs = {"models/lio.pt": {"hash": "md5-of-this-model", "size": 1}}
+    data = {"timestamp": "2026-11-26T09:00:00", "params": {}, "metrics": metrics, "outs": outs}
+    return {"revs": [{"rev": "abc", "name": name, "data": data}]}
 
 
 def test_aggregate_pairs_seeds_with_the_baseline():
@@ -101,8 +116,8 @@ def test_aggregate_pairs_seeds_with_the_baseline():
                 exp("study-gpu-lio-s0", 0.99),
                 exp("other-experiment", 0.1),
                 exp("study-cpu-lio-detached-s0", 0.5),
-                # stopped before its report: reports/metrics.json is another model's, its localisation is left out
-                exp("study-cpu-lio-detached-s1", 0.4, {"layer2": {"iou m'": 0.9}}, report_top1=0.84),
+                # stopped before its localise stage: reports/extent.json is another model's, left out
+                exp("study-cpu-lio-detached-s1", 0.4, {"layer2": {"iou m'": 0.9}}, localised="md5-of-another"),
                 # a running experiment shows the queued snapshot's files (another run's metrics): left out
                 {
                     "revs": [
@@ -175,31 +190,18 @@ def test_verdict_names_the_side_of_zero():
     assert "no interval" in verdict(v(None))
 
 
-def fake_dvc(tmp_path, shown) -> list[str]:
-    """A `dvc` whose `exp list -A` puts the experiments of `shown` under one baseline and whose
-    `exp show --json` prints `shown` (collect against the real DVC: tests/test_pipeline.py)."""
-    from pipeline.study import experiments
-
-    listing = "abc1234:\n" + "".join(f"\tdef5678 [{name}]\n" for name, _ in experiments(shown))
-    script = tmp_path / "fake_dvc.py"
-    script.write_text(
-        f"import json, sys\nprint({listing!r} if sys.argv[1:3] == ['exp', 'list'] else json.dumps({shown!r}))\n"
-    )
-    return [sys.executable, str(script)]
-
-
 def test_collect_keeps_recorded_runs(tmp_path):
     out = tmp_path / "reports"
     first = [{"name": "main", "experiments": [exp("study-cpu-baseline-s0", 0.8), exp("study-cpu-lio-s0", 0.9)]}]
-    collect("cpu", out, "cmd", "machine A", dvc=fake_dvc(tmp_path, first))
+    collect("cpu", out, "cmd", "machine A", shown=first)
     json_before, md_before = (out / "study.json").read_bytes(), (out / "study.md").read_bytes()
     # a fresh clone: no experiments at all -> the committed study is left byte for byte
-    collect("cpu", out, "cmd", "machine B", dvc=fake_dvc(tmp_path, []))
+    collect("cpu", out, "cmd", "machine B", shown=[])
     assert (out / "study.json").read_bytes() == json_before and (out / "study.md").read_bytes() == md_before
     # new runs are added beside the recorded ones, and another preset gets its own section
     more = [{"name": "main", "experiments": [exp("study-cpu-baseline-s1", 0.7), exp("study-transfer-lio-s0", 0.6)]}]
-    collect("cpu", out, "cmd", "machine A", dvc=fake_dvc(tmp_path, more))
-    collect("transfer", out, "cmd", "machine A", dvc=fake_dvc(tmp_path, more))
+    collect("cpu", out, "cmd", "machine A", shown=more)
+    collect("transfer", out, "cmd", "machine A", shown=more)
     study = json.loads((out / "study.json").read_text())
     assert [r["name"] for r in study["presets"]["cpu"]["runs"]] == [
         "study-cpu-baseline-s0",
@@ -219,9 +221,8 @@ def test_default_and_readme_follow_the_recorded_study():
     study = json.loads(Path("reports/study.json").read_text())["presets"]
     lio = yaml.safe_load(Path("params.yaml").read_text())["lio"]
     chosen = study["cpu"]["choice"]["best"]  # the default trains from scratch: the cpu preset decides
-    for override in VARIANTS[chosen]:
-        key, value = override.split("=", 1)
-        assert lio[key.removeprefix("lio.")] == yaml.safe_load(value), (chosen, override)
+    for key, value in VARIANTS[chosen].items():
+        assert lio[key.removeprefix("lio.")] == value, (chosen, key)
     readme = " ".join(Path("README.md").read_text().split())  # line breaks inside a quoted interval
 
     def interval(ci):

@@ -15,8 +15,11 @@ import torch
 import yaml
 
 from pipeline.backbone import load_pretrained
-from pipeline.config import TrainConfig, to_dict
-from pipeline.errors import TrainingError
+from pipeline.config.schema import to_dict
+from pipeline.config.train import TrainConfig
+from pipeline.core.artifacts.training import TrainingSummary
+from pipeline.core.errors import TrainingError
+from pipeline.data.manifest import read_manifest
 from pipeline.train.loop import train
 from pipeline.train.optim import lr_lambda
 from tests.conftest import tiny_config
@@ -52,15 +55,19 @@ def test_training_writes_model_metrics_plots_and_checkpoint(tmp_path, tiny_prepa
     summary = train(
         cfg, tmp_path / "data/prepared", tmp_path / "models/lio.pt", tmp_path / "checkpoints", tmp_path / "dvclive"
     )
-    assert 1 <= summary["best_epoch"] <= 2 and 0 <= summary["test_top1"] <= 1
+    assert summary is not None and 1 <= summary.best.epoch <= 2 and 0 <= summary.test.top1 <= 1
     metrics = json.loads((tmp_path / "dvclive/metrics.json").read_text())
-    assert metrics["test"]["top1"] == summary["test_top1"] and metrics["best"]["epoch"] == summary["best_epoch"]
+    assert metrics["test"]["top1"] == summary.test.top1 and metrics["best"]["epoch"] == summary.best.epoch
+    rows, _ = read_manifest(tmp_path / "data/prepared")
+    assert summary.images == {s: sum(r.split == s for r in rows) for s in ("train", "val", "test")}
+    # one shape: dvclive's summary is lio.pt's
+    assert TrainingSummary.from_json(torch.load(tmp_path / "models/lio.pt", weights_only=True)["metrics"]) == summary
     assert metrics["step"] == 1 and "oel" in metrics["train"]["layer2"]
     plots = {p.name for p in (tmp_path / "dvclive/plots/metrics").rglob("*.tsv")}
     assert {"top1.tsv", "oel.tsv", "scl.tsv", "cls.tsv", "lr.tsv"} <= plots
     assert (tmp_path / "dvclive/plots/metrics/train/layer3/oel.tsv").exists()
     state = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)
-    assert state["epoch"] == 2 and state["best"]["epoch"] == summary["best_epoch"]
+    assert state["epoch"] == 2 and state["best"]["epoch"] == summary.best.epoch
     blob = torch.load(tmp_path / "models/lio.pt", weights_only=True)
     assert blob["model"]["arch"] == "resnet18" and blob["classes"] and "oel.layer2.conv.weight" in blob["state_dict"]
 
@@ -85,7 +92,7 @@ def test_device_augmentation_and_the_released_codes_positives_train(tmp_path, ti
         cfg, tmp_path / "data/prepared", tmp_path / "models/lio.pt", tmp_path / "checkpoints", tmp_path / "dvclive"
     )
     metrics = json.loads((tmp_path / "dvclive/metrics.json").read_text())
-    assert metrics["test"]["top1"] == summary["test_top1"]
+    assert summary is not None and metrics["test"]["top1"] == summary.test.top1
     assert cfg.lio.stages and all(math.isfinite(metrics["train"][s]["oel"]) for s in cfg.lio.stages)
 
 

@@ -14,6 +14,7 @@ import onnx
 import pytest
 from google.protobuf import text_format
 
+from pipeline.core.artifacts.engine import EngineInfo
 from pipeline.deploy.triton import FUSED_MODEL, ONNX_MODEL, TRT_MODEL, write_repository
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
@@ -25,8 +26,31 @@ def parse(path):
     return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
 
 
-def not_built(profile=(1, 8, 32)):
-    return {"built": False, "reason": "TensorRT is not installed", "profile": dict(zip(("min", "opt", "max"), profile))}
+def info(built: bool, profile=(1, 8, 32), **fields) -> EngineInfo:
+    """engine.json as the engine stage writes it (the builder itself cannot run here)."""
+    base = {
+        "built": built,
+        "precision": "fp16",
+        "requested_precision": "fp16",
+        "profile": dict(zip(("min", "opt", "max"), profile)),
+        "onnx": "models/onnx/model.fp16.onnx",
+        "classes": ["a", "b", "c"],
+        "preprocess": {"resize": 36, "crop": 32, "mean": [0.5] * 3, "std": [0.5] * 3},
+    }
+    if built:
+        base |= {
+            "tensorrt": "10.13.0",
+            "gpu": {"name": "NVIDIA H200", "compute_capability": "9.0"},
+            "input": {"name": "input", "shape": [-1, 3, 32, 32]},
+            "output": {"name": "logits", "shape": [-1, 3]},
+        }
+    else:
+        base["reason"] = "TensorRT is not installed"
+    return EngineInfo.from_json(base | fields)
+
+
+def not_built() -> EngineInfo:
+    return info(False)
 
 
 def test_onnx_model_config_matches_the_onnx_graph(tmp_path, exported):
@@ -54,15 +78,8 @@ def test_tensorrt_model_config_matches_engine_json(tmp_path, exported):
     """A built engine (stand-in bytes: TensorRT's builder cannot run here) is served as a plan."""
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"PLAN")
-    info = {
-        "built": True,
-        "tensorrt": "10.13.0",
-        "precision": "fp16",
-        "profile": {"min": [1, 3, 32, 32], "opt": [4, 3, 32, 32], "max": [16, 3, 32, 32]},
-        "input": {"name": "input", "shape": [-1, 3, 32, 32]},
-        "output": {"name": "logits", "shape": [-1, 3]},
-    }
-    write_repository(tmp_path / "triton", exported / "models/onnx/model.onnx", info, engine)
+    built = info(True, profile=(1, 4, 16))
+    write_repository(tmp_path / "triton", exported / "models/onnx/model.onnx", built, engine)
     folder = tmp_path / "triton" / TRT_MODEL
     config = parse(folder / "config.pbtxt")
     assert config.platform == "tensorrt_plan" and config.default_model_filename == "model.plan"
@@ -89,13 +106,7 @@ def test_the_repository_is_replaced_whole(tmp_path, exported):
     """A second run drops a TensorRT model that is no longer built."""
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"PLAN")
-    built = {
-        **not_built(),
-        "built": True,
-        "input": {"name": "input", "shape": [-1, 3, 32, 32]},
-        "output": {"name": "logits", "shape": [-1, 3]},
-        "tensorrt": "10.13.0",
-    }
+    built = info(True)
     write_repository(tmp_path / "triton", exported / "models/onnx/model.onnx", built, engine)
     write_repository(tmp_path / "triton", exported / "models/onnx/model.onnx", not_built(), engine)
     assert sorted(p.name for p in (tmp_path / "triton").iterdir()) == [ONNX_MODEL, "preprocess.json"]

@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 MUTATIONS = {
     "gate-always-passes": (
         "pipeline/deploy/export.py",
-        '"passed": bool(',
-        '"passed": True or bool(',
+        "passed=bool(",
+        "passed=True or bool(",
         ["tests/test_export.py"],
     ),
     "wrap-deleted": (
@@ -62,15 +62,15 @@ MUTATIONS = {
         ["tests/test_sampler.py"],
     ),
     "warm-up-timed": (
-        "pipeline/evaluate/timing.py",
+        "pipeline/core/timing.py",
         "    for _ in range(warmup):\n        fn(x)\n",
         "",
         ["tests/test_report.py"],
     ),
     "fastest-regardless-of-gate": (
         "pipeline/deploy/export.py",
-        'passing = [c for c in candidates if c["gate"]["passed"]]',
-        "passing = list(candidates)",
+        "passing = [t for t in tried if t[1].passed]",
+        "passing = list(tried)",
         ["tests/test_export.py"],
     ),
     "device-flip-never": (

@@ -12,7 +12,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
+from pipeline.data.manifest import Record
 
 
 class ImageError(PipelineError, ValueError):
@@ -89,10 +90,10 @@ class ManifestDataset(Dataset):
     """The manifest rows of one split: (transformed image, label), or with `masks=True`
     (image, true mask [H, W] bool, label), the mask transformed with the image."""
 
-    def __init__(self, rows: list[dict], split: str, transform, masks: bool = False):
-        self.rows = [r for r in rows if r["split"] == split]
+    def __init__(self, rows: list[Record], split: str, transform, masks: bool = False):
+        self.rows = [r for r in rows if r.split == split]
         self.transform = transform
-        self.labels = [r["label"] for r in self.rows]
+        self.labels = [r.label for r in self.rows]
         self.masks = masks
 
     def __len__(self) -> int:
@@ -102,31 +103,33 @@ class ManifestDataset(Dataset):
         row = self.rows[i]
         if self.masks:
             image, mask = load_pair(row, self.transform)
-            return image, mask, row["label"]
-        return self.transform(load_image(row["path"], row["crop_bottom"])), row["label"]
+            return image, mask, row.label
+        return self.transform(load_image(row.path, row.crop_bottom)), row.label
 
 
-def load_pair(row: dict, transform) -> tuple[Tensor, Tensor]:
+def load_pair(row: Record, transform) -> tuple[Tensor, Tensor]:
     """A manifest row's image and true mask [H, W] bool, through the same (random) transform."""
-    mask = load_mask(row["mask"])
-    if row["crop_bottom"]:
-        mask = mask[:, : mask.shape[1] - row["crop_bottom"]]
-    image, mask = transform(load_image(row["path"], row["crop_bottom"]), tv_tensors.Mask(mask))
+    if row.mask is None:
+        raise ImageError(f"{row.path}: has no true mask in the manifest")
+    mask = load_mask(row.mask)
+    if row.crop_bottom:
+        mask = mask[:, : mask.shape[1] - row.crop_bottom]
+    image, mask = transform(load_image(row.path, row.crop_bottom), tv_tensors.Mask(mask))
     return image, mask[0].as_subclass(Tensor)
 
 
-def stack_images(rows: list[dict], transform) -> Tensor:
+def stack_images(rows: list[Record], transform) -> Tensor:
     """The transformed images of `rows` as one float batch (for checks and reports)."""
-    return torch.stack([transform(load_image(r["path"], r["crop_bottom"])) for r in rows])
+    return torch.stack([transform(load_image(r.path, r.crop_bottom)) for r in rows])
 
 
-def batches(rows: list[dict], transform, size: int = 32):
+def batches(rows: list[Record], transform, size: int = 32):
     """The transformed images of `rows`, `size` at a time: bounded memory at any dataset size."""
     for start in range(0, len(rows), size):
         yield stack_images(rows[start : start + size], transform)
 
 
-def logits_over(runs: dict, rows: list[dict], transform, size: int = 32) -> dict[str, np.ndarray]:
+def logits_over(runs: dict, rows: list[Record], transform, size: int = 32) -> dict[str, np.ndarray]:
     """Each run's (float32 NCHW numpy -> logits numpy) outputs over all `rows`, decoding every image once."""
     out: dict[str, list[np.ndarray]] = {name: [] for name in runs}
     for b in batches(rows, transform, size):

@@ -21,16 +21,17 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from pipeline.config import TransformConfig
+from pipeline.config.data import TransformConfig
 from pipeline.data.dataset import load_image, load_pair
-from pipeline.data.readers import DatasetError
+from pipeline.core.errors import DatasetError
 from pipeline.data.transforms import MEAN, STD
+from pipeline.data.manifest import Record
 
 
 class _Resized(Dataset):
     """A split's images (and masks) decoded and resized: the deterministic part of the preset."""
 
-    def __init__(self, rows: list[dict], resize: int, masks: bool):
+    def __init__(self, rows: list[Record], resize: int, masks: bool):
         self.rows, self.masks = rows, masks
         self.resize = v2.Resize(resize, antialias=True)
 
@@ -41,14 +42,14 @@ class _Resized(Dataset):
         row = self.rows[i]
         if self.masks:
             return load_pair(row, self.resize)  # the mask resized nearest, as a tv_tensors.Mask
-        return self.resize(load_image(row["path"], row["crop_bottom"])), None
+        return self.resize(load_image(row.path, row.crop_bottom)), None
 
 
 class DeviceImages:
     """Every image of a split, decoded and resized once, as one zero-padded uint8 tensor
     [N, 3, H, W] on `device` with each image's own (h, w): the images fill the top-left corner."""
 
-    def __init__(self, rows: list[dict], resize: int, device: torch.device, masks: bool = False, workers: int = 0):
+    def __init__(self, rows: list[Record], resize: int, device: torch.device, masks: bool = False, workers: int = 0):
         resized = _Resized(rows, resize, masks)
         loader = DataLoader(resized, batch_size=None, num_workers=workers)
         items = list(tqdm(loader, desc="decoding the training images once", unit="img", leave=False))
@@ -67,7 +68,7 @@ class DeviceImages:
             if self.masks is not None:
                 self.masks[i, : mask.shape[0], : mask.shape[1]] = mask.to(device)
         self.sizes = torch.tensor([image.shape[1:] for image, _ in items], device=device)
-        self.labels = torch.tensor([r["label"] for r in rows], device=device)
+        self.labels = torch.tensor([r.label for r in rows], device=device)
 
     def __len__(self) -> int:
         return len(self.images)

@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.config import Config
+from pipeline.config.data import PrepareParams
 from pipeline.data import synthetic
 from pipeline.data.dataset import ImageError, load_image
-from pipeline.data.readers import DatasetError, Record, read_dataset, validate
+from pipeline.data.manifest import Record
+from pipeline.core.errors import DatasetError
+from pipeline.data.readers import read_dataset, validate
 from pipeline.data.manifest import CLASSES, COLUMNS, MANIFEST
-from pipeline.io import atomic_dir, exclusive, write_json
+from pipeline.core.io import atomic_dir, exclusive, write_json
 
 BAD_IMAGES = "bad_images.txt"
 
@@ -54,7 +56,7 @@ def _stored(path: Path, folder: Path) -> str:
         return str(path)
 
 
-def prepare(cfg: Config, out: Path) -> dict:
+def prepare(cfg: PrepareParams, out: Path) -> dict:
     """Build `out` (e.g. data/prepared); returns a summary for the log."""
     data = cfg.data
     with exclusive(out, "`lio prepare`"), atomic_dir(out) as tmp:

@@ -12,23 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import DatasetError
+from pipeline.data.manifest import Record
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-
-
-class DatasetError(PipelineError, ValueError):
-    pass
-
-
-@dataclass
-class Record:
-    path: Path
-    label: int
-    split: str  # train | test
-    bbox: tuple[float, float, float, float] | None = None
-    mask: Path | None = None
-    crop_bottom: int = 0
 
 
 def _box(values) -> tuple[float, float, float, float]:

@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from pipeline.config import SyntheticConfig
-from pipeline.data.readers import DatasetError
+from pipeline.config.data import SyntheticConfig
+from pipeline.core.errors import DatasetError
 
 # (shape, RGB) of the parts every object is built from.
 PARTS = (("circle", (220, 60, 50)), ("square", (40, 170, 70)), ("triangle", (50, 90, 220)), ("bar", (230, 200, 40)))

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import v2
 
-from pipeline.config import TransformConfig
+from pipeline.config.data import TransformConfig
+from pipeline.core.artifacts.deployable import Preprocess
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -38,12 +39,13 @@ class ClassificationPresetEval(v2.Compose):
         )
 
 
-def preprocessing(cfg: TransformConfig) -> dict:
+def preprocessing(cfg: TransformConfig) -> Preprocess:
     """The eval preprocessing as plain values, stored beside every deployable model."""
-    return {"resize": cfg.resize, "crop": cfg.crop, "mean": list(MEAN), "std": list(STD), "layout": "NCHW RGB float32"}
+    return Preprocess(resize=cfg.resize, crop=cfg.crop, mean=list(MEAN), std=list(STD))
 
 
-def eval_preset(preprocess: dict) -> ClassificationPresetEval:
+def eval_preset(preprocess: Preprocess | dict) -> ClassificationPresetEval:
     """The eval preset from a deployable's stored preprocessing (models/<arch>.json), the
     one source of truth for export, report and predict."""
-    return ClassificationPresetEval(TransformConfig(resize=preprocess["resize"], crop=preprocess["crop"]))
+    spec = Preprocess.of(preprocess)
+    return ClassificationPresetEval(TransformConfig(resize=spec.resize, crop=spec.crop))

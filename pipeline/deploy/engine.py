@@ -8,15 +8,17 @@ TensorRT 10.12+ and 11.x. TensorRT needs an NVIDIA GPU: where it or the GPU is m
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from pipeline import paths
+from pipeline.config.engine import EngineConfig
+from pipeline.core import paths
+from pipeline.core.artifacts.engine import Compatibility, EngineInfo, Gpu, Profile, Tensor
+from pipeline.core.artifacts.export import ExportReport
+from pipeline.core.errors import PipelineError
+from pipeline.core.io import atomic_path, sha256
 from pipeline.deploy import onnx_runtime
-from pipeline.errors import PipelineError
-from pipeline.io import atomic_path, sha256, write_json
 
 
 class EngineError(PipelineError, RuntimeError):
@@ -36,7 +38,7 @@ def tensorrt_or_reason():
     return trt, None
 
 
-def gpu_info() -> dict:
+def gpu_info() -> dict[str, str]:
     import torch
 
     props = torch.cuda.get_device_properties(0)
@@ -49,7 +51,7 @@ HARDWARE_LEVELS = {"ampere_plus": "AMPERE_PLUS", "same_compute_capability": "SAM
 FALLBACK = {"int8": "fp16", "fp16": "fp32"}
 
 
-def build(trt, onnx_path: Path, engine_path: Path, cache_path: Path, cfg, meta: dict) -> dict:
+def build(trt, onnx_path: Path, engine_path: Path, cache_path: Path, cfg: EngineConfig) -> dict:
     """Parse, configure (profile, workspace, optimisation level, timing cache, compatibility), build, save."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -88,44 +90,35 @@ def build(trt, onnx_path: Path, engine_path: Path, cache_path: Path, cfg, meta: 
     with atomic_path(cache_path) as tmp:
         tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
     return {
-        **meta,  # classes and preprocessing; the engine's own tensor names below take precedence
-        "built": True,
         "tensorrt": trt.__version__,
-        "gpu": gpu_info(),
-        "compatibility": compatibility(cfg),
-        "profile": {k: list(v) for k, v in shapes.items()},
-        "input": {"name": inp.name, "shape": list(inp.shape)},
-        "output": {"name": out.name, "shape": list(out.shape)},
-        "onnx": str(onnx_path),
+        "gpu": Gpu(**gpu_info()),
+        "input": Tensor(inp.name, list(inp.shape)),
+        "output": Tensor(out.name, list(out.shape)),
         "onnx_sha256": sha256(onnx_path),
         "engine": str(engine_path),
     }
-
-
-def compatibility(cfg) -> dict:
-    return {"hardware": cfg.hardware_compatibility, "version_compatible": cfg.version_compatible}
 
 
 def _version(text: str | None) -> tuple[int, ...]:
     return tuple(int(p) for p in str(text).split(".")[:3] if p.isdigit())
 
 
-def why_not_here(info: dict, tensorrt: str, gpu: dict) -> str | None:
+def why_not_here(info: EngineInfo, tensorrt: str, gpu: dict) -> str | None:
     """Why an engine described by engine.json cannot run with this TensorRT on this GPU, or None.
 
     GPUs are compared by compute capability, never by name (an H100 PCIe runs an H100 SXM's plan):
     equal, or >= 8.0 for an Ampere-plus plan. TensorRT must match exactly, unless the plan is
     version compatible: then any release of the same major version, not older than the builder.
     """
-    compat = info.get("compatibility", {})
-    built_cc, here_cc = info.get("gpu", {}).get("compute_capability"), gpu.get("compute_capability")
-    if compat.get("hardware") == "ampere_plus":
+    compat = info.compatibility
+    built_cc, here_cc = info.gpu.compute_capability if info.gpu else None, gpu.get("compute_capability")
+    if compat.hardware == "ampere_plus":
         if _version(here_cc) < (8, 0):
             return f"an Ampere-plus plan needs compute capability >= 8.0, but this GPU has {here_cc}"
     elif built_cc != here_cc:
         return f"built for compute capability {built_cc!r} but this GPU has {here_cc!r}"
-    built_trt = info.get("tensorrt")
-    if compat.get("version_compatible"):
+    built_trt = info.tensorrt
+    if compat.version_compatible:
         if _version(tensorrt)[:1] != _version(built_trt)[:1] or _version(tensorrt) < _version(built_trt):
             major = str(built_trt).split(".")[0]
             return (
@@ -144,7 +137,7 @@ class EngineRunner:
         trt, reason = tensorrt_or_reason()
         if trt is None:
             raise EngineError(f"{engine_path}: cannot run it here: {reason}")
-        info = json.loads(Path(info_path).read_text())
+        info = EngineInfo.load(info_path)
         why = why_not_here(info, trt.__version__, gpu_info())
         if why:
             raise EngineError(f"{engine_path} {why}: rebuild it here with `lio engine` (or `dvc repro engine`)")
@@ -152,13 +145,15 @@ class EngineRunner:
 
         self.torch, self.trt = torch, trt
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        if info.get("compatibility", {}).get("version_compatible"):
+        if info.compatibility.version_compatible:
             self.runtime.engine_host_code_allowed = True  # a version-compatible plan carries its own runtime
         self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
         if self.engine is None:
             raise EngineError(f"{engine_path}: TensorRT cannot deserialize it (corrupt or truncated file?)")
         self.context = self.engine.create_execution_context()
-        self.input, self.output = info["input"]["name"], info["output"]["name"]
+        if info.input is None or info.output is None:
+            raise EngineError(f"{info_path}: no tensor names (written where no engine was built); rerun `lio engine`")
+        self.input, self.output = info.input.name, info.output.name
         self.stream = torch.cuda.Stream()
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -174,12 +169,12 @@ class EngineRunner:
         return y.cpu().numpy()
 
 
-def choose_precision(wanted: str, export_report: dict) -> tuple[str, str | None]:
+def choose_precision(wanted: str, export_report: ExportReport) -> tuple[str, str | None]:
     """`wanted`, or the next more precise variant whose gate passed; and why it fell back."""
     precision, notes = wanted, []
-    while export_report.get(precision, {}).get("status") not in ("passed", "reference"):
-        entry = export_report.get(precision)
-        notes.append(f"{precision} was {'not exported' if entry is None else 'rejected by its gate'}")
+    while not export_report.deployable(precision):
+        exported = precision in export_report.variants
+        notes.append(f"{precision} was {'rejected by its gate' if exported else 'not exported'}")
         if precision not in FALLBACK:
             raise EngineError(f"no ONNX variant passed its gate ({'; '.join(notes)}); see reports/export.json")
         precision = FALLBACK[precision]
@@ -187,13 +182,12 @@ def choose_precision(wanted: str, export_report: dict) -> tuple[str, str | None]
 
 
 def build_engine(
-    cfg, onnx_files: dict[str, Path], export_report: Path, engine: Path, info_path: Path, cache: Path
-) -> dict:
+    cfg: EngineConfig, onnx_files: dict[str, Path], export_report: Path, engine: Path, info_path: Path, cache: Path
+) -> EngineInfo:
     """The engine stage: build from the `engine.precision` ONNX variant (or the next more precise
     one that passed its gate) where TensorRT and a GPU exist; elsewhere record why not
     (built: false), failing only if engine.required is true."""
-    gates = json.loads(paths.require(export_report, "export").read_text())
-    precision, fallback = choose_precision(cfg.precision, gates)
+    precision, fallback = choose_precision(cfg.precision, ExportReport.load(export_report))
     if fallback and cfg.required == "true":
         raise EngineError(
             f"engine.required is true and engine.precision {cfg.precision} cannot be deployed: {fallback}"
@@ -203,15 +197,21 @@ def build_engine(
     engine.unlink(missing_ok=True)  # never leave an engine from other settings behind
     engine.parent.mkdir(parents=True, exist_ok=True)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    profile = {"min": cfg.min_batch, "opt": cfg.opt_batch, "max": cfg.max_batch}
     trt, reason = (None, "engine.required is false") if cfg.required == "false" else tensorrt_or_reason()
-    if trt is None:
-        if cfg.required == "true":
-            raise EngineError(f"engine.required is true but the engine cannot be built here: {reason}")
-        info = {"built": False, "reason": reason, "onnx": str(onnx_path), "profile": profile, **meta}
-    else:
-        info = build(trt, onnx_path, engine, cache, cfg, meta)
-    info |= {"precision": precision, "requested_precision": cfg.precision, "fallback": fallback}
-    info.setdefault("compatibility", compatibility(cfg))
-    write_json(info_path, info)
+    if trt is None and cfg.required == "true":
+        raise EngineError(f"engine.required is true but the engine cannot be built here: {reason}")
+    built = build(trt, onnx_path, engine, cache, cfg) if trt is not None else {"reason": reason}
+    info = EngineInfo(
+        built=trt is not None,
+        precision=precision,
+        requested_precision=cfg.precision,
+        profile=Profile(cfg.min_batch, cfg.opt_batch, cfg.max_batch),
+        onnx=str(onnx_path),
+        classes=meta.classes,  # a deployer who fetches models/engine alone still has the labels and preprocessing
+        preprocess=meta.preprocess,
+        compatibility=Compatibility(cfg.hardware_compatibility, cfg.version_compatible),
+        fallback=fallback,
+        **built,
+    )
+    info.save(info_path)
     return info

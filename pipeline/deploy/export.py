@@ -19,26 +19,28 @@ import concurrent.futures
 import multiprocessing
 import os
 import tempfile
-import time
-from dataclasses import asdict
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 import torch
 from torch import nn
 
-from pipeline.config import ExportConfig, Gate
+from pipeline.config.export import ExportConfig, Gate
+from pipeline.core.artifacts.deployable import Deployable
+from pipeline.core.artifacts.export import ExportReport, GateResult, Variant
+from pipeline.core.errors import PipelineError
+from pipeline.core.io import atomic_path
+from pipeline.core.metrics import accuracy, agreement
+from pipeline.core.timing import throughput
 from pipeline.data.dataset import logits_over, stack_images
-from pipeline.data.manifest import read_manifest
+from pipeline.data.manifest import Record, read_manifest
 from pipeline.data.transforms import eval_preset
 from pipeline.deploy import onnx_runtime
 from pipeline.deploy.preprocess import resize_and_crop
 from pipeline.deploy.runners import load_deployable, torch_runner
-from pipeline.errors import PipelineError
-from pipeline.evaluate.metrics import accuracy, agreement
-from pipeline.io import atomic_path, write_json
 
 INPUT, OUTPUT = "input", "logits"
 #: int8_cpu candidates: ONNX Runtime formats x calibration methods; the fastest that passes its gate is kept.
@@ -50,12 +52,14 @@ class ExportError(PipelineError, RuntimeError):
     pass
 
 
-def export_fp32(model: nn.Module, path: Path, input_size: int, opset: int, meta: dict) -> None:
+def export_fp32(model: nn.Module, path: Path, input_size: int, opset: int, meta: Deployable) -> None:
     """One self-contained file with a symbolic batch axis, from torch.export (opset >= 18)."""
     _export(model.eval(), torch.randn(2, 3, input_size, input_size), INPUT, path, opset, meta)
 
 
-def _export(module: nn.Module, example: torch.Tensor, input_name: str, path: Path, opset: int, meta: dict) -> None:
+def _export(
+    module: nn.Module, example: torch.Tensor, input_name: str, path: Path, opset: int, meta: Deployable
+) -> None:
     """torch.export -> ONNX with a symbolic batch axis and the metadata inside, fully checked, atomically."""
     with atomic_path(path) as tmp:
         torch.onnx.export(
@@ -92,12 +96,13 @@ class FusedPreprocess(nn.Module):
         return self.model((x - self.mean) / self.std)
 
 
-def export_fused(model: nn.Module, path: Path, preprocess: dict, opset: int, meta: dict) -> None:
-    """The fused-preprocessing variant: input `images`, uint8 [batch, crop, crop, 3]."""
-    crop = preprocess["crop"]
-    fused = FusedPreprocess(model, preprocess["mean"], preprocess["std"]).eval()
-    meta = {**meta, "input": "uint8 NHWC RGB, resized and centre-cropped (pipeline.deploy.preprocess.resize_and_crop)"}
-    _export(fused, torch.zeros(2, crop, crop, 3, dtype=torch.uint8), "images", path, opset, meta)
+def export_fused(model: nn.Module, path: Path, opset: int, meta: Deployable) -> None:
+    """The fused-preprocessing variant: input `images`, uint8 [batch, crop, crop, 3]
+    (resized and centre-cropped RGB: pipeline.deploy.preprocess.resize_and_crop)."""
+    spec = meta.preprocess
+    fused = FusedPreprocess(model, spec.mean, spec.std).eval()
+    meta = replace(meta, input="images", preprocess=replace(spec, layout="NHWC RGB uint8, resized and cropped"))
+    _export(fused, torch.zeros(2, spec.crop, spec.crop, 3, dtype=torch.uint8), "images", path, opset, meta)
 
 
 def check_parity(ort_logits: np.ndarray, torch_logits: np.ndarray, tolerance: float = 1e-4) -> dict:
@@ -114,7 +119,7 @@ def check_parity(ort_logits: np.ndarray, torch_logits: np.ndarray, tolerance: fl
     }
 
 
-def export_fp16(fp32: Path, path: Path, meta: dict) -> None:
+def export_fp16(fp32: Path, path: Path, meta: Deployable) -> None:
     from modelopt.onnx.autocast import convert_to_mixed_precision
 
     with atomic_path(path) as tmp:
@@ -124,7 +129,9 @@ def export_fp16(fp32: Path, path: Path, meta: dict) -> None:
         onnx.checker.check_model(str(tmp))
 
 
-def export_int8(fp32: Path, path: Path, calibration: np.ndarray, meta: dict, exclude: tuple[str, ...] = ()) -> None:
+def export_int8(
+    fp32: Path, path: Path, calibration: np.ndarray, meta: Deployable, exclude: tuple[str, ...] = ()
+) -> None:
     """ModelOpt post-training quantization (QDQ, for TensorRT) calibrated on training images;
     `exclude` names nodes that stay in FP32."""
     from modelopt.onnx.quantization import quantize
@@ -147,7 +154,9 @@ def export_int8(fp32: Path, path: Path, calibration: np.ndarray, meta: dict, exc
         onnx.checker.check_model(str(tmp))
 
 
-def export_int8_cpu(fp32: Path, out_dir: Path, calibration: np.ndarray, meta: dict) -> dict[tuple[str, str], Path]:
+def export_int8_cpu(
+    fp32: Path, out_dir: Path, calibration: np.ndarray, meta: Deployable
+) -> dict[tuple[str, str], Path]:
     """ONNX Runtime static quantization for its CPU provider, one file per (format, calibration)
     candidate under `out_dir`: per-channel int8 weights, uint8 activations (the u8 x s8 kernels
     that AVX2, AVX-512 VNNI and AMX run), calibrated on training images.
@@ -160,7 +169,9 @@ def export_int8_cpu(fp32: Path, out_dir: Path, calibration: np.ndarray, meta: di
         return pool.submit(_export_int8_cpu, fp32, out_dir, calibration, meta).result()
 
 
-def _export_int8_cpu(fp32: Path, out_dir: Path, calibration: np.ndarray, meta: dict) -> dict[tuple[str, str], Path]:
+def _export_int8_cpu(
+    fp32: Path, out_dir: Path, calibration: np.ndarray, meta: Deployable
+) -> dict[tuple[str, str], Path]:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import CalibrationDataReader
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -245,39 +256,94 @@ def layer_sensitivity(fp32: Path, int8: Path, calibration: np.ndarray) -> list[t
     return sorted(scores.items(), key=lambda kv: -kv[1])
 
 
-def judge(gate: Gate, reference: dict, logits: dict, labels: dict) -> dict:
+def judge(gate: Gate, reference: dict, logits: dict, labels: dict) -> GateResult:
     """The gate on validation (`passed` decides), with test numbers beside (reported only)."""
     val_top1 = accuracy(logits["val"], labels["val"])["top1"]
     ref_top1 = accuracy(reference["val"], labels["val"])["top1"]
     val_agreement = agreement(logits["val"], reference["val"])
-    return {
-        "passed": bool(ref_top1 - val_top1 <= gate.max_top1_drop + 1e-12 and val_agreement >= gate.min_agreement),
-        "max_top1_drop": gate.max_top1_drop,
-        "min_agreement": gate.min_agreement,
-        "val_images": len(labels["val"]),
-        "val_top1": val_top1,
-        "val_top1_fp32": ref_top1,
-        "val_top1_drop": ref_top1 - val_top1,
-        "val_agreement": val_agreement,
-        "test_top1": accuracy(logits["test"], labels["test"])["top1"],
-        "test_agreement": agreement(logits["test"], reference["test"]),
-        "max_abs_diff_vs_fp32": float(np.abs(logits["test"] - reference["test"]).max()),
-    }
+    return GateResult(
+        passed=bool(ref_top1 - val_top1 <= gate.max_top1_drop + 1e-12 and val_agreement >= gate.min_agreement),
+        max_top1_drop=gate.max_top1_drop,
+        min_agreement=gate.min_agreement,
+        val_images=len(labels["val"]),
+        val_top1=val_top1,
+        val_top1_fp32=ref_top1,
+        val_top1_drop=ref_top1 - val_top1,
+        val_agreement=val_agreement,
+        test_top1=accuracy(logits["test"], labels["test"])["top1"],
+        test_agreement=agreement(logits["test"], reference["test"]),
+        max_abs_diff_vs_fp32=float(np.abs(logits["test"] - reference["test"]).max()),
+    )
 
 
 def batch32_throughput(path: Path, images: np.ndarray, iters: int = 3) -> float:
-    """Images per second at batch 32 on this machine's ONNX Runtime CPU provider (best of `iters`)."""
+    """Images per second at batch 32 on this machine's ONNX Runtime CPU provider."""
     sess = onnx_runtime.session(path)
     x = np.resize(images, (32, *images.shape[1:])).astype(np.float32)
-    onnx_runtime.run(sess, x)
-    best = min(_timed(lambda: onnx_runtime.run(sess, x)) for _ in range(iters))
-    return 32 / best
+    return throughput(lambda b: onnx_runtime.run(sess, b), x, iters)
 
 
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+# --- the registered variants: each yields candidate files, and may repair a failing one -------------
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What every variant's recipe gets: the FP32 file, calibration images (training split), metadata."""
+
+    fp32: Path
+    calibration: np.ndarray
+    meta: Deployable
+    repair_layers: int
+
+
+@dataclass
+class Candidate:
+    label: str  # e.g. "QOperator/MinMax"; "" for a variant's only candidate
+    path: Path
+    details: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one precision is made: `candidates` writes each candidate into a scratch folder; `repair`,
+    when every candidate failed its gate, writes one more from the closest."""
+
+    candidates: Callable[[Inputs, Path], Iterator[Candidate]]
+    repair: Callable[[Inputs, Path, Candidate], Candidate] | None = None
+    calibrated: bool = False
+
+
+def _fp16(inputs: Inputs, scratch: Path) -> Iterator[Candidate]:
+    path = scratch / "fp16.onnx"
+    export_fp16(inputs.fp32, path, inputs.meta)
+    yield Candidate("", path)
+
+
+def _int8(inputs: Inputs, scratch: Path) -> Iterator[Candidate]:
+    path = scratch / "int8.onnx"
+    export_int8(inputs.fp32, path, inputs.calibration, inputs.meta)
+    yield Candidate("", path)
+
+
+def _int8_repair(inputs: Inputs, scratch: Path, failed: Candidate) -> Candidate:
+    """Quantize again with the most sensitive layers (ranked on calibration images) kept in FP32."""
+    ranked = layer_sensitivity(inputs.fp32, failed.path, inputs.calibration[:16])[: inputs.repair_layers]
+    path = scratch / "int8-repaired.onnx"
+    export_int8(inputs.fp32, path, inputs.calibration, inputs.meta, exclude=tuple(name for name, _ in ranked))
+    return Candidate("repaired", path, {"kept_in_fp32": [n for n, _ in ranked], "sensitivity": dict(ranked)})
+
+
+def _int8_cpu(inputs: Inputs, scratch: Path) -> Iterator[Candidate]:
+    for (fmt, method), path in export_int8_cpu(inputs.fp32, scratch, inputs.calibration, inputs.meta).items():
+        yield Candidate(f"{fmt}/{method}", path, {"format": fmt, "calibration": method})
+
+
+#: precision -> its recipe; fp32 is the reference every other variant is gated against
+RECIPES: dict[str, Recipe] = {
+    "fp16": Recipe(_fp16),
+    "int8": Recipe(_int8, repair=_int8_repair, calibrated=True),
+    "int8_cpu": Recipe(_int8_cpu, calibrated=True),
+}
 
 
 def export_all(
@@ -288,24 +354,26 @@ def export_all(
     cfg: ExportConfig,
     seed: int,
     fused: Path | None = None,
-) -> dict:
+) -> ExportReport:
     """The deployable -> every ONNX variant in `cfg.precisions`, gated; returns the results,
     also written to `report` (reports/export.json).
 
-    Preprocessing comes from the deployable's metadata (models/<arch>.json). No variant of
-    an earlier, wider export outlives this one; an FP32 file that disagrees with PyTorch is
-    removed and the stage fails.
+    One loop for every variant: its recipe writes candidates, each is gated on validation, a
+    repair follows when all fail, and the fastest that passes (batch 32 on this CPU, timed only
+    when there is a choice) becomes the variant's file. Preprocessing comes from the deployable's
+    metadata. No variant of an earlier, wider export outlives this one; an FP32 file that
+    disagrees with PyTorch is removed and the stage fails.
     """
     model, meta = load_deployable(deployable)
     rows, _ = read_manifest(prepared)
-    preset = eval_preset(meta["preprocess"])
-    split = {s: [r for r in rows if r["split"] == s] for s in ("train", "val", "test")}
-    labels = {s: np.array([r["label"] for r in split[s]]) for s in ("val", "test")}
+    preset = eval_preset(meta.preprocess)
+    split = {s: [r for r in rows if r.split == s] for s in ("train", "val", "test")}
+    labels = {s: np.array([r.label for r in split[s]]) for s in ("val", "test")}
 
     for path in [*onnx_files.values(), *([fused] if fused else [])]:
         path.unlink(missing_ok=True)
     fp32 = onnx_files["fp32"]
-    export_fp32(model, fp32, meta["preprocess"]["crop"], cfg.opset, meta)
+    export_fp32(model, fp32, meta.preprocess.crop, cfg.opset, meta)
     session = onnx_runtime.session(fp32, "cuda" if torch.cuda.is_available() else "cpu")
     fp32_run = lambda x: onnx_runtime.run(session, x)  # noqa: E731
     out = logits_over({"pytorch": torch_runner(model), "fp32": fp32_run}, split["test"], preset)
@@ -314,90 +382,90 @@ def export_all(
         fp32.unlink()
         raise ExportError(f"{fp32}: ONNX Runtime disagrees with PyTorch on the test images ({parity}); file removed")
     reference = {"test": out["fp32"], "val": logits_over({"r": fp32_run}, split["val"], preset)["r"]}
-    result: dict = {
-        "fp32": {
-            "file": str(fp32),
-            "provider": onnx_runtime.provider(session),
-            "parity_vs_pytorch": parity,
-            "val_top1": accuracy(reference["val"], labels["val"])["top1"],
-            "test_top1": accuracy(reference["test"], labels["test"])["top1"],
-            "status": "reference",
-        },
-        "gates_decided_on": f"validation split ({len(split['val'])} images) against onnxruntime-fp32 on "
-        f"{onnx_runtime.provider(session)}",
+    variants = {
+        "fp32": Variant(
+            precision="fp32",
+            file=str(fp32),
+            status="reference",
+            test_top1=accuracy(reference["test"], labels["test"])["top1"],
+            provider=onnx_runtime.provider(session),
+            details={"parity_vs_pytorch": parity, "val_top1": accuracy(reference["val"], labels["val"])["top1"]},
+        )
     }
 
     order = np.random.default_rng(seed).permutation(len(split["train"]))[: cfg.calib_images]
     calibration = stack_images([split["train"][i] for i in order], preset).numpy()
+    inputs = Inputs(fp32, calibration, meta, cfg.int8_repair_layers)
 
-    def evaluate(path: Path, gate: Gate) -> tuple[dict, onnx_runtime.ort.InferenceSession]:
+    def gate(path: Path, precision: str) -> tuple[GateResult, str]:
         sess = onnx_runtime.session(path)
         run = lambda x: onnx_runtime.run(sess, x)  # noqa: E731
         logits = {s: logits_over({"v": run}, split[s], preset)["v"] for s in ("val", "test")}
-        return judge(gate, reference, logits, labels), sess
+        return judge(cfg.gates[precision], reference, logits, labels), onnx_runtime.provider(sess)
 
     for precision in cfg.precisions:
-        if precision == "fp32":
-            continue
-        path, gate = onnx_files[precision], getattr(cfg.gates, precision)
-        entry: dict = (
-            {"file": str(path), "calibration_images": len(order)} if "int8" in precision else {"file": str(path)}
-        )
-        if precision == "fp16":
-            export_fp16(fp32, path, meta)
-        elif precision == "int8":
-            export_int8(fp32, path, calibration, meta)
-        if precision == "int8_cpu":
-            candidates: list[dict[str, Any]] = []
-            entry["candidates"] = candidates
-            with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-                for (fmt, method), candidate in export_int8_cpu(fp32, Path(tmp), calibration, meta).items():
-                    verdict, _ = evaluate(candidate, gate)
-                    speed = batch32_throughput(candidate, calibration)
-                    candidates.append({"format": fmt, "calibration": method, "batch32_img_s": speed, "gate": verdict})
-                    candidates[-1]["file"] = candidate
-                passing = [c for c in candidates if c["gate"]["passed"]]
-                best = max(passing, key=lambda c: c["batch32_img_s"]) if passing else None
-                if best is not None:  # the fastest candidate that passes its gate
-                    os.replace(best["file"], path)
-                    entry |= {"format": best["format"], "calibration": best["calibration"]}
-                for c in candidates:
-                    del c["file"]
-            verdict = best["gate"] if best else min((c["gate"] for c in candidates), key=lambda g: g["val_top1_drop"])
-        else:
-            verdict, sess = evaluate(path, gate)
-            entry["provider"] = onnx_runtime.provider(sess)
-        if precision == "int8" and not verdict["passed"] and cfg.int8_repair_layers:
-            ranked = layer_sensitivity(fp32, path, calibration[:16])
-            kept = [name for name, _ in ranked[: cfg.int8_repair_layers]]
-            export_int8(fp32, path, calibration, meta, exclude=tuple(kept))
-            entry["first_try"] = verdict
-            entry["repair"] = {"kept_in_fp32": kept, "sensitivity": dict(ranked[: cfg.int8_repair_layers])}
-            verdict, _ = evaluate(path, gate)
-            entry["repair"]["helped"] = verdict["val_agreement"] > entry["first_try"]["val_agreement"]
-        entry["gate"] = verdict
-        entry["status"] = "passed" if verdict["passed"] else "rejected"
-        entry["test_top1"] = verdict["test_top1"]
-        if not verdict["passed"]:
-            path.unlink(missing_ok=True)  # out of the deployables; its numbers stay in the report
-        result[precision] = entry
+        if precision != "fp32":
+            variants[precision] = export_variant(precision, RECIPES[precision], inputs, onnx_files[precision], gate)
+    fused_check = None
     if cfg.fuse_preprocess and fused is not None:
-        result["fused_preprocess"] = export_fused_checked(
-            model, fused, meta, cfg.opset, split["test"], reference["test"]
-        )
-    result["gates"] = {p: asdict(getattr(cfg.gates, p)) for p in cfg.precisions if p != "fp32"}
-    write_json(report, result)
+        fused_check = export_fused_checked(model, fused, meta, cfg.opset, split["test"], reference["test"])
+    result = ExportReport(
+        decided_on=f"validation split ({len(split['val'])} images) against onnxruntime-fp32 on "
+        f"{onnx_runtime.provider(session)}",
+        variants=variants,
+        fused_preprocess=fused_check,
+    )
+    result.save(report)
     return result
 
 
+def export_variant(
+    precision: str, recipe: Recipe, inputs: Inputs, out: Path, gate: Callable[[Path, str], tuple[GateResult, str]]
+) -> Variant:
+    """Candidates -> gate each -> repair if all failed -> the fastest that passes lands at `out`
+    (a rejected variant leaves no file; its numbers stay in the report)."""
+    details: dict = {"calibration_images": len(inputs.calibration)} if recipe.calibrated else {}
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        tried = [(c, *gate(c.path, precision)) for c in recipe.candidates(inputs, Path(tmp))]
+        if recipe.repair is not None and inputs.repair_layers and not any(v.passed for _, v, _ in tried):
+            closest = max(tried, key=lambda t: t[1].val_agreement)
+            repaired = recipe.repair(inputs, Path(tmp), closest[0])
+            tried.append((repaired, *gate(repaired.path, precision)))
+            details["first_try"] = asdict(closest[1])
+            details["repair"] = {**repaired.details, "helped": tried[-1][1].val_agreement > closest[1].val_agreement}
+        speeds = {}
+        if len(tried) > 1 and not recipe.repair:  # a choice between candidates: the fastest that passes
+            speeds = {c.label: batch32_throughput(c.path, inputs.calibration) for c, _, _ in tried}
+            details["candidates"] = [
+                {**c.details, "batch32_img_s": speeds[c.label], "gate": asdict(v)} for c, v, _ in tried
+            ]
+        passing = [t for t in tried if t[1].passed]
+        if passing:
+            chosen = max(passing, key=lambda t: speeds.get(t[0].label, 0.0))
+            os.replace(chosen[0].path, out)
+            details |= {k: v for k, v in chosen[0].details.items() if k in ("format", "calibration")}
+        else:  # the closest to passing speaks for the variant
+            chosen = tried[-1] if recipe.repair else min(tried, key=lambda t: t[1].val_top1_drop)
+        _, verdict, provider = chosen
+    return Variant(
+        precision=precision,
+        file=str(out),
+        status="passed" if verdict.passed else "rejected",
+        test_top1=verdict.test_top1,
+        provider=provider,
+        gate=verdict,
+        details=details,
+    )
+
+
 def export_fused_checked(
-    model: nn.Module, path: Path, meta: dict, opset: int, rows: list[dict], reference: np.ndarray
+    model: nn.Module, path: Path, meta: Deployable, opset: int, rows: list[Record], reference: np.ndarray
 ) -> dict:
     """The fused variant, fed the client's uint8 crops of the test images, must give FP32's top-1
     and logits within 1e-4 of the largest (else it is removed and the stage fails)."""
-    export_fused(model, path, meta["preprocess"], opset, meta)
+    export_fused(model, path, opset, meta)
     sess = onnx_runtime.session(path)
-    crops = np.concatenate([resize_and_crop(r["path"], meta["preprocess"]) for r in rows])
+    crops = np.concatenate([resize_and_crop(r.path, meta.preprocess) for r in rows])
     logits = np.concatenate([sess.run(None, {"images": crops[i : i + 32]})[0] for i in range(0, len(crops), 32)])
     parity = check_parity(logits, reference)
     if not parity["passed"]:

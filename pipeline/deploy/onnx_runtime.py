@@ -13,7 +13,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from pipeline.errors import ArtifactError
+from pipeline.core.artifacts.deployable import Deployable
+from pipeline.core.errors import ArtifactError
 
 META_KEY = "lio"
 
@@ -40,21 +41,21 @@ def run(sess: ort.InferenceSession, images: np.ndarray) -> np.ndarray:
     return np.asarray(sess.run(None, {name: images.astype(np.float32)})[0], dtype=np.float32)
 
 
-def write_meta(model: onnx.ModelProto, meta: dict) -> None:
-    """Class names and preprocessing travel inside the ONNX file."""
+def write_meta(model: onnx.ModelProto, meta: Deployable) -> None:
+    """The deployable's metadata (class names, preprocessing, training settings) travels inside the ONNX file."""
     del model.metadata_props[:]
     entry = model.metadata_props.add()
-    entry.key, entry.value = META_KEY, json.dumps(meta)
+    entry.key, entry.value = META_KEY, json.dumps(meta.to_json())
 
 
-def read_meta(path: str | Path) -> dict:
+def read_meta(path: str | Path) -> Deployable:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:
         raise ArtifactError(f"{path}: not a readable ONNX file ({str(e).splitlines()[0][:200]})") from e
     for entry in model.metadata_props:
         if entry.key == META_KEY:
-            return json.loads(entry.value)
+            return Deployable.from_json(json.loads(entry.value), f"{path}: metadata {META_KEY!r}")
     raise ArtifactError(
         f"{path}: has no '{META_KEY}' metadata (class names, preprocessing); export it with `lio export`"
     )

@@ -6,17 +6,16 @@ the .onnx in its metadata, the .engine in the engine.json beside it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from pipeline.core.errors import ArtifactError
 from pipeline.data.dataset import ImageError
 from pipeline.data.readers import IMAGE_SUFFIXES
 from pipeline.deploy.preprocess import MAX_PIXELS, preprocess
-from pipeline.errors import ArtifactError
 
 
 def load_predictor(path: Path):
@@ -37,12 +36,13 @@ def load_predictor(path: Path):
         sess = onnx_runtime.session(path, "cuda" if torch.cuda.is_available() else "cpu")
         return (lambda x: onnx_runtime.run(sess, x)), meta
     if path.suffix == ".engine":
+        from pipeline.core.artifacts.engine import EngineInfo
         from pipeline.deploy.engine import EngineRunner
 
         info = path.with_name("engine.json")
         if not info.exists():
             raise ArtifactError(f"{info} not found: an engine needs the engine.json written beside it by `lio engine`")
-        return EngineRunner(path, info), json.loads(info.read_text())
+        return EngineRunner(path, info), EngineInfo.load(info)
     raise ArtifactError(f"{path}: unknown model type {path.suffix!r}; use a .pt, .onnx or .engine file")
 
 
@@ -68,7 +68,7 @@ def predict(
     results: list[dict[str, Any]] = []
     for path in image_paths(inputs):
         try:
-            x = preprocess(path, meta["preprocess"], max_pixels)
+            x = preprocess(path, meta.preprocess, max_pixels)
         except ImageError as e:
             if strict:
                 raise
@@ -80,7 +80,7 @@ def predict(
             {
                 "image": str(path),
                 "top": [
-                    {"class": meta["classes"][i], "probability": float(p)}
+                    {"class": meta.classes[i], "probability": float(p)}
                     for p, i in zip(top.values.tolist(), top.indices.tolist())
                 ],
             }

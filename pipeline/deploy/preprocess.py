@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from pipeline.core.artifacts.deployable import Preprocess
 from pipeline.data.dataset import ImageError, load_image
 from pipeline.data.transforms import eval_preset
 
@@ -60,15 +61,18 @@ def _uint8(image: str | Path | np.ndarray | torch.Tensor, max_pixels: int = MAX_
     return image
 
 
-def preprocess(image: str | Path | np.ndarray | torch.Tensor, spec: dict, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def preprocess(
+    image: str | Path | np.ndarray | torch.Tensor, spec: Preprocess | dict, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
     """One image (a file, an H x W x 3 uint8 RGB array or a uint8 [3, H, W] tensor) -> the model's
     float32 [1, 3, crop, crop] input. `spec` is the deployable's `preprocess` entry. A file that
     claims more than `max_pixels` is refused (ImageError) before it is decoded."""
     return eval_preset(spec)(_uint8(image, max_pixels))[None].numpy()
 
 
-def resize_and_crop(image: str | Path | np.ndarray | torch.Tensor, spec: dict) -> np.ndarray:
+def resize_and_crop(image: str | Path | np.ndarray | torch.Tensor, spec: Preprocess | dict) -> np.ndarray:
     """What a client does for the fused-preprocessing model (export.fuse_preprocess): the same
     resize and crop, no scaling: uint8 [1, crop, crop, 3] (NHWC)."""
-    steps = v2.Compose([v2.Resize(spec["resize"], antialias=True), v2.CenterCrop(spec["crop"])])
+    spec = Preprocess.of(spec)
+    steps = v2.Compose([v2.Resize(spec.resize, antialias=True), v2.CenterCrop(spec.crop)])
     return steps(_uint8(image)).permute(1, 2, 0)[None].numpy()

@@ -15,16 +15,17 @@ engine profile, and `labels.txt` (the class names) for Triton's classification e
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import shutil
 from pathlib import Path
 
 import onnx
 
+from pipeline.core.artifacts.engine import EngineInfo
+from pipeline.core.errors import ArtifactError
+from pipeline.core.io import atomic_dir, write_json
+from pipeline.core.paths import require
 from pipeline.deploy.onnx_runtime import read_meta
-from pipeline.errors import ArtifactError
-from pipeline.io import atomic_dir, write_json
-from pipeline.paths import require
 
 ONNX_MODEL, TRT_MODEL, FUSED_MODEL = "lio_onnx", "lio_tensorrt", "lio_onnx_uint8"
 #: ONNX TensorProto element types -> Triton data types
@@ -79,27 +80,22 @@ def build_repository(
     out: Path, onnx_path: Path, engine_info_path: Path, engine_path: Path, fused: Path | None = None
 ) -> dict:
     """The triton stage: the repository from models/onnx and models/engine."""
-    info = json.loads(require(engine_info_path, "engine").read_text())
+    info = EngineInfo.load(engine_info_path)
     fused = fused if fused is not None and fused.exists() else None
     return write_repository(out, require(onnx_path, "export"), info, engine_path, fused)
 
 
-def plan_needs(info: dict) -> str:
+def plan_needs(info: EngineInfo) -> str:
     """Which TensorRT (and so which Triton container) can load the plan, from engine.json."""
-    trt, compat = info["tensorrt"], info.get("compatibility", {})
+    trt, compat = str(info.tensorrt), info.compatibility
     version = (
-        f"TensorRT {trt.split('.')[0]}.x, {trt} or later"
-        if compat.get("version_compatible")
-        else f"TensorRT {trt} exactly"
+        f"TensorRT {trt.split('.')[0]}.x, {trt} or later" if compat.version_compatible else f"TensorRT {trt} exactly"
     )
-    gpu = info.get("gpu", {})
+    cc, name = (info.gpu.compute_capability, info.gpu.name) if info.gpu else (None, None)
     hardware = {
         "ampere_plus": "any GPU of compute capability 8.0 or higher (Ampere or later)",
-        "same_compute_capability": f"a GPU of compute capability {gpu.get('compute_capability')}",
-    }.get(
-        compat.get("hardware", "none"),
-        f"a GPU of compute capability {gpu.get('compute_capability')} (built on {gpu.get('name')})",
-    )
+        "same_compute_capability": f"a GPU of compute capability {cc}",
+    }.get(compat.hardware, f"a GPU of compute capability {cc} (built on {name})")
     return (
         f"{version}, on {hardware}: serve it from a Triton Inference Server container whose TensorRT backend is "
         "that release (NVIDIA's Frameworks Support Matrix lists the TensorRT version of each Triton container)"
@@ -107,17 +103,14 @@ def plan_needs(info: dict) -> str:
 
 
 def write_repository(
-    out: Path, onnx_path: Path, engine_info: dict, engine_path: Path, fused: Path | None = None
+    out: Path, onnx_path: Path, engine_info: EngineInfo, engine_path: Path, fused: Path | None = None
 ) -> dict:
     """Writes the repository folder `out` whole (swapped in atomically); returns a summary."""
     model = onnx.load(str(onnx_path), load_external_data=False)
     meta = read_meta(onnx_path)
-    profile = engine_info.get("profile", {})
-    lo, opt, hi = (_batch(profile.get(k)) for k in ("min", "opt", "max"))
-    if not (lo and opt and hi):
-        raise ArtifactError("engine.json: no batch profile (min/opt/max); rerun `dvc repro engine`")
+    opt, hi = engine_info.profile.opt, engine_info.profile.max
     preferred = sorted({opt, hi})
-    labels = "\n".join(meta["classes"]) + "\n"
+    labels = "\n".join(meta.classes) + "\n"
     served = []
     with atomic_dir(out) as tmp:
         folder = tmp / ONNX_MODEL
@@ -141,14 +134,12 @@ def write_repository(
             )
             (folder / "labels.txt").write_text(labels)
             served.append(FUSED_MODEL)
-        if engine_info.get("built"):
+        if engine_info.built and engine_info.input is not None and engine_info.output is not None:
             folder = tmp / TRT_MODEL
             (folder / "1").mkdir(parents=True)
             shutil.copyfile(engine_path, folder / "1" / "model.plan")
-            chw = engine_info["input"]["shape"][1:]
-            k = engine_info["output"]["shape"][1:]
-            trt_in = [(engine_info["input"]["name"], "TYPE_FP32", chw)]
-            trt_out = [(engine_info["output"]["name"], "TYPE_FP32", k)]
+            trt_in = [(engine_info.input.name, "TYPE_FP32", engine_info.input.shape[1:])]
+            trt_out = [(engine_info.output.name, "TYPE_FP32", engine_info.output.shape[1:])]
             (folder / "config.pbtxt").write_text(
                 config_text(TRT_MODEL, "tensorrt_plan", hi, preferred, trt_in, trt_out, "KIND_GPU", "model.plan")
             )
@@ -157,12 +148,12 @@ def write_repository(
         client = {
             "models": served,
             "input": {"name": inputs[0][0], "datatype": "FP32", "shape": ["batch", *inputs[0][2]]},
-            "output": {"name": outputs[0][0], "classes": len(meta["classes"])},
-            "preprocess": meta["preprocess"],
+            "output": {"name": outputs[0][0], "classes": len(meta.classes)},
+            "preprocess": dataclasses.asdict(meta.preprocess),
             "steps": [
                 "decode the image as RGB",
-                f"resize the shorter side to {meta['preprocess']['resize']} (bilinear, antialiased)",
-                f"centre-crop {meta['preprocess']['crop']} x {meta['preprocess']['crop']}",
+                f"resize the shorter side to {meta.preprocess.resize} (bilinear, antialiased)",
+                f"centre-crop {meta.preprocess.crop} x {meta.preprocess.crop}",
                 "scale to [0, 1], subtract mean and divide by std per channel",
                 "lay out as NCHW float32, batch first",
             ],
@@ -172,19 +163,12 @@ def write_repository(
             else {
                 "model": FUSED_MODEL,
                 "datatype": "UINT8",
-                "shape": ["batch", meta["preprocess"]["crop"], meta["preprocess"]["crop"], 3],
+                "shape": ["batch", meta.preprocess.crop, meta.preprocess.crop, 3],
                 "client": "pipeline.deploy.preprocess.resize_and_crop (resize and crop only)",
             },
-            "tensorrt": engine_info.get("tensorrt") if engine_info.get("built") else None,
-            "tensorrt_plan_needs": plan_needs(engine_info) if engine_info.get("built") else None,
-            "tensorrt_not_served": None if engine_info.get("built") else engine_info.get("reason"),
+            "tensorrt": engine_info.tensorrt if engine_info.built else None,
+            "tensorrt_plan_needs": plan_needs(engine_info) if engine_info.built else None,
+            "tensorrt_not_served": None if engine_info.built else engine_info.reason,
         }
         write_json(tmp / "preprocess.json", client)
     return client
-
-
-def _batch(shape) -> int | None:
-    """The batch size from a profile entry: an int, or a full shape list (engine.json of a built engine)."""
-    if isinstance(shape, list):
-        return int(shape[0]) if shape else None
-    return int(shape) if shape else None

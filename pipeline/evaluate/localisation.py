@@ -19,18 +19,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from pipeline.core.artifacts.extent import IOU, MAPS, SCORES
 from pipeline.data.dataset import load_pair
+from pipeline.data.manifest import Record
 from pipeline.lio.sampler import GroupBatchSampler, group_positives
 
 REFERENCES = ("all-ones", "centre prior", "random", "ceiling")
-
-
-#: the maps scored against the true masks, in table order: the trained ones (m' only with OEL),
-#: then the references at the same N (`reference_maps`); each is stored as IOU + name
-MAPS = ("m'", "M", "all-ones", "centre prior", "random", "ceiling")
-IOU = "iou "
-#: every score `evaluate_maps` gives per stage, beside N and the image count
-SCORES = (*(IOU + m for m in MAPS), "pointing", "pointing chance")
+__all__ = ["IOU", "MAPS", "REFERENCES", "SCORES", "evaluate_maps"]
 
 
 def unit(maps: Tensor) -> Tensor:
@@ -91,7 +86,7 @@ def pointing_chance(masks: Tensor, n: int) -> Tensor:
     return (pooled(masks, n) > 0).flatten(1).float().mean(1)
 
 
-def mean_area(rows: list[dict], transform, limit: int = 512, seed: int = 0) -> float:
+def mean_area(rows: list[Record], transform, limit: int = 512, seed: int = 0) -> float:
     """Mean object share of the image over (at most `limit`, seeded) rows' transformed masks."""
     if not rows:
         return 0.0
@@ -101,14 +96,14 @@ def mean_area(rows: list[dict], transform, limit: int = 512, seed: int = 0) -> f
 
 @torch.no_grad()
 def evaluate_maps(
-    model, rows: list[dict], transform, P: int, threshold: float, area: float, seed: int, batch_groups: int = 8
+    model, rows: list[Record], transform, P: int, threshold: float, area: float, seed: int, batch_groups: int = 8
 ) -> dict:
     """Per stage: mean IoU of m', M and each reference, pointing accuracy and its chance.
 
     Test images are grouped by class in groups of P+1 (each image is an anchor once, its
     positives the other members of its group), as in training, so M can be computed.
     """
-    sampler = GroupBatchSampler([r["label"] for r in rows], P, batch_groups, seed)
+    sampler = GroupBatchSampler([r.label for r in rows], P, batch_groups, seed)
     sums: dict[str, dict[str, list[Tensor]]] = {s: {} for s in model.stages}
     done: set[int] = set()
     for batch in tqdm(list(sampler), desc="localisation", unit="batch", leave=False):

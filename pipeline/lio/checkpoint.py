@@ -11,9 +11,9 @@ from pathlib import Path
 
 from torch import nn
 
-from pipeline.errors import ArtifactError, MissingArtifactError
-from pipeline.io import load_torch, save_torch
+from pipeline.core.errors import ArtifactError, MissingArtifactError
 from pipeline.lio.model import LIOModel
+from pipeline.weights import load_torch, save_torch
 
 
 def save_trained(path: Path, model: nn.Module, *, model_info: dict, lio: dict, **extra) -> None:

@@ -7,12 +7,14 @@ import hashlib
 import json
 from pathlib import Path
 
-from pipeline.config import Config, to_dict
-from pipeline.errors import TrainingError
-from pipeline.io import load_torch, save_torch, sha256, write_text
+from pipeline.config.schema import to_dict
+from pipeline.config.train import TrainParams
+from pipeline.core.errors import TrainingError
+from pipeline.core.io import sha256, write_text
+from pipeline.weights import load_torch, save_torch
 
 
-def run_settings(cfg: Config) -> dict:
+def run_settings(cfg: TrainParams) -> dict:
     """The params that define a training run (resuming needs them unchanged)."""
     return {k: v for k, v in to_dict(cfg).items() if k in ("seed", "data", "model", "lio", "train")}
 

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipeline.errors import TrainingError
+from pipeline.core.errors import TrainingError
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:

@@ -28,14 +28,17 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.backbone import load_pretrained
-from pipeline.config import Config, LIOConfig, TrainConfig
+from pipeline.config.lio import LIOConfig
+from pipeline.config.schema import to_dict
+from pipeline.config.train import TrainConfig, TrainParams
+from pipeline.core.artifacts.training import Best, TestScore, TrainingSummary
+from pipeline.core.errors import TrainingError
+from pipeline.core.io import remove_stale_temporaries
+from pipeline.core.metrics import accuracy
 from pipeline.data.dataset import ManifestDataset
 from pipeline.data.device_augment import DeviceAugment, DeviceImages, DeviceLoader
-from pipeline.data.manifest import read_manifest
+from pipeline.data.manifest import Record, read_manifest
 from pipeline.data.transforms import ClassificationPresetEval, ClassificationPresetTrain, preprocessing
-from pipeline.errors import TrainingError
-from pipeline.evaluate.metrics import accuracy
-from pipeline.io import remove_stale_temporaries
 from pipeline.lio import GroupBatchSampler, LIOModel, PairIndex, pair_index
 from pipeline.lio.checkpoint import save_trained
 from pipeline.lio.sampler import batch_positives
@@ -45,21 +48,21 @@ from pipeline.train.distributed import init_distributed, replicas_identical, res
 from pipeline.train.optim import build_optimizer, lr_lambda
 
 
-def build_model(cfg: Config, num_classes: int) -> LIOModel:
+def build_model(cfg: TrainParams, num_classes: int) -> LIOModel:
     model = LIOModel.from_config(cfg.lio, cfg.model.arch, num_classes)
     if cfg.model.pretrained != "none":
         load_pretrained(model.backbone, cfg.model.arch, cfg.model.pretrained)
     return model
 
 
-def check_files(rows: list[dict], prepared: Path) -> None:
+def check_files(rows: list[Record], prepared: Path) -> None:
     """Every image of the manifest is still on disk with the size `prepare` saw: a dataset
     edited since then (data.root lies outside the repository) is refused before training."""
     for r in rows:
-        path = Path(r["path"])
+        path = Path(r.path)
         size = path.stat().st_size if path.exists() else None
-        if size is None or (r.get("bytes") and size != r["bytes"]):
-            now = "is missing" if size is None else f"has {size} bytes, not {r['bytes']}"
+        if size is None or (r.bytes and size != r.bytes):
+            now = "is missing" if size is None else f"has {size} bytes, not {r.bytes}"
             raise TrainingError(
                 f"{prepared}/manifest.csv lists {path}, which {now}: the dataset changed since `lio prepare`; "
                 "run `dvc repro prepare` (or `dvc repro`)"
@@ -159,7 +162,9 @@ def evaluate(model: nn.Module, loader, device, amp: bool = False, desc: str = "e
 
 
 # ---------------------------------------------------------------- main
-def train(cfg: Config, prepared: Path, out_model: Path, checkpoints: Path, live_dir: Path) -> dict:
+def train(
+    cfg: TrainParams, prepared: Path, out_model: Path, checkpoints: Path, live_dir: Path
+) -> TrainingSummary | None:
     """Train, keep the best epoch by validation top-1, evaluate the test split once."""
     rank, world, local_rank = init_distributed()
     main = rank == 0
@@ -169,7 +174,7 @@ def train(cfg: Config, prepared: Path, out_model: Path, checkpoints: Path, live_
     tf = cfg.data.transforms
     gt = cfg.lio.mask_source == "gt"
     train_set = ManifestDataset(rows, "train", ClassificationPresetTrain(tf), masks=gt)
-    unmasked = [r["path"] for r in train_set.rows if not r["mask"]] if gt else []
+    unmasked = [r.path for r in train_set.rows if not r.mask] if gt else []
     if unmasked:
         raise TrainingError(
             f"lio.mask_source: gt trains OEL against true masks, but {len(unmasked)} of {len(train_set)} training "
@@ -282,28 +287,20 @@ def train(cfg: Config, prepared: Path, out_model: Path, checkpoints: Path, live_
         )
     if not main:
         dist.destroy_process_group()
-        return {}
+        return None
 
     assert live is not None  # rank 0
     scored.load_state_dict(best["state"])
     test = evaluate(scored, eval_loader(test_set), device, cfg.train.amp, "test", True)
-    summary = {
-        "best_epoch": best["epoch"],
-        "best_val_top1": best["val_top1"],
-        "test_top1": test["top1"],
-        "test_top5": test["top5"],
-        "chance": 1 / len(classes),
-    }
-    if identical is not None:
-        summary["ddp_replicas_identical"] = identical  # always True here: diverged replicas raised above
-    live.summary.update(
-        {
-            "best": {"epoch": best["epoch"], "val_top1": best["val_top1"]},
-            "test": {"top1": test["top1"], "top5": test["top5"]},
-            "chance": 1 / len(classes),
-            "train_seconds": time.perf_counter() - started,
-        }
+    summary = TrainingSummary(
+        best=Best(epoch=best["epoch"], val_top1=best["val_top1"]),
+        test=TestScore(top1=test["top1"], top5=test["top5"]),
+        chance=1 / len(classes),
+        train_seconds=time.perf_counter() - started,
+        images={"train": len(train_set), "val": len(val_set), "test": len(test_set)},
+        ddp_replicas_identical=identical,  # always True with DDP: diverged replicas raised above
     )
+    live.summary.update({k: v for k, v in summary.to_json().items() if v is not None})
     live.end()
     save_trained(
         out_model,
@@ -311,8 +308,9 @@ def train(cfg: Config, prepared: Path, out_model: Path, checkpoints: Path, live_
         model_info={"num_classes": len(classes), **dataclasses.asdict(cfg.model)},
         lio=dataclasses.asdict(cfg.lio),
         classes=classes,
-        preprocess=preprocessing(tf),
-        metrics=summary,
+        preprocess=dataclasses.asdict(preprocessing(tf)),
+        settings=to_dict(cfg),
+        metrics=summary.to_json(),
     )
     if world > 1:
         dist.destroy_process_group()

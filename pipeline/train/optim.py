@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from pipeline.config import TrainConfig
+from pipeline.config.train import TrainConfig
 from pipeline.lio import LIOModel
 
 

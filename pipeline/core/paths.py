@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.config import PRECISIONS
-from pipeline.errors import MissingArtifactError
+from pipeline.core.arch import PRECISIONS
+from pipeline.core.errors import MissingArtifactError
 
 # prepare
 PREPARED = Path("data/prepared")
@@ -28,17 +28,23 @@ EXPORT_REPORT = Path("reports/export.json")
 ENGINE_DIR = Path("models/engine")
 ENGINE = ENGINE_DIR / "model.engine"
 ENGINE_INFO = ENGINE_DIR / "engine.json"
-TIMING_CACHE = Path("models/timing-cache/timing.cache")  # persists between builds
+TIMING_CACHE_DIR = Path("models/timing-cache")  # persists between builds
+TIMING_CACHE = TIMING_CACHE_DIR / "timing.cache"
 TRITON = Path("models/triton")  # a Triton model repository (ONNX always, TensorRT when built)
-# report
-METRICS = Path("reports/metrics.json")
-REPORT = Path("reports/report.md")
-MODEL_CARD = Path("models/MODEL_CARD.md")
+# score: every backend scored and timed
+SCORES = Path("reports/scores.json")  # the renderer's input
+METRICS = Path("reports/metrics.json")  # DVC metrics: test top-1 and every backend's numbers
 LATENCY = Path("reports/latency.json")
-MASKS = Path("reports/masks.png")
-LOCALISATION = Path("reports/localisation.json")
 PER_CLASS = Path("reports/per_class.json")
 CONFUSION = Path("reports/confusion.json")
+# localise: the heads' maps against the true masks
+EXTENT = Path("reports/extent.json")
+LOCALISATION = Path("reports/localisation.json")  # DVC plot rows
+MASKS = Path("reports/masks.png")
+# report: rendered from the JSON above
+STUDY = Path("reports/study.json")  # written by `lio study collect`, read by the model card
+REPORT = Path("reports/report.md")
+MODEL_CARD = Path("models/MODEL_CARD.md")
 
 
 def deployable(arch: str) -> Path:

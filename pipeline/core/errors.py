@@ -10,6 +10,10 @@ class ArtifactError(PipelineError, ValueError):
     """A model file that is corrupt, incomplete, or of the wrong kind."""
 
 
+class DatasetError(PipelineError, ValueError):
+    """A dataset that cannot be read as its format says, or that changed under a stage."""
+
+
 class MissingArtifactError(PipelineError):
     """An input another stage makes is not there; the message names that stage."""
 

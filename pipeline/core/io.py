@@ -8,14 +8,12 @@ import fcntl
 import hashlib
 import json
 import os
-import pickle
 import shutil
 import tempfile
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.errors import ArtifactError, PipelineError
+from pipeline.core.errors import PipelineError
 
 
 class OutputError(PipelineError, OSError):
@@ -37,7 +35,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{path.stem}{TMP_MARK}", suffix=path.suffix, dir=path.parent)
     except OSError as e:
-        raise _output_error(path, e) from e
+        raise output_error(path, e) from e
     os.close(fd)
     tmp = Path(name)
     try:
@@ -47,37 +45,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except OutputError:
         raise
     except OSError as e:
-        raise _output_error(path, e) from e
+        raise output_error(path, e) from e
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _output_error(path: Path, e: BaseException) -> OutputError:
+def output_error(path: Path, e: BaseException) -> OutputError:
     why = getattr(e, "strerror", None) or str(e).splitlines()[0]
     kept = "the previous file is unchanged" if path.exists() else "nothing was written"
     return OutputError(f"could not write {path}: {why}; {kept}. Free disk space or fix the folder's permissions")
-
-
-def save_torch(obj, path: str | Path) -> None:
-    """torch.save, atomically; a full disk (torch reports "unexpected pos") becomes OutputError."""
-    import torch
-
-    with atomic_path(path) as tmp:
-        try:
-            torch.save(obj, tmp)
-        except RuntimeError as e:  # PytorchStreamWriter wraps the OS error
-            raise _output_error(Path(path), e) from e
-
-
-def load_torch(path: str | Path, fix: str):
-    """torch.load(weights_only=True); an unreadable file raises ArtifactError naming it and the fix."""
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError) as e:
-        reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-        raise ArtifactError(f"{path}: cannot be read, it is truncated or corrupt ({reason}); {fix}") from e
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
@@ -118,7 +94,15 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
+    return _digest(path, hashlib.sha256())
+
+
+def md5(path: str | Path) -> str:
+    """The hash DVC records for a file (dvc.lock, `dvc exp show`), to tie a result to its model."""
+    return _digest(path, hashlib.md5())
+
+
+def _digest(path: str | Path, digest) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -14,6 +16,15 @@ def accuracy(logits, labels, topk: tuple[int, ...] = (1, 5)) -> dict[str, float]
         hit = (order[:, : min(k, logits.shape[1])] == labels[:, None]).any(1)
         out[f"top{k}"] = float(hit.mean()) if len(labels) else 0.0
     return out
+
+
+def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (sound at 0 and at n, unlike the normal one)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n)))
 
 
 def agreement(logits, reference) -> float:

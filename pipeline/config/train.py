@@ -1,0 +1,117 @@
+"""params.yaml `train`, and the train stage's view (seed, data, model, lio, train) with the
+checks that span those sections."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pipeline.config.data import DataConfig
+from pipeline.config.lio import LIOConfig
+from pipeline.config.model import ModelConfig
+from pipeline.config.schema import Params, need
+from pipeline.core.arch import stage_size
+
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+@dataclass
+class TrainConfig:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    epochs: int = 14
+    batch_size: int = 24  # images per step on each rank, a multiple of P+1
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr: float = 1e-3
+    head_lr_mult: float = 1.0  # learning-rate multiplier for the new layers (heads and fc)
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    schedule: Literal["cosine", "step"] = "cosine"
+    warmup_epochs: float = 1.0
+    step_epochs: list[int] = field(default_factory=list)
+    step_gamma: float = 0.1
+    ema_decay: float = 0.0  # 0 disables the weight EMA
+    amp: bool = True  # bf16 autocast on CUDA GPUs that support it
+    channels_last: bool = True  # on CUDA
+    compile: Literal["auto", "true", "false"] = "auto"  # torch.compile the training step; auto: on CUDA
+    eval_batch_size: int = 64
+
+    def check(self, where: str) -> None:
+        need(
+            DEVICE.fullmatch(self.device) is not None,
+            where,
+            "train.device",
+            f"{self.device!r} is not a device; use auto, cpu, cuda or cuda:N",
+        )
+        need(self.epochs >= 1, where, "train.epochs", "must be >= 1")
+        need(
+            math.isfinite(self.lr) and self.lr > 0,
+            where,
+            "train.lr",
+            f"must be a finite number > 0, got {self.lr}; e.g. 1.0e-3",
+        )
+        for name in ("weight_decay", "warmup_epochs"):
+            value = getattr(self, name)
+            need(
+                math.isfinite(value) and value >= 0,
+                where,
+                f"train.{name}",
+                f"must be a finite number >= 0, got {value}",
+            )
+        need(
+            math.isfinite(self.head_lr_mult) and self.head_lr_mult > 0,
+            where,
+            "train.head_lr_mult",
+            "must be a finite number > 0",
+        )
+        need(
+            math.isfinite(self.momentum) and 0 <= self.momentum < 1,
+            where,
+            "train.momentum",
+            "must be in [0, 1); e.g. 0.9",
+        )
+        need(
+            math.isfinite(self.step_gamma) and self.step_gamma > 0,
+            where,
+            "train.step_gamma",
+            "must be a finite number > 0; e.g. 0.1",
+        )
+        need(
+            self.eval_batch_size >= 1,
+            where,
+            "train.eval_batch_size",
+            f"must be >= 1, got {self.eval_batch_size}; e.g. 64",
+        )
+        need(0 <= self.ema_decay < 1, where, "train.ema_decay", "must be in [0, 1); 0 disables the EMA")
+
+
+@dataclass
+class TrainParams(Params):
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lio: LIOConfig = field(default_factory=LIOConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def cross_check(self, where: str) -> None:
+        """A batch of whole P+1 groups; every LIO stage map at least 2x2 at the crop size."""
+        group = self.lio.P + 1
+        need(
+            self.train.batch_size >= group and self.train.batch_size % group == 0,
+            where,
+            "train.batch_size",
+            f"{self.train.batch_size} is not a multiple of lio.P+1={group}; "
+            f"use e.g. {group * max(1, self.train.batch_size // group)}",
+        )
+        crop = self.data.transforms.crop
+        for stage in self.lio.stages:
+            side = stage_size(stage, crop) // self.lio.pool
+            need(
+                side >= 2,
+                where,
+                "lio.pool",
+                f"{self.lio.pool} pools {stage}'s {stage_size(stage, crop)}x{stage_size(stage, crop)} map at "
+                f"data.transforms.crop {crop} to {side}x{side}, smaller than 2x2; lower lio.pool, raise the crop, "
+                f"or drop {stage} from lio.stages",
+            )

@@ -1,0 +1,314 @@
+"""The report stage: reports/report.md and models/MODEL_CARD.md rendered from the other stages'
+JSON alone (scores, extent, export, engine, the deployable's metadata, the study). Nothing is
+scored or timed here, so `lio study collect` or a changed sentence re-renders in a second."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from pipeline.config.schema import build
+from pipeline.config.train import TrainParams
+from pipeline.core.artifacts.deployable import Deployable
+from pipeline.core.artifacts.engine import EngineInfo
+from pipeline.core.artifacts.export import ExportReport
+from pipeline.core.artifacts.extent import IOU, MAPS, Extent
+from pipeline.core.artifacts.scores import BackendScore, Scores
+from pipeline.core.io import write_text
+
+
+@dataclass(frozen=True)
+class RenderFiles:
+    scores: Path
+    extent: Path
+    export_report: Path
+    engine_info: Path
+    metadata: Path  # models/<arch>.json
+    study: Path
+    masks: Path  # linked from report.md
+    report: Path
+    model_card: Path
+
+
+def render(files: RenderFiles) -> list[str]:
+    """Write report.md and MODEL_CARD.md; returns report.md's lines."""
+    scores, extent = Scores.load(files.scores), Extent.load(files.extent)
+    meta = Deployable.load(files.metadata)
+    export = ExportReport.load(files.export_report)
+    engine = EngineInfo.load(files.engine_info) if files.engine_info.exists() else None
+    advice = recommendations(scores, export, engine)
+    lines = report_lines(scores, extent, files.masks.name)
+    lines += ["", "## What to deploy", "", *[f"- **{target}**: {text}" for target, text in advice.items()]]
+    write_text(files.report, "\n".join(lines) + "\n")
+    write_text(files.model_card, model_card(meta, scores, export, engine, advice, study_line(files.study)))
+    return lines
+
+
+def _ci(r: BackendScore) -> str:
+    lo, hi = r.top1_ci95
+    return f"{r.top1:.4f} [{lo:.3f}, {hi:.3f}]"
+
+
+def recommendations(scores: Scores, export: ExportReport, engine: EngineInfo | None) -> dict[str, str]:
+    """Per target, the artifact to deploy, from the numbers measured here: on a CPU the fastest
+    ONNX Runtime variant that passed its gate (at the measured batch); on a GPU the engine (or how to build it)."""
+    cpu = [
+        r
+        for r in scores.backends
+        if r.backend.startswith("onnxruntime-")
+        and r.device == "CPUExecutionProvider"
+        and export.deployable(r.backend.removeprefix("onnxruntime-"))
+    ]
+    out = {}
+    batch = scores.throughput_batch
+    if cpu:
+        fp32 = next((r for r in cpu if r.backend == "onnxruntime-fp32"), cpu[0])
+        best = max(cpu, key=lambda r: r.throughput)
+        variant = export.variants[best.backend.removeprefix("onnxruntime-")]
+        out["CPU (ONNX Runtime)"] = (
+            f"`{variant.file}`: {best.throughput:.0f} img/s at batch {batch} "
+            f"({best.throughput / fp32.throughput:.2f}x FP32), p50 {best.p50_ms:.2f} ms at batch 1 "
+            f"({best.p50_ms / fp32.p50_ms:.2f}x FP32), test top-1 {_ci(best)} (FP32 {fp32.top1:.4f}); "
+            "measured on this machine's CPU"
+        )
+    if engine is not None and engine.built and engine.gpu is not None:
+        out["GPU (TensorRT)"] = (
+            f"`models/engine/model.engine` ({engine.precision}, TensorRT {engine.tensorrt}, "
+            f"{engine.gpu.name}, compute capability {engine.gpu.compute_capability})"
+            + (f"; {engine.fallback}" if engine.fallback else "")
+        )
+    else:
+        precision = engine.precision if engine else "fp16"
+        wanted = export.variants.get(precision)
+        out["GPU (TensorRT)"] = (
+            f"build the engine on the target GPU (`dvc repro engine` with TensorRT installed) from "
+            f"`{wanted.file if wanted else 'models/onnx/'}` ({precision}, its gate "
+            f"{wanted.status if wanted else 'not run'}); not built here: "
+            f"{engine.reason if engine else 'engine.json not found'}"
+        )
+    return out
+
+
+def model_card(
+    meta: Deployable,
+    scores: Scores,
+    export: ExportReport,
+    engine: EngineInfo | None,
+    advice: dict[str, str],
+    study: str,
+) -> str:
+    """models/MODEL_CARD.md: what the model is, how it was made and measured, and its limits. The
+    training settings come from the deployable's metadata (they travel with the weights)."""
+    t = trained_with(meta)
+    lio, train, data = t.lio, t.train, t.data
+    images = meta.summary.images if meta.summary else {}
+    method = (
+        f"LIO heads on {', '.join(lio.stages)} (P {lio.P}, alpha {lio.alpha}, beta {lio.beta}, "
+        f"target_grad {str(lio.target_grad).lower()}, scl_weights {lio.scl_weights}, mask_source "
+        f"{lio.mask_source}), removed after training"
+        if lio.stages
+        else "plain training (lio.stages: [], the baseline)"
+    )
+    gate_rows = [
+        f"| {p} | {v.status} | {v.gate.val_top1_drop:+.4f} (max {v.gate.max_top1_drop}) | "
+        f"{v.gate.val_agreement:.4f} (min {v.gate.min_agreement}) | {v.gate.test_top1:.4f} |"
+        for p, v in export.variants.items()
+        if v.gate is not None
+    ]
+    fmt = data.format
+    lines = [
+        f"# Model card: {meta.arch} trained with Look-into-Object",
+        "",
+        f"**What it is.** A plain torchvision `{meta.arch}` with {meta.num_classes} classes: the network that "
+        f"ships is exactly torchvision's (proved in `reports/parity.json`); during training it carried {method}.",
+        "",
+        f"**Data.** `data.format: {fmt}` ({data.root if fmt != 'synthetic' else 'the embedded synthetic set'}): "
+        f"{images.get('train', '?')} training, {images.get('val', '?')} validation, {scores.test_images} test "
+        "images. The best epoch is chosen on validation; the test split is read once.",
+        "",
+        f"**Training.** {train.epochs} epochs of {train.optimizer} (lr {train.lr}, new layers "
+        f"x{train.head_lr_mult}, weight decay {train.weight_decay}, {train.schedule} schedule), "
+        f"batch {train.batch_size}, seed {t.seed}, weights from `model.pretrained: {t.model.pretrained}`.",
+        "",
+        "**Preprocessing** (also in every artifact's metadata; `pipeline.deploy.preprocess.preprocess` does it): "
+        f"`{json.dumps(asdict(meta.preprocess))}`: decode RGB, resize the shorter side, centre-crop, scale to "
+        "[0, 1], normalise.",
+        "",
+        "**Accuracy and latency** per backend, on the test split, on the machine that ran the report "
+        "(top-1 with its 95% Wilson interval):",
+        "",
+        markdown_table(
+            [{**asdict(r), "top1_ci": _ci(r)} for r in scores.backends],
+            [
+                ("backend", "backend", ""),
+                ("device", "device", ""),
+                ("top1_ci", "top-1 [95% CI]", ""),
+                ("agreement", "agreement with PyTorch", ".4f"),
+                ("p50_ms", "p50 ms (batch 1)", ".2f"),
+                ("throughput", f"img/s (batch {scores.throughput_batch})", ".1f"),
+            ],
+        ),
+        "",
+        f"Per-class results (`reports/per_class.json`) come from `{scores.deployed}`.",
+        "",
+        f"**Precision gates**, decided on {export.decided_on}; test top-1 beside:",
+        "",
+        "| variant | status | val top-1 drop | val agreement | test top-1 |",
+        "|---|---|---|---|---|",
+        *gate_rows,
+        "",
+        "**Engine.** " + engine_sentence(engine),
+        "",
+        "**What to deploy:**",
+        "",
+        *[f"- {target}: {text}" for target, text in advice.items()],
+        "",
+        f"**Does LIO help?** {study}",
+        "",
+        "**Intended use and limits.** Image classification of the classes above, on images like the training data "
+        "and preprocessed exactly as stated. Not evaluated for other domains, for calibration of its probabilities, "
+        "or for robustness to corruptions; accuracy on a small test split carries a binomial error of about "
+        f"{100 * (0.25 / max(1, scores.test_images)) ** 0.5:.1f} points (the intervals above). The embedded default "
+        "dataset is synthetic: its numbers show the pipeline works, not how a model does on photographs.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def trained_with(meta: Deployable) -> TrainParams:
+    """The settings the model was trained with, typed: they travel inside models/lio.pt and on into
+    the deployable's metadata (as Lightning's save_hyperparameters keeps them with the weights)."""
+    names = [f.name for f in fields(TrainParams)]
+    return build(
+        TrainParams, {k: meta.training[k] for k in names if k in meta.training}, "models/<arch>.json", "training"
+    )
+
+
+def engine_sentence(engine: EngineInfo | None) -> str:
+    if engine is not None and engine.built and engine.gpu is not None:
+        return (
+            f"TensorRT {engine.tensorrt}, {engine.precision}, built on {engine.gpu.name} (compute capability "
+            f"{engine.gpu.compute_capability}), compatibility {asdict(engine.compatibility)}."
+        )
+    reason = engine.reason if engine else "engine.json not found"
+    precision = engine.precision if engine else "chosen"
+    return (
+        f"not built here ({reason}); `dvc repro engine` on the target GPU builds it from the {precision} ONNX variant."
+    )
+
+
+def study_line(path: Path) -> str:
+    """The study's main comparison, and its choice of the default when that is another variant,
+    with their intervals, from reports/study.json (when present)."""
+    if not path.exists():
+        return "no study recorded (`lio study`)."
+    parts = []
+    for preset, section in json.loads(path.read_text()).get("presets", {}).items():
+        chosen = (section.get("choice") or {}).get("best")
+        for name in dict.fromkeys(["lio", chosen]):
+            v = section.get("variants", {}).get(name)
+            if not v or v["test_vs_baseline"]["ci95"] is None:
+                continue
+            d = v["test_vs_baseline"]
+            parts.append(
+                f"{preset} preset: {'LIO' if name == 'lio' else name}"
+                f"{' (its choice by validation)' if name == chosen else ''} vs baseline {d['mean']:+.3f} test top-1, "
+                f"95% CI [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] over {d['n']} paired seeds ({d['wins']} wins)"
+            )
+    return (
+        "; ".join(parts) + " (reports/study.md)."
+        if parts
+        else "the study has too few paired seeds yet (reports/study.md)."
+    )
+
+
+def report_lines(scores: Scores, extent: Extent, masks_file: str) -> list[str]:
+    columns = [
+        ("backend", "backend", ""),
+        ("device", "device / provider", ""),
+        ("top1_ci", "top-1 [95% CI]", ""),
+        ("top5", "top-5", ".4f"),
+        ("agreement", "top-1 agreement", ".4f"),
+        ("p50_ms", "p50 ms", ".2f"),
+        ("p90_ms", "p90 ms", ".2f"),
+        ("p99_ms", "p99 ms", ".2f"),
+        ("throughput", f"img/s @ batch {scores.throughput_batch}", ".1f"),
+        ("size_mb", "MiB", ".1f"),
+    ]
+    lines = [
+        "# LIO report",
+        "",
+        f"Test split: {scores.test_images} images. Latency at batch {scores.latency_batch}, throughput at batch "
+        f"{scores.throughput_batch} (`engine.max_batch`). Top-1 with its 95% Wilson interval.",
+        "",
+        markdown_table([{**asdict(r), "top1_ci": _ci(r)} for r in scores.backends], columns),
+        "",
+    ]
+    lines += [f"- {name}: not measured: {why}" for name, why in scores.skipped.items()]
+    ranked = [c for c in scores.per_class if c.top1 is not None]
+    worst = sorted(ranked, key=lambda c: (c.top1, c.name))[:5]
+    lines += [
+        "",
+        f"## Per class ({scores.deployed})",
+        "",
+        "Lowest top-1 (all classes in `reports/per_class.json`, "
+        "confusion matrix: `dvc plots show reports/confusion.json`):",
+        "",
+        markdown_table(
+            [asdict(c) for c in worst],
+            [
+                ("name", "class", ""),
+                ("images", "test images", ""),
+                ("top1", "top-1", ".3f"),
+                ("most_confused_with", "most often predicted instead", ""),
+            ],
+        ),
+        "",
+    ]
+    if scores.confusions:
+        lines += [
+            "Most frequent confusions:",
+            "",
+            markdown_table(
+                [asdict(c) for c in scores.confusions],
+                [("actual", "actual", ""), ("predicted", "predicted", ""), ("images", "images", "")],
+            ),
+            "",
+        ]
+    if extent.stages:
+        rows = [{"stage": s, **d} for s, d in extent.stages.items()]
+        fmt = ".3f"
+        cols = [("stage", "stage", ""), ("N", "N", ".0f"), ("images", "images", "")]
+        cols += [(IOU + name, name, fmt) for name in MAPS if IOU + name in rows[0]]
+        cols += [("pointing", "pointing", fmt), ("pointing chance", "pointing chance", fmt)]
+        lines += [
+            "## Object extent",
+            "",
+            f"IoU with the true masks of each map thresholded at {extent.threshold} after min-max "
+            "normalisation, on the test images with masks. m' is OEL's predicted extent, M the pseudo mask; "
+            "the next columns are reference maps at the same N: all-ones, a centred disc with the mean "
+            f"object area of the training masks ({extent.train_mask_area:.3f} of the image), a seeded "
+            "random map, and the ceiling (the true mask pooled to N x N, the best any N x N map can score). "
+            "Pointing: share of images whose reference cell for SCL (argmax of m', or of M without OEL) "
+            "lies on the object, beside the share of object cells (a random cell's rate).",
+            "",
+            markdown_table(rows, cols),
+            "",
+            f"![extent]({masks_file})",
+        ]
+    return lines
+
+
+def markdown_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """rows of dicts -> a Markdown table; columns are (key, header, format)."""
+    head = "| " + " | ".join(h for _, h, _ in columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    body = []
+    for r in rows:
+        cells = []
+        for key, _, fmt in columns:
+            v = r.get(key)
+            cells.append("n/a" if v is None else format(v, fmt) if fmt else str(v))
+        body.append("| " + " | ".join(cells) + " |")
+    return "\n".join([head, rule, *body])

@@ -1,0 +1,162 @@
+"""The score stage: every backend that runs here scored on the test split (accuracy with its
+interval, agreement, size), timed (latency at batch 1, throughput at the engine's largest
+batch), and the per-class results of the one that ships. Everything lands in reports/scores.json
+(read by the renderer) and the DVC metrics and plots files beside it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.core.artifacts.engine import EngineInfo
+from pipeline.core.artifacts.export import ExportReport
+from pipeline.core.artifacts.scores import BackendScore, ClassScore, Confusion, Scores
+from pipeline.core.io import write_json
+from pipeline.core.metrics import accuracy, agreement, confusions, per_class, wilson
+from pipeline.core.paths import require
+from pipeline.core.timing import latency, throughput
+from pipeline.data.dataset import batches, logits_over
+from pipeline.data.manifest import read_manifest
+from pipeline.data.transforms import eval_preset
+from pipeline.deploy import onnx_runtime
+from pipeline.deploy.engine import EngineError, EngineRunner
+from pipeline.deploy.runners import load_deployable, torch_runner
+
+
+@dataclass(frozen=True)
+class ScoreFiles:
+    """What the score stage reads and writes; `lio score` passes pipeline/core/paths.py's table."""
+
+    prepared: Path
+    weights: Path  # the stripped plain model (its .json beside it)
+    onnx: dict[str, Path]
+    export_report: Path
+    engine: Path
+    engine_info: Path
+    scores: Path
+    metrics: Path
+    latency: Path
+    per_class: Path
+    confusion: Path
+
+
+@dataclass
+class Backend:
+    """One way of running the deployed model here: a name for the tables, a numpy -> numpy call,
+    the file it runs, the device or provider that really runs it, and how to wait for it."""
+
+    name: str
+    run: Callable[[np.ndarray], np.ndarray]
+    file: Path
+    device: str
+    sync: Callable[[], Any] = lambda: None
+
+
+def backends(
+    model: torch.nn.Module, files: ScoreFiles, cuda: bool, export: ExportReport | None, engine: EngineInfo | None
+) -> tuple[list[Backend], dict[str, str]]:
+    """Everything that runs here; and what was skipped, with why."""
+    found = [Backend("pytorch", torch_runner(model, "cpu"), files.weights, "cpu")]
+    skipped: dict[str, str] = {}
+    if cuda:
+        cuda_run = torch_runner(model, "cuda")
+        found.append(Backend("pytorch-cuda", cuda_run, files.weights, "cuda", sync=torch.cuda.synchronize))
+    for precision, path in files.onnx.items():
+        variant = export.variants.get(precision) if export else None
+        if variant is not None and not variant.deployable and variant.gate is not None:
+            g = variant.gate  # a variant its gate rejected is not a backend
+            skipped[f"onnxruntime-{precision}"] = (
+                f"rejected by its gate (validation top-1 drop {g.val_top1_drop:+.4f}, agreement "
+                f"{g.val_agreement:.4f}; reports/export.json)"
+            )
+            continue
+        if not path.exists():
+            skipped[f"onnxruntime-{precision}"] = (
+                f"{path} not found (not in export.precisions, or `lio export` not run)"
+            )
+            continue
+        sess = onnx_runtime.session(path, "cuda" if cuda else "cpu")
+        found.append(
+            Backend(f"onnxruntime-{precision}", partial(onnx_runtime.run, sess), path, onnx_runtime.provider(sess))
+        )
+    if engine is not None and engine.built and engine.gpu is not None:
+        try:
+            runner = EngineRunner(files.engine, files.engine_info)
+            found.append(Backend(f"tensorrt-{engine.precision}", runner, files.engine, engine.gpu.name))
+        except EngineError as e:
+            skipped["tensorrt"] = str(e)
+    else:
+        skipped["tensorrt"] = (engine.reason or "not built") if engine else f"{files.engine_info} not found"
+    return found, skipped
+
+
+def score(files: ScoreFiles, batch: int, warmup: int, iters: int, throughput_iters: int) -> Scores:
+    """Score every backend, time it (`iters` calls at batch 1 after `warmup`, `throughput_iters` at
+    `batch`); write scores.json and the metrics and plot files."""
+    rows, classes = read_manifest(require(files.prepared, "prepare"))
+    model, meta = load_deployable(require(files.weights, "strip"))
+    preset = eval_preset(meta.preprocess)
+    test = [r for r in rows if r.split == "test"]
+    labels = np.array([r.label for r in test])
+    export = ExportReport.load(files.export_report) if files.export_report.exists() else None
+    engine = EngineInfo.load(files.engine_info) if files.engine_info.exists() else None
+    found, skipped = backends(model, files, torch.cuda.is_available(), export, engine)
+    sample = next(batches(test, preset, batch)).numpy()
+    big = np.resize(sample, (batch, *sample.shape[1:]))  # the engine's largest batch, for throughput
+    print(f"scoring {', '.join(b.name for b in found)} on {len(test)} test images")
+    scored = logits_over({b.name: b.run for b in found}, test, preset, batch)
+    table = []
+    for b in found:
+        print(f"timing {b.name} ({b.device})")
+        logits = scored[b.name]
+        top = accuracy(logits, labels)
+        table.append(
+            BackendScore(
+                backend=b.name,
+                device=b.device,
+                top1=top["top1"],
+                top1_ci95=wilson(int(round(top["top1"] * len(labels))), len(labels)),
+                top5=top["top5"],
+                agreement=agreement(logits, scored["pytorch"]),
+                **latency(b.run, sample[:1], warmup, iters, b.sync),
+                throughput=throughput(b.run, big, throughput_iters, b.sync),
+                size_mb=Path(b.file).stat().st_size / 2**20,
+            )
+        )
+
+    # per-class results and confusions come from the artifact that ships: the engine where it was
+    # built and runs, else ONNX Runtime FP32
+    engines = [name for name in scored if name.startswith("tensorrt-")]
+    deployed = engines[0] if engines else ("onnxruntime-fp32" if "onnxruntime-fp32" in scored else "pytorch")
+    predicted = scored[deployed].argmax(1)
+    result = Scores(
+        test_images=len(test),
+        latency_batch=1,
+        throughput_batch=batch,
+        backends=table,
+        skipped=skipped,
+        deployed=deployed,
+        per_class=[
+            ClassScore(r["class"], r["images"], r["top1"], r["most_confused_with"])
+            for r in per_class(predicted, labels, classes)
+        ],
+        confusions=[Confusion(**c) for c in confusions(predicted, labels, classes)],
+    )
+    result.save(files.scores)
+    write_json(
+        files.metrics,
+        {"test_top1": table[0].top1, "backends": {r.backend: asdict(r) for r in table}, "skipped": skipped},
+    )
+    write_json(files.latency, [{"backend": r.backend, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms} for r in table])
+    write_json(files.per_class, {"backend": deployed, "classes": [asdict(c) for c in result.per_class]})
+    write_json(
+        files.confusion,
+        [{"actual": classes[a], "predicted": classes[p]} for a, p in zip(labels.tolist(), predicted.tolist())],
+    )
+    return result

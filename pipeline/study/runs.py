@@ -1,0 +1,173 @@
+"""Running the study as DVC experiments and reading back what they recorded.
+
+Queued and running experiments come from `dvc.api.exp_show` (its `State` column), the commits
+experiments ran from from DVC's `Repo.experiments.ls`, and each run's files from
+`dvc exp show --json`, which alone carries every output's hash: a run's localisation counts only
+if reports/extent.json was computed from that run's models/lio.pt (tied by the file's hash).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from pipeline.config.schema import apply_overrides
+from pipeline.core import paths
+from pipeline.core.artifacts.training import TrainingSummary
+from pipeline.core.io import write_text
+from pipeline.study.presets import PRETRAIN, PRETRAINED, VARIANTS, StudyError, grid
+
+NAME = re.compile(r"^study-(?P<preset>[a-z0-9]+)-(?P<variant>[a-z0-9.-]+)-s(?P<seed>\d+)$")
+
+
+def queue(
+    preset: str,
+    seeds: int,
+    other_seeds: int,
+    variants: list[str] | None = None,
+    pretrained: Path = PRETRAINED,
+    recorded: Path | None = Path("reports/study.json"),
+) -> list[str]:
+    """Queues every run with `dvc exp run --queue`, except those already in `recorded` or still
+    queued or running (a study cut short by the end of a session goes on where it stopped, and
+    queueing twice adds nothing); returns the names."""
+    if preset == "transfer" and not pretrained.exists():
+        raise StudyError(
+            f"the transfer preset fine-tunes {pretrained}, which is missing: run `lio study pretrain` first"
+        )
+    done = pending()
+    if recorded is not None:
+        done |= {r["name"] for p in load_study(recorded)["presets"].values() for r in p.get("runs", [])}
+    names = []
+    for name, overrides in grid(preset, seeds, other_seeds, variants, pretrained):
+        if name in done:
+            continue
+        _dvc("exp", "run", "--queue", "--name", name, *(a for o in overrides for a in ("-S", o)))
+        names.append(name)
+    return names
+
+
+def _dvc(*args: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)
+    if proc.returncode:
+        raise StudyError(f"`dvc {' '.join(args)}` failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout
+
+
+def pending() -> set[str]:
+    """Names of the experiments DVC holds as queued or running."""
+    import dvc.api
+
+    return {r["Experiment"] for r in dvc.api.exp_show() if r.get("State") in ("Queued", "Running") and r["Experiment"]}
+
+
+def baselines(preset: str) -> list[str]:
+    """The commits that experiments of `preset` ran from."""
+    from dvc.repo import Repo
+
+    with Repo() as repo:
+        listed = repo.experiments.ls(all_commits=True)
+    return [base for base, exps in listed.items() if any(name.startswith(f"study-{preset}-") for name, _ in exps)]
+
+
+def show(preset: str) -> list:
+    """`dvc exp show --json` of the commits experiments of `preset` ran from (not `-A`, which walks
+    every commit of the repository: minutes per call once the study has committed a few dozen times)."""
+    revs = baselines(preset)
+    return json.loads(_dvc("exp", "show", "--json", *(a for r in revs for a in ("--rev", r)))) if revs else []
+
+
+def load_study(path: Path) -> dict:
+    """The recorded study, or an empty one; a file from before presets were sections is read as the cpu preset's."""
+    if not path.exists():
+        return {"presets": {}}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise StudyError(f"{path}: not valid JSON ({e}); restore it with `git checkout {path}`") from e
+    return data if "presets" in data else {"presets": {data["preset"]: data}}
+
+
+def pretrain(work: Path, out: Path, params: Path = Path("params.yaml")) -> TrainingSummary | None:
+    """The transfer preset's backbone: a plain ResNet-18 trained on presets.PRETRAIN_CLASSES synthetic
+    classes disjoint from the study's (same arrangement stream, earlier classes), saved as a
+    state dict for `model.pretrained`. Runs prepare and train in `work`, once."""
+    import yaml
+
+    from pipeline.config.data import PrepareParams
+    from pipeline.config.params import load_config
+    from pipeline.config.train import TrainParams
+    from pipeline.data.prepare import prepare
+    from pipeline.lio.checkpoint import load_trained
+    from pipeline.train.loop import train
+    from pipeline.weights import save_torch
+
+    data = apply_overrides(yaml.safe_load(params.read_text()), PRETRAIN)
+    work.mkdir(parents=True, exist_ok=True)
+    write_text(work / "params.yaml", yaml.safe_dump(data, sort_keys=False))
+    cfg = load_config(work / "params.yaml")
+    prepare(cfg.view(PrepareParams), work / "prepared")
+    summary = train(cfg.view(TrainParams), work / "prepared", work / "model.pt", work / "checkpoints", work / "dvclive")
+    model, _ = load_trained(work / "model.pt")
+    save_torch(model.backbone.state_dict(), out)
+    return summary
+
+
+def experiments(shown) -> Iterator[tuple[str, dict]]:
+    """(name, data) of every named experiment in `dvc exp show --json`, whatever the nesting.
+    Failed runs are left out: their files are the queued snapshot's, another run's results."""
+    if isinstance(shown, dict):
+        data = shown.get("data")
+        if isinstance(data, dict) and shown.get("name") and "params" in data and not shown.get("error"):
+            yield shown["name"], data
+        for v in shown.values():
+            yield from experiments(v)
+    elif isinstance(shown, list):
+        for v in shown:
+            yield from experiments(v)
+
+
+def _metric(data: dict, file: str, *keys):
+    node = (data.get("metrics", {}).get(file) or {}).get("data") or {}
+    for k in keys:
+        if not isinstance(node, dict) or k not in node:
+            return None
+        node = node[k]
+    return node
+
+
+def localisation(data: dict) -> dict:
+    """The run's reports/extent.json stages, if it was computed from this run's models/lio.pt (a run
+    stopped before its localise stage holds the queued snapshot's file, another model's)."""
+    model = ((data.get("outs") or {}).get(str(paths.TRAINED)) or {}).get("hash")
+    extent = _metric(data, str(paths.EXTENT)) or {}
+    return extent.get("stages") or {} if model and extent.get("model_md5") == model else {}
+
+
+def records(shown, preset: str) -> list[dict]:
+    """One record per finished study run of `preset` (runs without test metrics are still going or failed)."""
+    out = {}
+    for name, data in experiments(shown):
+        m = NAME.match(name)
+        if not m or m["preset"] != preset or m["variant"] not in VARIANTS:
+            continue
+        if data.get("timestamp") is None:  # still running: its files are still the queued snapshot's (seen here)
+            continue
+        top1 = _metric(data, "dvclive/metrics.json", "test", "top1")
+        if top1 is None:
+            continue
+        out[name] = {
+            "name": name,
+            "variant": m["variant"],
+            "seed": int(m["seed"]),
+            "test_top1": top1,
+            "best_val_top1": _metric(data, "dvclive/metrics.json", "best", "val_top1"),
+            "best_epoch": _metric(data, "dvclive/metrics.json", "best", "epoch"),
+            "train_seconds": _metric(data, "dvclive/metrics.json", "train_seconds"),
+            "localisation": localisation(data),
+        }
+    return sorted(out.values(), key=lambda r: (list(VARIANTS).index(r["variant"]), r["seed"]))
