@@ -24,6 +24,10 @@ def command(cfg):
     for precision, v in result.variants.items():
         line = f"{precision}: {v.file} test top1 {v.test_top1:.3f}"
         if v.gate is not None:
-            drop, agree = v.gate.val_top1_drop, v.gate.val_agreement
-            line += f", gate {v.status}: val top1 drop {drop:+.4f}, agreement {agree:.4f}"
+            g = v.gate
+            lo, hi = g.agreement_ci95
+            line += (
+                f", gate {v.status} on {g.images} images: top1 drop {g.top1_drop:+.4f}, "
+                f"agreement {g.agreement:.4f} [{lo:.3f}, {hi:.3f}]"
+            )
         click.echo(line)

@@ -26,7 +26,9 @@ def tiny_config(**overrides) -> Config:
     """resnet18 at 32 px on 3 classes: seconds per epoch on a CPU. LIO on layer2 and layer3 (4x4
     and 2x2 maps); layer4's would be 1x1, which the config refuses."""
     cfg = Config()
-    cfg.data.synthetic = SyntheticConfig(classes=3, images_per_class=16, test_fraction=0.25, image_size=32)
+    cfg.data.synthetic = SyntheticConfig(
+        classes=3, images_per_class=16, test_fraction=0.25, image_size=32, extra_gate_per_class=20
+    )
     cfg.data.transforms = TransformConfig(resize=36, crop=32, rotation=15, hflip=True)
     cfg.data.workers = 0
     cfg.model.arch = "resnet18"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.config.data import SyntheticConfig
+from pipeline.config.data import PrepareParams, SyntheticConfig
 from pipeline.core.errors import DatasetError
 from pipeline.data import synthetic
 from pipeline.data.dataset import ImageError, ManifestDataset, load_image
@@ -220,9 +220,10 @@ def test_prepare_writes_manifest_with_stratified_val(tmp_path):
     cfg = tiny_config()
     summary = prepare(cfg, tmp_path / "prepared")
     rows, names = read_manifest(tmp_path / "prepared")
-    assert len(names) == 3 and summary["images"] == 48
-    by = {s: [r for r in rows if r.split == s] for s in ("train", "val", "test")}
+    assert len(names) == 3 and summary["images"] == 48 + 60 and summary["gate"] == 60
+    by = {s: [r for r in rows if r.split == s] for s in ("train", "val", "test", "gate")}
     assert len(by["test"]) == 12 and all(len([r for r in by["val"] if r.label == c]) == 2 for c in range(3))
+    assert all(len([r for r in by["gate"] if r.label == c]) == 20 for c in range(3))  # extra_gate_per_class
     with open(tmp_path / "prepared" / "manifest.csv") as f:
         header = next(csv.reader(f))
     assert {"path", "label", "split", "bbox", "mask"} <= set(header)
@@ -318,3 +319,16 @@ def test_png_whose_data_stops_short_is_a_one_line_error_not_a_crash(tmp_path):
         good = tmp_path / f"good_{mode}.png"
         Image.fromarray(np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8), mode).save(good)
         assert load_image(good).shape == (3, 20, 30)  # every colour type passes the check
+
+
+def test_gate_images_change_nothing_before_them(tmp_path):
+    """The embedded set's held-out gate images come from their own stream, after every other image:
+    the training, validation and test images are byte for byte those of a set without them."""
+    rows = {}
+    for extra in (0, 20):
+        cfg = tiny_config(**{"data.synthetic.extra_gate_per_class": extra})
+        prepare(cfg.view(PrepareParams), tmp_path / str(extra))
+        got, _ = read_manifest(tmp_path / str(extra))
+        rows[extra] = [(r.path.relative_to(tmp_path / str(extra)), r.label, r.split, r.path.read_bytes()) for r in got]
+    gate = [r for r in rows[20] if r[2] == "gate"]
+    assert len(gate) == 60 and [r for r in rows[20] if r[2] != "gate"] == rows[0]

@@ -93,16 +93,17 @@ def test_a_failing_gate_rejects_the_variant_and_the_engine_falls_back(exported, 
     shutil.copytree(exported / "models", tmp_path / "models")
     monkeypatch.setattr(export_lib, "export_fp16", damage)
     files = {p: tmp_path / f"models/onnx/{'model' if p == 'fp32' else 'model.' + p}.onnx" for p in ("fp32", "fp16")}
-    strict = ExportConfig(precisions=["fp32", "fp16"], gates={"fp16": Gate(0.0, 0.99)})
+    strict = ExportConfig(precisions=["fp32", "fp16"], gates={"fp16": Gate(0.0, 0.9)})
     report = tmp_path / "reports/export.json"
     result = export_lib.export_all(
         tmp_path / "models/resnet18.pt", exported / "data/prepared", files, report, strict, seed=0
     )
     fp16 = result.variants["fp16"]
     assert fp16.status == "rejected" and not files["fp16"].exists()  # out of the deployables
-    assert fp16.gate is not None and fp16.gate.val_agreement < 0.99 and fp16.gate.min_agreement == 0.99
+    assert fp16.gate is not None and fp16.gate.agreement < 0.9 and fp16.gate.min_agreement == 0.9
+    assert fp16.gate.images > 50 and fp16.gate.agreement_ci95[0] <= fp16.gate.agreement <= fp16.gate.agreement_ci95[1]
     assert ExportReport.load(report) == result
-    assert "validation split" in result.decided_on
+    assert "validation split" in result.decided_on and "held-out gate images" in result.decided_on
 
     cfg = tiny_config(**{"engine.precision": "fp16"}).engine
     engine_dir = tmp_path / "models/engine"
@@ -289,7 +290,7 @@ def test_int8_cpu_keeps_the_fastest_candidate_that_passes_not_the_fastest(export
     assert variant.status == "rejected" and not files["int8_cpu"].exists() and "format" not in entry
     assert len(entry["candidates"]) == 4 and not any(c["gate"]["passed"] for c in entry["candidates"])
     assert variant.gate is not None
-    assert variant.gate.val_top1_drop == min(c["gate"]["val_top1_drop"] for c in entry["candidates"])
+    assert variant.gate.top1_drop == min(c["gate"]["top1_drop"] for c in entry["candidates"])
 
 
 def test_a_rejected_int8_is_repaired_for_real(exported, tmp_path):
@@ -311,4 +312,70 @@ def test_a_rejected_int8_is_repaired_for_real(exported, tmp_path):
     assert variant.status == "rejected" and not files["int8"].exists() and variant.gate is not None
     assert not entry["first_try"]["passed"] and len(entry["repair"]["kept_in_fp32"]) == 2
     assert set(entry["repair"]["sensitivity"]) == set(entry["repair"]["kept_in_fp32"])
-    assert entry["repair"]["helped"] == (variant.gate.val_agreement > entry["first_try"]["val_agreement"])
+    assert entry["repair"]["helped"] == (variant.gate.agreement > entry["first_try"]["agreement"])
+
+
+def test_a_gate_refuses_to_decide_on_too_few_images(exported, tmp_path):
+    """0.99 agreement and a half-point top-1 drop on the tiny set's ~70 gate images: one image would
+    be worth more than the whole tolerance. The export refuses before writing anything, naming the
+    gate and the count it needs; the variants already there are kept."""
+    import shutil
+
+    import pipeline.deploy.export as export_lib
+    from pipeline.config.export import ExportConfig, Gate
+
+    shutil.copytree(exported / "models", tmp_path / "models")
+    files = {p: tmp_path / f"models/onnx/{'model' if p == 'fp32' else 'model.' + p}.onnx" for p in ("fp32", "fp16")}
+    before = {p: f.read_bytes() for p, f in files.items()}
+    strict = ExportConfig(precisions=["fp32", "fp16"], gates={"fp16": Gate(0.005, 0.99)})
+    with pytest.raises(export_lib.ExportError, match=r"export.gates.fp16 .* needs at least 1000 images .* holds \d+"):
+        export_lib.export_all(
+            tmp_path / "models/resnet18.pt", exported / "data/prepared", files, tmp_path / "export.json", strict, 0
+        )
+    assert {p: f.read_bytes() for p, f in files.items()} == before and not (tmp_path / "export.json").exists()
+
+
+def with_logit_offset(source, path, offset: np.ndarray) -> None:
+    """A real ONNX model: `source` with a constant added to its logits."""
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(source))
+    out = model.graph.output[0].name
+    for node in model.graph.node:
+        node.output[:] = [f"{out}_raw" if o == out else o for o in node.output]
+    model.graph.initializer.append(numpy_helper.from_array(offset.astype(np.float32), "offset"))
+    model.graph.node.append(helper.make_node("Add", [f"{out}_raw", "offset"], [out]))
+    onnx.save(model, str(path))
+
+
+def test_a_gate_passes_one_flip_in_500_and_fails_fifteen(exported, tmp_path):
+    """FP32 and two real variants of it on 500 inputs: a logit offset that flips the top-1 class of
+    exactly 1 (then 15) of them. At 0.99 agreement and a 0.01 drop (500 images: just enough to
+    decide), one flip passes and fifteen fail; the Wilson interval of 15 flips lies under 0.99."""
+    from pipeline.config.export import Gate
+    from pipeline.deploy.export import check_gate_images, judge
+
+    fp32 = exported / "models/onnx/model.onnx"
+    x = np.random.default_rng(0).standard_normal((500, 3, 32, 32)).astype(np.float32)
+    ref = onnx_runtime.run(onnx_runtime.session(fp32), x)
+    top = ref.argmax(1)
+    klass = int(np.bincount(top, minlength=3).argmin())  # the class least often on top: most inputs can flip to it
+    gaps = np.sort((ref.max(1) - ref[:, klass])[top != klass])
+    gate = Gate(max_top1_drop=0.01, min_agreement=0.99)
+    check_gate_images({"fp16": gate}, ["fp32", "fp16"], 500, "500 inputs")  # 500 decide 0.99
+    with pytest.raises(Exception, match="needs at least 500 images"):
+        check_gate_images({"fp16": gate}, ["fp32", "fp16"], 499, "499 inputs")
+    verdicts = {}
+    for flips in (1, 15):
+        offset = np.zeros(3)
+        offset[klass] = (gaps[flips - 1] + gaps[flips]) / 2  # between the k-th and (k+1)-th smallest gap
+        variant = tmp_path / f"flip{flips}.onnx"
+        with_logit_offset(fp32, variant, offset)
+        got = onnx_runtime.run(onnx_runtime.session(variant), x)
+        assert int((got.argmax(1) != top).sum()) == flips
+        logits, reference, labels = {"gate": got, "test": got}, {"gate": ref, "test": ref}, {"gate": top, "test": top}
+        verdicts[flips] = judge(gate, reference, logits, labels)
+    one, fifteen = verdicts[1], verdicts[15]
+    assert one.passed and one.agreement == 0.998 and one.top1_drop == pytest.approx(0.002) and one.images == 500
+    assert not fifteen.passed and fifteen.agreement == 0.97 and fifteen.agreement_ci95[1] < 0.99
+    assert one.agreement_ci95[0] > 0.98  # the interval of one flip in 500 lies above 0.98

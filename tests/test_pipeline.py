@@ -1,5 +1,6 @@
 """End to end: `dvc repro` in a temporary copy of the repository, then an experiment."""
 
+import hashlib
 import json
 import os
 import re
@@ -16,7 +17,13 @@ from pipeline.evaluate.localisation import SCORES
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {  # every stage runs, in about a minute
     "data": {
-        "synthetic": {"classes": 3, "images_per_class": 16, "test_fraction": 0.25, "image_size": 32},
+        "synthetic": {
+            "classes": 3,
+            "images_per_class": 16,
+            "test_fraction": 0.25,
+            "image_size": 32,
+            "extra_gate_per_class": 10,
+        },
         "transforms": {"resize": 36, "crop": 32},
         "workers": 0,
     },
@@ -114,8 +121,10 @@ def test_dvc_repro_then_experiment(tmp_path):
     assert metrics["backends"]["onnxruntime-fp32"]["agreement"] == 1.0
     # TensorRT: measured where it is installed and a GPU runs it, else listed as skipped with why
     assert "tensorrt" in metrics["skipped"] or any(b.startswith("tensorrt-") for b in metrics["backends"])
-    loc = metrics["localisation"]
+    extent = json.loads((repo / "reports/extent.json").read_text())
+    loc = extent["stages"]
     assert set(loc) == {"layer2", "layer3"}
+    assert extent["model_md5"] == hashlib.md5((repo / "models/lio.pt").read_bytes()).hexdigest()
     for stage in loc.values():  # m' and M beside every reference map, pointing beside its chance rate
         assert {*SCORES, "N"} <= set(stage)
         assert all(0 <= v <= 1 for k, v in stage.items() if k != "N" and k != "images")
@@ -126,7 +135,10 @@ def test_dvc_repro_then_experiment(tmp_path):
     assert "Model card: resnet18 trained with Look-into-Object" in card and "| int8_cpu | passed |" in card
     confusion = json.loads((repo / "reports/confusion.json").read_text())
     assert (
-        len(confusion) == json.loads((repo / "reports/export.json").read_text())["fp32"]["parity_vs_pytorch"]["images"]
+        len(confusion)
+        == json.loads((repo / "reports/export.json").read_text())["variants"]["fp32"]["details"]["parity_vs_pytorch"][
+            "images"
+        ]
     )
     assert "| onnxruntime-int8 | CPUExecutionProvider |" in (repo / "reports/report.md").read_text()
     from google.protobuf import text_format
@@ -171,6 +183,5 @@ def test_dvc_repro_then_experiment(tmp_path):
     # The paper's variants, each one -S away: LIO w/ GM and SCL only.
     for overrides, oel in ((["lio.mask_source=gt"], True), (["lio.mask_source=pseudo", "lio.oel=false"], False)):
         sh([*dvc, "exp", "run", *(a for o in overrides for a in ("-S", o))], repo, env)
-        metrics = json.loads((repo / "reports/metrics.json").read_text())
-        stage = metrics["localisation"]["layer2"]
+        stage = json.loads((repo / "reports/extent.json").read_text())["stages"]["layer2"]
         assert ("iou m'" in stage) is oel and "iou M" in stage and "pointing" in stage

@@ -147,3 +147,41 @@ def test_model_card_quotes_the_study_and_its_choice(tmp_path):
     assert "cpu preset: LIO vs baseline -0.024 test top-1, 95% CI [-0.097, +0.048] over 8 paired seeds" in line
     assert "cpu preset: lio-binary (its choice by validation) vs baseline -0.010" in line
     assert line.count("transfer preset") == 1 and "transfer preset: LIO (its choice by validation)" in line
+
+
+def test_the_report_says_by_how_much_a_rejected_variant_missed():
+    from pipeline.core.artifacts.export import GateResult
+    from pipeline.evaluate.render import gate_lines
+
+    g = GateResult(
+        passed=False,
+        max_top1_drop=0.01,
+        min_agreement=0.99,
+        images=510,
+        top1=0.83,
+        top1_fp32=0.8359,
+        top1_drop=0.0059,
+        top1_drop_ci95=(-0.01, 0.02),
+        agreement=0.9765,
+        agreement_ci95=(0.959, 0.987),
+        test_top1=0.83,
+        test_agreement=0.98,
+        max_abs_diff_vs_fp32=1.0,
+    )
+    v = Variant(
+        "int8",
+        "models/onnx/model.int8.onnx",
+        "rejected",
+        0.83,
+        gate=g,
+        details={"repair": {"kept_in_fp32": ["a", "b"]}},
+    )
+    lines = gate_lines(ExportReport("x", {"int8": v}))
+    assert (
+        "| int8 | rejected | 510 | +0.0059 [-0.010, +0.020] (max 0.01) | 0.9765 [0.959, 0.987] (min 0.99) | 0.8300 |"
+        in lines
+    )
+    assert (
+        "- int8 missed by agreement 0.0135 under its minimum (12 of 510 images changed class), even with its 2 most "
+        "sensitive layers kept in FP32: a, b." in lines
+    )

@@ -27,6 +27,22 @@ def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     return (max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n)))
 
 
+def paired_drop_ci(lost: int, gained: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% interval of a paired drop (lost - gained) / n: `lost` images only the reference got
+    right, `gained` images only the other got right (normal approximation for paired proportions)."""
+    if n == 0:
+        return (-1.0, 1.0)
+    d = (lost - gained) / n
+    half = z * math.sqrt(max(lost + gained - (lost - gained) ** 2 / n, 0.0)) / n
+    return (d - half, d + half)
+
+
+def images_needed(tolerance: float) -> int:
+    """Images a gate needs to decide: one image may be worth at most a fifth of its tolerance (a
+    tolerance of 0 asks for no change at all, which any count decides)."""
+    return math.ceil(5 / tolerance - 1e-9) if tolerance > 0 else 1
+
+
 def agreement(logits, reference) -> float:
     """Share of images where two models' top-1 classes agree."""
     return float((np.asarray(logits).argmax(1) == np.asarray(reference).argmax(1)).mean())

@@ -42,6 +42,11 @@ def _table(path: Path, fmt: str) -> dict[str, list[str]]:
     return rows
 
 
+#: train_test_split.txt: 1 train, 0 test; 2 (the embedded synthetic set only) a held-out image for the
+#: precision gates, which training, validation and test never see
+CUB_SPLITS = {"1": "train", "0": "test", "2": "gate"}
+
+
 def read_cub(root: Path) -> tuple[list[Record], list[str]]:
     fmt = "cub (CUB-200-2011)"
     images = _table(root / "images.txt", fmt)
@@ -60,7 +65,7 @@ def read_cub(root: Path) -> tuple[list[Record], list[str]]:
             Record(
                 path=root / "images" / rel,
                 label=int(labels[key][0]) - 1,
-                split="train" if splits[key][0] == "1" else "test",
+                split=CUB_SPLITS.get(splits[key][0], "test"),
                 bbox=_box(boxes[key]) if key in boxes else None,
                 mask=mask if mask.exists() else None,
             )

@@ -149,7 +149,8 @@ def generate(root: Path, cfg: SyntheticConfig, seed: int, workers: int | None = 
     The first round(images_per_class * test_fraction) images of each class are test images.
     `extra_test_per_class` more test images per class come after all the others, from their
     own random stream, so a larger test split leaves the training and validation images
-    unchanged. With `layout_seed` set, the arrangements come from that seed alone (the first
+    unchanged; `extra_gate_per_class` images for the precision gates follow from a third stream
+    (split flag 2), so they change nothing before them either. With `layout_seed` set, the arrangements come from that seed alone (the first
     `skip_classes` of them are left out), so pre-training and study data can share one
     stream of arrangements and be disjoint by construction.
 
@@ -169,27 +170,30 @@ def generate(root: Path, cfg: SyntheticConfig, seed: int, workers: int | None = 
     for name in names:
         (root / "images" / name).mkdir(parents=True, exist_ok=True)
         (root / "segmentations" / name).mkdir(parents=True, exist_ok=True)
-    # (class, index, test?) in the order the random streams are read: every class's own images,
-    # then the extra test images from their own stream (the images above do not depend on it)
-    order = [(c, i, i < n_test) for c in range(1, len(layouts) + 1) for i in range(cfg.images_per_class)]
-    extras = range(cfg.images_per_class, cfg.images_per_class + cfg.extra_test_per_class)
-    order += [(c, i, True) for c in range(1, len(layouts) + 1) for i in extras]
-    extra = np.random.default_rng([seed, 1])
+    # (class, index, split flag) in the order the random streams are read: every class's own images,
+    # then the extra test images, then the gate images, each from its own stream (the images above
+    # do not depend on them)
+    ids = range(1, len(layouts) + 1)
+    order = [(c, i, 0 if i < n_test else 1) for c in ids for i in range(cfg.images_per_class)]
+    first_gate = cfg.images_per_class + cfg.extra_test_per_class
+    order += [(c, i, 0) for c in ids for i in range(cfg.images_per_class, first_gate)]
+    order += [(c, i, 2) for c in ids for i in range(first_gate, first_gate + cfg.extra_gate_per_class)]
+    extra, gate = np.random.default_rng([seed, 1]), np.random.default_rng([seed, 2])
 
     rels = [f"{names[c - 1]}/arrangement_{c:02d}_{i:04d}.png" for c, i, _ in order]
 
     def jobs() -> Iterator[tuple[Plan, Path, Path]]:
         for (c, i, _), rel in zip(order, rels):  # the plans are drawn here, in order; the workers only draw
-            stream = extra if i >= cfg.images_per_class else rng
+            stream = rng if i < cfg.images_per_class else extra if i < first_gate else gate
             yield plan(layouts[c - 1], cfg.image_size, stream), root / "images" / rel, root / "segmentations" / rel
 
     boxes = _run(jobs(), len(order), workers)
     images, labels, splits, bounds = [], [], [], []
-    for k, ((c, _, is_test), rel, box) in enumerate(zip(order, rels, boxes), start=1):
+    for k, ((c, _, flag), rel, box) in enumerate(zip(order, rels, boxes), start=1):
         x0, y0, x1, y1 = box or (0, 0, cfg.image_size, cfg.image_size)
         images.append(f"{k} {rel}")
         labels.append(f"{k} {c}")
-        splits.append(f"{k} {int(not is_test)}")
+        splits.append(f"{k} {flag}")
         bounds.append(f"{k} {x0}.0 {y0}.0 {x1 - x0}.0 {y1 - y0}.0")
     classes = [f"{c} {name}" for c, name in enumerate(names, start=1)]
     for fname, lines in [

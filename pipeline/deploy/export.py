@@ -33,7 +33,7 @@ from pipeline.core.artifacts.deployable import Deployable
 from pipeline.core.artifacts.export import ExportReport, GateResult, Variant
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import atomic_path
-from pipeline.core.metrics import accuracy, agreement
+from pipeline.core.metrics import accuracy, agreement, images_needed, paired_drop_ci, wilson
 from pipeline.core.timing import throughput
 from pipeline.data.dataset import logits_over, stack_images
 from pipeline.data.manifest import Record, read_manifest
@@ -257,23 +257,45 @@ def layer_sensitivity(fp32: Path, int8: Path, calibration: np.ndarray) -> list[t
 
 
 def judge(gate: Gate, reference: dict, logits: dict, labels: dict) -> GateResult:
-    """The gate on validation (`passed` decides), with test numbers beside (reported only)."""
-    val_top1 = accuracy(logits["val"], labels["val"])["top1"]
-    ref_top1 = accuracy(reference["val"], labels["val"])["top1"]
-    val_agreement = agreement(logits["val"], reference["val"])
+    """The gate on the gate images (`passed` decides on the estimates), with their 95% intervals;
+    test numbers beside (reported only)."""
+    mine, ref, y = logits["gate"].argmax(1), reference["gate"].argmax(1), labels["gate"]
+    n, same = len(y), int((mine == ref).sum())
+    lost, gained = int(((ref == y) & (mine != y)).sum()), int(((ref != y) & (mine == y)).sum())
+    top1, top1_fp32 = float((mine == y).mean()), float((ref == y).mean())
+    drop, agree = top1_fp32 - top1, same / n
     return GateResult(
-        passed=bool(ref_top1 - val_top1 <= gate.max_top1_drop + 1e-12 and val_agreement >= gate.min_agreement),
+        passed=bool(drop <= gate.max_top1_drop + 1e-12 and agree >= gate.min_agreement),
         max_top1_drop=gate.max_top1_drop,
         min_agreement=gate.min_agreement,
-        val_images=len(labels["val"]),
-        val_top1=val_top1,
-        val_top1_fp32=ref_top1,
-        val_top1_drop=ref_top1 - val_top1,
-        val_agreement=val_agreement,
+        images=n,
+        top1=top1,
+        top1_fp32=top1_fp32,
+        top1_drop=drop,
+        top1_drop_ci95=paired_drop_ci(lost, gained, n),
+        agreement=agree,
+        agreement_ci95=wilson(same, n),
         test_top1=accuracy(logits["test"], labels["test"])["top1"],
         test_agreement=agreement(logits["test"], reference["test"]),
         max_abs_diff_vs_fp32=float(np.abs(logits["test"] - reference["test"]).max()),
     )
+
+
+def check_gate_images(gates: dict[str, Gate], precisions: list[str], n: int, where: str) -> None:
+    """Refuses, before any export, a gate its images cannot decide: one image must be worth at most
+    a fifth of the gate's tolerance (0.99 agreement: 500 images)."""
+    for p in precisions:
+        if p == "fp32":
+            continue
+        g = gates[p]
+        needed = max(images_needed(g.max_top1_drop), images_needed(1 - g.min_agreement))
+        if n < needed:
+            raise ExportError(
+                f"export.gates.{p} (max_top1_drop {g.max_top1_drop}, min_agreement {g.min_agreement}) needs at "
+                f"least {needed} images to decide (one image may be worth at most a fifth of its tolerance), but "
+                f"{where} holds {n}: loosen the gate, or give it more images (a larger validation split; for the "
+                "embedded set, data.synthetic.extra_gate_per_class)"
+            )
 
 
 def batch32_throughput(path: Path, images: np.ndarray, iters: int = 3) -> float:
@@ -368,7 +390,13 @@ def export_all(
     rows, _ = read_manifest(prepared)
     preset = eval_preset(meta.preprocess)
     split = {s: [r for r in rows if r.split == s] for s in ("train", "val", "test")}
-    labels = {s: np.array([r.label for r in split[s]]) for s in ("val", "test")}
+    split["gate"] = split["val"] + [r for r in rows if r.split == "gate"]  # never trained on, labelled
+    labels = {s: np.array([r.label for r in split[s]]) for s in ("val", "gate", "test")}
+    held_out = len(split["gate"]) - len(split["val"])
+    where = f"the validation split ({len(split['val'])} images)" + (
+        f" with {held_out} held-out gate images" if held_out else ""
+    )
+    check_gate_images(cfg.gates, cfg.precisions, len(split["gate"]), where)
 
     for path in [*onnx_files.values(), *([fused] if fused else [])]:
         path.unlink(missing_ok=True)
@@ -381,7 +409,7 @@ def export_all(
     if not parity["passed"]:
         fp32.unlink()
         raise ExportError(f"{fp32}: ONNX Runtime disagrees with PyTorch on the test images ({parity}); file removed")
-    reference = {"test": out["fp32"], "val": logits_over({"r": fp32_run}, split["val"], preset)["r"]}
+    reference = {"test": out["fp32"], "gate": logits_over({"r": fp32_run}, split["gate"], preset)["r"]}
     variants = {
         "fp32": Variant(
             precision="fp32",
@@ -389,7 +417,7 @@ def export_all(
             status="reference",
             test_top1=accuracy(reference["test"], labels["test"])["top1"],
             provider=onnx_runtime.provider(session),
-            details={"parity_vs_pytorch": parity, "val_top1": accuracy(reference["val"], labels["val"])["top1"]},
+            details={"parity_vs_pytorch": parity, "gate_top1": accuracy(reference["gate"], labels["gate"])["top1"]},
         )
     }
 
@@ -400,7 +428,7 @@ def export_all(
     def gate(path: Path, precision: str) -> tuple[GateResult, str]:
         sess = onnx_runtime.session(path)
         run = lambda x: onnx_runtime.run(sess, x)  # noqa: E731
-        logits = {s: logits_over({"v": run}, split[s], preset)["v"] for s in ("val", "test")}
+        logits = {s: logits_over({"v": run}, split[s], preset)["v"] for s in ("gate", "test")}
         return judge(cfg.gates[precision], reference, logits, labels), onnx_runtime.provider(sess)
 
     for precision in cfg.precisions:
@@ -410,8 +438,7 @@ def export_all(
     if cfg.fuse_preprocess and fused is not None:
         fused_check = export_fused_checked(model, fused, meta, cfg.opset, split["test"], reference["test"])
     result = ExportReport(
-        decided_on=f"validation split ({len(split['val'])} images) against onnxruntime-fp32 on "
-        f"{onnx_runtime.provider(session)}",
+        decided_on=f"{where}, against onnxruntime-fp32 on {onnx_runtime.provider(session)}",
         variants=variants,
         fused_preprocess=fused_check,
     )
@@ -428,11 +455,11 @@ def export_variant(
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         tried = [(c, *gate(c.path, precision)) for c in recipe.candidates(inputs, Path(tmp))]
         if recipe.repair is not None and inputs.repair_layers and not any(v.passed for _, v, _ in tried):
-            closest = max(tried, key=lambda t: t[1].val_agreement)
+            closest = max(tried, key=lambda t: t[1].agreement)
             repaired = recipe.repair(inputs, Path(tmp), closest[0])
             tried.append((repaired, *gate(repaired.path, precision)))
             details["first_try"] = asdict(closest[1])
-            details["repair"] = {**repaired.details, "helped": tried[-1][1].val_agreement > closest[1].val_agreement}
+            details["repair"] = {**repaired.details, "helped": tried[-1][1].agreement > closest[1].agreement}
         speeds = {}
         if len(tried) > 1 and not recipe.repair:  # a choice between candidates: the fastest that passes
             speeds = {c.label: batch32_throughput(c.path, inputs.calibration) for c, _, _ in tried}
@@ -445,7 +472,7 @@ def export_variant(
             os.replace(chosen[0].path, out)
             details |= {k: v for k, v in chosen[0].details.items() if k in ("format", "calibration")}
         else:  # the closest to passing speaks for the variant
-            chosen = tried[-1] if recipe.repair else min(tried, key=lambda t: t[1].val_top1_drop)
+            chosen = tried[-1] if recipe.repair else min(tried, key=lambda t: t[1].top1_drop)
         _, verdict, provider = chosen
     return Variant(
         precision=precision,

@@ -38,11 +38,15 @@ def render(files: RenderFiles) -> list[str]:
     export = ExportReport.load(files.export_report)
     engine = EngineInfo.load(files.engine_info) if files.engine_info.exists() else None
     advice = recommendations(scores, export, engine)
-    lines = report_lines(scores, extent, files.masks.name)
+    lines = report_lines(scores, extent, export, files.masks.name)
     lines += ["", "## What to deploy", "", *[f"- **{target}**: {text}" for target, text in advice.items()]]
     write_text(files.report, "\n".join(lines) + "\n")
     write_text(files.model_card, model_card(meta, scores, export, engine, advice, study_line(files.study)))
     return lines
+
+
+def _pair(ci, fmt: str) -> str:
+    return f"[{format(ci[0], fmt)}, {format(ci[1], fmt)}]"
 
 
 def _ci(r: BackendScore) -> str:
@@ -110,12 +114,6 @@ def model_card(
         if lio.stages
         else "plain training (lio.stages: [], the baseline)"
     )
-    gate_rows = [
-        f"| {p} | {v.status} | {v.gate.val_top1_drop:+.4f} (max {v.gate.max_top1_drop}) | "
-        f"{v.gate.val_agreement:.4f} (min {v.gate.min_agreement}) | {v.gate.test_top1:.4f} |"
-        for p, v in export.variants.items()
-        if v.gate is not None
-    ]
     fmt = data.format
     lines = [
         f"# Model card: {meta.arch} trained with Look-into-Object",
@@ -154,9 +152,7 @@ def model_card(
         "",
         f"**Precision gates**, decided on {export.decided_on}; test top-1 beside:",
         "",
-        "| variant | status | val top-1 drop | val agreement | test top-1 |",
-        "|---|---|---|---|---|",
-        *gate_rows,
+        *gate_lines(export),
         "",
         "**Engine.** " + engine_sentence(engine),
         "",
@@ -183,6 +179,39 @@ def trained_with(meta: Deployable) -> TrainParams:
     return build(
         TrainParams, {k: meta.training[k] for k in names if k in meta.training}, "models/<arch>.json", "training"
     )
+
+
+def gate_lines(export: ExportReport) -> list[str]:
+    """Every gate with its image count and intervals; for a rejected variant, by how much it missed
+    and what its repair kept in higher precision."""
+    rows, misses = [], []
+    for p, v in export.variants.items():
+        g = v.gate
+        if g is None:
+            continue
+        rows.append(
+            f"| {p} | {v.status} | {g.images} | {g.top1_drop:+.4f} {_pair(g.top1_drop_ci95, '+.3f')} "
+            f"(max {g.max_top1_drop}) | {g.agreement:.4f} {_pair(g.agreement_ci95, '.3f')} "
+            f"(min {g.min_agreement}) | {g.test_top1:.4f} |"
+        )
+        if not g.passed:
+            short = []
+            if g.agreement < g.min_agreement:
+                short.append(f"agreement {g.min_agreement - g.agreement:.4f} under its minimum")
+            if g.top1_drop > g.max_top1_drop + 1e-12:
+                short.append(f"top-1 drop {g.top1_drop - g.max_top1_drop:.4f} over its maximum")
+            kept = v.details.get("repair", {}).get("kept_in_fp32")
+            misses.append(
+                f"- {p} missed by {' and '.join(short)} ({round((1 - g.agreement) * g.images)} of {g.images} images "
+                "changed class)"
+                + (f", even with its {len(kept)} most sensitive layers kept in FP32: {', '.join(kept)}" if kept else "")
+                + "."
+            )
+    head = [
+        "| variant | status | images | top-1 drop [95% CI] | agreement with FP32 [95% CI] | test top-1 |",
+        "|---|---|---|---|---|---|",
+    ]
+    return head + rows + ([""] + misses if misses else [])
 
 
 def engine_sentence(engine: EngineInfo | None) -> str:
@@ -223,7 +252,7 @@ def study_line(path: Path) -> str:
     )
 
 
-def report_lines(scores: Scores, extent: Extent, masks_file: str) -> list[str]:
+def report_lines(scores: Scores, extent: Extent, export: ExportReport, masks_file: str) -> list[str]:
     columns = [
         ("backend", "backend", ""),
         ("device", "device / provider", ""),
@@ -246,6 +275,8 @@ def report_lines(scores: Scores, extent: Extent, masks_file: str) -> list[str]:
         "",
     ]
     lines += [f"- {name}: not measured: {why}" for name, why in scores.skipped.items()]
+    lines += ["", "## Precision gates", "", f"Decided on {export.decided_on}; test top-1 beside.", ""]
+    lines += gate_lines(export)
     ranked = [c for c in scores.per_class if c.top1 is not None]
     worst = sorted(ranked, key=lambda c: (c.top1, c.name))[:5]
     lines += [

@@ -72,8 +72,8 @@ def backends(
         if variant is not None and not variant.deployable and variant.gate is not None:
             g = variant.gate  # a variant its gate rejected is not a backend
             skipped[f"onnxruntime-{precision}"] = (
-                f"rejected by its gate (validation top-1 drop {g.val_top1_drop:+.4f}, agreement "
-                f"{g.val_agreement:.4f}; reports/export.json)"
+                f"rejected by its gate (top-1 drop {g.top1_drop:+.4f}, agreement {g.agreement:.4f} on "
+                f"{g.images} images; reports/export.json)"
             )
             continue
         if not path.exists():

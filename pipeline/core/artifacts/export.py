@@ -10,16 +10,19 @@ from pipeline.core.artifacts.base import Artifact
 
 @dataclass(frozen=True)
 class GateResult:
-    """A variant against FP32 on validation (`passed` decides); test numbers beside, reported only."""
+    """A variant against FP32 on images training never saw (`passed` decides), with 95% intervals and
+    the image count; test numbers beside, reported only."""
 
     passed: bool
     max_top1_drop: float
     min_agreement: float
-    val_images: int
-    val_top1: float
-    val_top1_fp32: float
-    val_top1_drop: float
-    val_agreement: float
+    images: int  # the gate's images: validation, plus the embedded set's held-out gate images
+    top1: float
+    top1_fp32: float
+    top1_drop: float
+    top1_drop_ci95: tuple[float, float]  # paired difference, normal approximation
+    agreement: float
+    agreement_ci95: tuple[float, float]  # Wilson
     test_top1: float
     test_agreement: float
     max_abs_diff_vs_fp32: float
