@@ -49,6 +49,9 @@ class ExportConfig:
     int8_repair_layers: int = 8  # when INT8 fails its gate: keep up to this many most sensitive layers in FP16/FP32
     fuse_preprocess: bool = False  # also write model.uint8.onnx: uint8 NHWC in, normalisation inside the graph
 
+    def __post_init__(self) -> None:
+        self.gates = default_gates() | self.gates  # a variant params.yaml leaves out keeps the default gate
+
     def check(self, where: str) -> None:
         unknown = [p for p in self.precisions if p not in PRECISIONS]
         need(
@@ -63,7 +66,6 @@ class ExportConfig:
         unknown = sorted(set(self.gates) - set(GATED))
         need(not unknown, where, "export.gates", f"unknown variant(s) {unknown}; gates exist for {', '.join(GATED)}")
         for name in GATED:
-            self.gates.setdefault(name, Gate())
             self.gates[name].check(where, f"export.gates.{name}")
 
 

@@ -50,8 +50,12 @@ def _pair(ci, fmt: str) -> str:
 
 
 def _ci(r: BackendScore) -> str:
-    lo, hi = r.top1_ci95
-    return f"{r.top1:.4f} [{lo:.3f}, {hi:.3f}]"
+    return f"{r.top1:.4f} {_pair(r.top1_ci95, '.3f')}"
+
+
+def _backend_rows(scores: Scores) -> list[dict]:
+    """The backends as table rows, top-1 written with its interval."""
+    return [{**asdict(r), "top1_ci": _ci(r)} for r in scores.backends]
 
 
 def recommendations(scores: Scores, export: ExportReport, engine: EngineInfo | None) -> dict[str, str]:
@@ -137,7 +141,7 @@ def model_card(
         "(top-1 with its 95% Wilson interval):",
         "",
         markdown_table(
-            [{**asdict(r), "top1_ci": _ci(r)} for r in scores.backends],
+            _backend_rows(scores),
             [
                 ("backend", "backend", ""),
                 ("device", "device", ""),
@@ -271,7 +275,7 @@ def report_lines(scores: Scores, extent: Extent, export: ExportReport, masks_fil
         f"Test split: {scores.test_images} images. Latency at batch {scores.latency_batch}, throughput at batch "
         f"{scores.throughput_batch} (`engine.max_batch`). Top-1 with its 95% Wilson interval.",
         "",
-        markdown_table([{**asdict(r), "top1_ci": _ci(r)} for r in scores.backends], columns),
+        markdown_table(_backend_rows(scores), columns),
         "",
     ]
     lines += [f"- {name}: not measured: {why}" for name, why in scores.skipped.items()]

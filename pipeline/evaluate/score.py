@@ -115,13 +115,13 @@ def score(files: ScoreFiles, batch: int, warmup: int, iters: int, throughput_ite
     for b in found:
         print(f"timing {b.name} ({b.device})")
         logits = scored[b.name]
-        top = accuracy(logits, labels)
+        top, hits = accuracy(logits, labels), int((logits.argmax(1) == labels).sum())
         table.append(
             BackendScore(
                 backend=b.name,
                 device=b.device,
                 top1=top["top1"],
-                top1_ci95=wilson(int(round(top["top1"] * len(labels))), len(labels)),
+                top1_ci95=wilson(hits, len(labels)),
                 top5=top["top5"],
                 agreement=agreement(logits, scored["pytorch"]),
                 **latency(b.run, sample[:1], warmup, iters, b.sync),
