@@ -69,8 +69,14 @@ MUTATIONS = {
     ),
     "fastest-regardless-of-gate": (
         "pipeline/deploy/export.py",
-        "passing = [t for t in tried if t[1].passed]",
-        "passing = list(tried)",
+        "passing = [t for t in tried + repaired if t[1].passed]",
+        "passing = list(tried + repaired)",
+        ["tests/test_export.py"],
+    ),
+    "repair-goes-on-after-a-pass": (
+        "pipeline/deploy/export.py",
+        "                if repaired[-1][1].passed:\n                    break\n",
+        "",
         ["tests/test_export.py"],
     ),
     "device-flip-never": (

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from pipeline.config.model import ModelConfig
 from pipeline.config.schema import Params, need
-from pipeline.core.arch import PRECISIONS
+from pipeline.core.arch import PRECISIONS, STAGES
 
 
 @dataclass
@@ -46,7 +46,7 @@ class ExportConfig:
     precisions: list[str] = field(default_factory=lambda: list(PRECISIONS))
     calib_images: int = 64
     gates: dict[str, Gate] = field(default_factory=default_gates)  # precision -> its gate, decided on validation
-    int8_repair_layers: int = 8  # when INT8 fails its gate: keep up to this many most sensitive layers in FP16/FP32
+    int8_repair_stages: int = 3  # when INT8 fails its gate: retry with the stem and 1, 2, ... stages in FP32
     fuse_preprocess: bool = False  # also write model.uint8.onnx: uint8 NHWC in, normalisation inside the graph
 
     def __post_init__(self) -> None:
@@ -62,7 +62,12 @@ class ExportConfig:
         )
         need(self.calib_images >= 1, where, "export.calib_images", "must be >= 1; e.g. 64")
         need(self.opset >= 18, where, "export.opset", "must be >= 18 (torch's ONNX exporter)")
-        need(self.int8_repair_layers >= 0, where, "export.int8_repair_layers", "must be >= 0 (0: no repair); e.g. 8")
+        need(
+            0 <= self.int8_repair_stages <= len(STAGES),
+            where,
+            "export.int8_repair_stages",
+            f"must be 0 (no repair) to {len(STAGES)}; e.g. 3",
+        )
         unknown = sorted(set(self.gates) - set(GATED))
         need(not unknown, where, "export.gates", f"unknown variant(s) {unknown}; gates exist for {', '.join(GATED)}")
         for name in GATED:

@@ -10,14 +10,15 @@ Each file is written atomically and checked before it lands: the FP32 export mus
 variant then faces its gate (`export.gates`), decided on the **validation** split against FP32
 on the best ONNX Runtime provider here (test numbers are recorded beside, never used to decide).
 A variant that fails is deleted and marked rejected in reports/export.json with its numbers;
-INT8 first gets one repair: its most sensitive layers stay in higher precision.
+INT8 first gets a repair: the stem and the leading residual stages stay in FP32, one more stage
+per try, until a try passes (error added early passes through every later layer; measured in
+docs/measured.md, "INT8 at 0.99").
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import multiprocessing
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -29,6 +30,7 @@ import torch
 from torch import nn
 
 from pipeline.config.export import ExportConfig, Gate
+from pipeline.core.arch import STAGES
 from pipeline.core.artifacts.deployable import Deployable
 from pipeline.core.artifacts.export import ExportReport, GateResult, Variant
 from pipeline.core.errors import PipelineError
@@ -40,12 +42,10 @@ from pipeline.data.manifest import Record, read_manifest
 from pipeline.data.transforms import eval_preset
 from pipeline.deploy import onnx_runtime
 from pipeline.deploy.preprocess import resize_and_crop
+from pipeline.deploy.quantize import export_int8_cpu, stage_nodes
 from pipeline.deploy.runners import load_deployable, torch_runner
 
 INPUT, OUTPUT = "input", "logits"
-#: int8_cpu candidates: ONNX Runtime formats x calibration methods; the fastest that passes its gate is kept.
-CPU_INT8_FORMATS = ("QOperator", "QDQ")
-CPU_INT8_CALIBRATIONS = ("MinMax", "Percentile")
 
 
 class ExportError(PipelineError, RuntimeError):
@@ -133,7 +133,7 @@ def export_int8(
     fp32: Path, path: Path, calibration: np.ndarray, meta: Deployable, exclude: tuple[str, ...] = ()
 ) -> None:
     """ModelOpt post-training quantization (QDQ, for TensorRT) calibrated on training images;
-    `exclude` names nodes that stay in FP32."""
+    `exclude` names the nodes that stay in FP32 (exact names)."""
     from modelopt.onnx.quantization import quantize
 
     with atomic_path(path) as tmp:
@@ -143,7 +143,7 @@ def export_int8(
             calibration_data=calibration.astype(np.float32),
             calibration_method="entropy",
             calibration_eps=["cpu"],
-            nodes_to_exclude=list(exclude) or None,
+            nodes_to_exclude=[re.escape(name) + "$" for name in exclude] or None,  # ModelOpt matches re.match
             output_path=str(tmp),
             high_precision_dtype="fp32",
             log_level="WARNING",
@@ -152,108 +152,6 @@ def export_int8(
         onnx_runtime.write_meta(proto, meta)
         onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(tmp))
-
-
-def export_int8_cpu(
-    fp32: Path, out_dir: Path, calibration: np.ndarray, meta: Deployable
-) -> dict[tuple[str, str], Path]:
-    """ONNX Runtime static quantization for its CPU provider, one file per (format, calibration)
-    candidate under `out_dir`: per-channel int8 weights, uint8 activations (the u8 x s8 kernels
-    that AVX2, AVX-512 VNNI and AMX run), calibrated on training images.
-
-    Runs in a fresh interpreter: ModelOpt's INT8 quantization patches `onnxruntime.quantization`
-    in the process that ran it, after which ONNX Runtime's own quantizer fails.
-    """
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-        return pool.submit(_export_int8_cpu, fp32, out_dir, calibration, meta).result()
-
-
-def _export_int8_cpu(
-    fp32: Path, out_dir: Path, calibration: np.ndarray, meta: Deployable
-) -> dict[tuple[str, str], Path]:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.calibrate import CalibrationDataReader
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    # equal batches: the histogram calibrators (Percentile) stack per-batch outputs and fail on a short
-    # last batch; the largest size up to 8 that divides the count (8 for the default 64 images)
-    size = max(d for d in range(1, 9) if len(calibration) % d == 0)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter(
-                [{INPUT: calibration[i : i + size].astype(np.float32)} for i in range(0, len(calibration), size)]
-            )
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pre = out_dir / "pre.onnx"
-    quant_pre_process(str(fp32), str(pre))
-    made = {}
-    for fmt in CPU_INT8_FORMATS:
-        for method in CPU_INT8_CALIBRATIONS:
-            path = out_dir / f"{fmt}-{method}.onnx"
-            quantize_static(
-                str(pre),
-                str(path),
-                Reader(),
-                quant_format=QuantFormat[fmt],
-                per_channel=True,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod[method],
-            )
-            proto = onnx.load(str(path))
-            onnx_runtime.write_meta(proto, meta)
-            onnx.save(proto, str(path))
-            onnx.checker.check_model(str(path))
-            made[(fmt, method)] = path
-    pre.unlink()
-    return made
-
-
-def layer_sensitivity(fp32: Path, int8: Path, calibration: np.ndarray) -> list[tuple[str, float]]:
-    """Quantized Conv/Gemm nodes, most sensitive first, on calibration images (never test).
-
-    A node's sensitivity is the relative error it adds: ||y8 - y|| / ||y|| at its output minus
-    the same at its input, both against the FP32 graph, so error inherited from earlier layers
-    is not blamed on it.
-    """
-    quantized = onnx.load(str(int8))
-    producers = {o: n for n in quantized.graph.node for o in n.output}
-
-    def source(tensor: str) -> str:  # the float tensor before a Q -> DQ pair
-        node = producers.get(tensor)
-        while node is not None and node.op_type in ("DequantizeLinear", "QuantizeLinear"):
-            tensor = node.input[0]
-            node = producers.get(tensor)
-        return tensor
-
-    fp_tensors = {o for n in onnx.load(str(fp32)).graph.node for o in n.output} | {INPUT}
-    layers = {}
-    for n in quantized.graph.node:
-        if n.op_type in ("Conv", "Gemm") and producers.get(n.input[1]) is not None:  # weights through DQ
-            pair = (source(n.input[0]), n.output[0])
-            if all(t in fp_tensors for t in pair):
-                layers[n.name] = pair
-    wanted = sorted({t for pair in layers.values() for t in pair} - {INPUT})
-    outs = {}
-    for name, path in (("fp32", fp32), ("int8", int8)):
-        model = onnx.load(str(path))
-        model.graph.output.extend(onnx.ValueInfoProto(name=t) for t in wanted)
-        sess = onnx_runtime.session(model.SerializeToString())
-        values = sess.run(wanted, {INPUT: calibration.astype(np.float32)})
-        outs[name] = dict(zip(wanted, values)) | {INPUT: calibration}
-
-    def error(t: str) -> float:
-        ref = outs["fp32"][t].astype(np.float64)
-        return float(np.linalg.norm(outs["int8"][t] - ref)) / max(float(np.linalg.norm(ref)), 1e-12)
-
-    scores = {name: error(out) - error(inp) for name, (inp, out) in layers.items()}
-    return sorted(scores.items(), key=lambda kv: -kv[1])
 
 
 def judge(gate: Gate, reference: dict, logits: dict, labels: dict) -> GateResult:
@@ -310,12 +208,13 @@ def batch32_throughput(path: Path, images: np.ndarray, iters: int = 3) -> float:
 
 @dataclass(frozen=True)
 class Inputs:
-    """What every variant's recipe gets: the FP32 file, calibration images (training split), metadata."""
+    """What every variant's recipe gets: the FP32 file, calibration images (training split), metadata,
+    and how many stages a repair may keep in FP32."""
 
     fp32: Path
     calibration: np.ndarray
     meta: Deployable
-    repair_layers: int
+    repair_stages: int
 
 
 @dataclass
@@ -328,10 +227,11 @@ class Candidate:
 @dataclass(frozen=True)
 class Recipe:
     """How one precision is made: `candidates` writes each candidate into a scratch folder; `repair`,
-    when every candidate failed its gate, writes one more from the closest."""
+    when every candidate failed its gate, writes further tries from the closest, the least
+    repaired first (the loop stops at the first that passes)."""
 
     candidates: Callable[[Inputs, Path], Iterator[Candidate]]
-    repair: Callable[[Inputs, Path, Candidate], Candidate] | None = None
+    repair: Callable[[Inputs, Path, Candidate], Iterator[Candidate]] | None = None
     calibrated: bool = False
 
 
@@ -347,12 +247,23 @@ def _int8(inputs: Inputs, scratch: Path) -> Iterator[Candidate]:
     yield Candidate("", path)
 
 
-def _int8_repair(inputs: Inputs, scratch: Path, failed: Candidate) -> Candidate:
-    """Quantize again with the most sensitive layers (ranked on calibration images) kept in FP32."""
-    ranked = layer_sensitivity(inputs.fp32, failed.path, inputs.calibration[:16])[: inputs.repair_layers]
-    path = scratch / "int8-repaired.onnx"
-    export_int8(inputs.fp32, path, inputs.calibration, inputs.meta, exclude=tuple(name for name, _ in ranked))
-    return Candidate("repaired", path, {"kept_in_fp32": [n for n, _ in ranked], "sensitivity": dict(ranked)})
+def kept_modules(stages: int) -> list[str]:
+    return ["stem", *STAGES[:stages]]
+
+
+def repair_tries(inputs: Inputs) -> range:
+    """How many stages each repair try keeps: 1, 2, ... `repair_stages`; none for a graph without
+    torch's module scopes (nothing to name)."""
+    return range(1, inputs.repair_stages + 1) if stage_nodes(onnx.load(str(inputs.fp32)), 1) else range(0)
+
+
+def _int8_repair(inputs: Inputs, scratch: Path, failed: Candidate) -> Iterator[Candidate]:
+    """Quantize again with the stem and the first 1, 2, ... stages kept in FP32."""
+    graph = onnx.load(str(inputs.fp32))
+    for k in repair_tries(inputs):
+        path = scratch / f"int8-fp32-{k}.onnx"
+        export_int8(inputs.fp32, path, inputs.calibration, inputs.meta, exclude=tuple(stage_nodes(graph, k)))
+        yield Candidate(f"FP32 through {STAGES[k - 1]}", path, {"kept_in_fp32": kept_modules(k)})
 
 
 def _int8_cpu(inputs: Inputs, scratch: Path) -> Iterator[Candidate]:
@@ -360,11 +271,21 @@ def _int8_cpu(inputs: Inputs, scratch: Path) -> Iterator[Candidate]:
         yield Candidate(f"{fmt}/{method}", path, {"format": fmt, "calibration": method})
 
 
+def _int8_cpu_repair(inputs: Inputs, scratch: Path, failed: Candidate) -> Iterator[Candidate]:
+    """The closest candidate's format and calibration, with the stem and the first 1, 2, ...
+    stages kept in FP32."""
+    setting = (failed.details["format"], failed.details["calibration"])
+    for k in repair_tries(inputs):
+        path = export_int8_cpu(inputs.fp32, scratch, inputs.calibration, inputs.meta, (setting,), k)[setting]
+        details = {**failed.details, "kept_in_fp32": kept_modules(k)}
+        yield Candidate(f"{failed.label} FP32 through {STAGES[k - 1]}", path, details)
+
+
 #: precision -> its recipe; fp32 is the reference every other variant is gated against
 RECIPES: dict[str, Recipe] = {
     "fp16": Recipe(_fp16),
     "int8": Recipe(_int8, repair=_int8_repair, calibrated=True),
-    "int8_cpu": Recipe(_int8_cpu, calibrated=True),
+    "int8_cpu": Recipe(_int8_cpu, repair=_int8_cpu_repair, calibrated=True),
 }
 
 
@@ -423,7 +344,7 @@ def export_all(
 
     order = np.random.default_rng(seed).permutation(len(split["train"]))[: cfg.calib_images]
     calibration = stack_images([split["train"][i] for i in order], preset).numpy()
-    inputs = Inputs(fp32, calibration, meta, cfg.int8_repair_layers)
+    inputs = Inputs(fp32, calibration, meta, cfg.int8_repair_stages)
 
     def gate(path: Path, precision: str) -> tuple[GateResult, str]:
         sess = onnx_runtime.session(path)
@@ -449,30 +370,35 @@ def export_all(
 def export_variant(
     precision: str, recipe: Recipe, inputs: Inputs, out: Path, gate: Callable[[Path, str], tuple[GateResult, str]]
 ) -> Variant:
-    """Candidates -> gate each -> repair if all failed -> the fastest that passes lands at `out`
-    (a rejected variant leaves no file; its numbers stay in the report)."""
+    """Candidates -> gate each -> if all failed, repair tries until one passes -> the fastest that
+    passes lands at `out` (a rejected variant leaves no file; its numbers stay in the report)."""
     details: dict = {"calibration_images": len(inputs.calibration)} if recipe.calibrated else {}
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         tried = [(c, *gate(c.path, precision)) for c in recipe.candidates(inputs, Path(tmp))]
-        if recipe.repair is not None and inputs.repair_layers and not any(v.passed for _, v, _ in tried):
-            closest = max(tried, key=lambda t: t[1].agreement)
-            repaired = recipe.repair(inputs, Path(tmp), closest[0])
-            tried.append((repaired, *gate(repaired.path, precision)))
-            details["first_try"] = asdict(closest[1])
-            details["repair"] = {**repaired.details, "helped": tried[-1][1].agreement > closest[1].agreement}
         speeds = {}
-        if len(tried) > 1 and not recipe.repair:  # a choice between candidates: the fastest that passes
+        if len(tried) > 1:  # a choice between candidates: the fastest that passes
             speeds = {c.label: batch32_throughput(c.path, inputs.calibration) for c, _, _ in tried}
             details["candidates"] = [
                 {**c.details, "batch32_img_s": speeds[c.label], "gate": asdict(v)} for c, v, _ in tried
             ]
-        passing = [t for t in tried if t[1].passed]
-        if passing:
+        repaired = []
+        if recipe.repair is not None and inputs.repair_stages and not any(v.passed for _, v, _ in tried):
+            closest = max(tried, key=lambda t: t[1].agreement)
+            for candidate in recipe.repair(inputs, Path(tmp), closest[0]):
+                repaired.append((candidate, *gate(candidate.path, precision)))
+                if repaired[-1][1].passed:
+                    break
+            details["repair"] = {
+                "first_try": {"candidate": closest[0].label, "gate": asdict(closest[1])},
+                "tries": [{"kept_in_fp32": c.details["kept_in_fp32"], "gate": asdict(v)} for c, v, _ in repaired],
+            }
+        passing = [t for t in tried + repaired if t[1].passed]
+        if passing:  # a repair runs only when no candidate passed: at most its last try passes
             chosen = max(passing, key=lambda t: speeds.get(t[0].label, 0.0))
             os.replace(chosen[0].path, out)
-            details |= {k: v for k, v in chosen[0].details.items() if k in ("format", "calibration")}
-        else:  # the closest to passing speaks for the variant
-            chosen = tried[-1] if recipe.repair else min(tried, key=lambda t: t[1].top1_drop)
+            details |= {k: v for k, v in chosen[0].details.items() if k in ("format", "calibration", "kept_in_fp32")}
+        else:  # the last repair, or the closest candidate, speaks for the variant
+            chosen = repaired[-1] if repaired else min(tried, key=lambda t: t[1].top1_drop)
         _, verdict, provider = chosen
     return Variant(
         precision=precision,

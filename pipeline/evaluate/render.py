@@ -12,7 +12,7 @@ from pipeline.config.schema import build
 from pipeline.config.train import TrainParams
 from pipeline.core.artifacts.deployable import Deployable
 from pipeline.core.artifacts.engine import EngineInfo
-from pipeline.core.artifacts.export import ExportReport
+from pipeline.core.artifacts.export import ExportReport, GateResult
 from pipeline.core.artifacts.extent import IOU, MAPS, Extent
 from pipeline.core.artifacts.scores import BackendScore, Scores
 from pipeline.core.io import write_text
@@ -186,9 +186,9 @@ def trained_with(meta: Deployable) -> TrainParams:
 
 
 def gate_lines(export: ExportReport) -> list[str]:
-    """Every gate with its image count and intervals; for a rejected variant, by how much it missed
-    and what its repair kept in higher precision."""
-    rows, misses = [], []
+    """Every gate with its image count and intervals; for a rejected variant, by how much it missed;
+    for a repaired one, what it kept in FP32 and how its first try fared."""
+    rows, notes = [], []
     for p, v in export.variants.items():
         g = v.gate
         if g is None:
@@ -198,24 +198,34 @@ def gate_lines(export: ExportReport) -> list[str]:
             f"(max {g.max_top1_drop}) | {g.agreement:.4f} {_pair(g.agreement_ci95, '.3f')} "
             f"(min {g.min_agreement}) | {g.test_top1:.4f} |"
         )
+        repair = v.details.get("repair") or {"tries": []}
+        kept = ", ".join(repair["tries"][-1]["kept_in_fp32"]) if repair["tries"] else ""
         if not g.passed:
             short = []
             if g.agreement < g.min_agreement:
                 short.append(f"agreement {g.min_agreement - g.agreement:.4f} under its minimum")
             if g.top1_drop > g.max_top1_drop + 1e-12:
                 short.append(f"top-1 drop {g.top1_drop - g.max_top1_drop:.4f} over its maximum")
-            kept = v.details.get("repair", {}).get("kept_in_fp32")
-            misses.append(
-                f"- {p} missed by {' and '.join(short)} ({round((1 - g.agreement) * g.images)} of {g.images} images "
-                "changed class)"
-                + (f", even with its {len(kept)} most sensitive layers kept in FP32: {', '.join(kept)}" if kept else "")
+            notes.append(
+                f"- {p} missed by {' and '.join(short)} ({_flips(g)} changed class)"
+                + (f", even with {kept} kept in FP32" if kept else "")
                 + "."
+            )
+        elif kept:
+            first = GateResult(**repair["first_try"]["gate"])
+            notes.append(
+                f"- {p} passed with {kept} kept in FP32 (fully quantized, its closest candidate agreed on "
+                f"{first.agreement:.4f}: {_flips(first)} changed class)."
             )
     head = [
         "| variant | status | images | top-1 drop [95% CI] | agreement with FP32 [95% CI] | test top-1 |",
         "|---|---|---|---|---|---|",
     ]
-    return head + rows + ([""] + misses if misses else [])
+    return head + rows + ([""] + notes if notes else [])
+
+
+def _flips(g: GateResult) -> str:
+    return f"{round((1 - g.agreement) * g.images)} of {g.images} images"
 
 
 def engine_sentence(engine: EngineInfo | None) -> str:
