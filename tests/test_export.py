@@ -137,7 +137,7 @@ def test_a_repair_keeps_the_stem_and_leading_stages_in_fp32_and_quantizes_the_re
     repaired = onnx.load(str(tmp_path / "int8.onnx")).graph
     producers = {o: n.op_type for n in repaired.node for o in n.output}
     int8_weights = {n.name for n in repaired.node if n.op_type == "Conv" and producers.get(n.input[1])}
-    assert int8_weights == set(convs) - set(kept)  # node_Conv_1 kept does not keep node_Conv_10 (exact names)
+    assert int8_weights == set(convs) - set(kept)  # exact names (ModelOpt reads them as re.match patterns)
 
     made = export_int8_cpu(fp32, tmp_path / "cpu", calibration, meta, (("QOperator", "MinMax"),), keep_stages=1)
     cpu = onnx.load(str(made["QOperator", "MinMax"])).graph
