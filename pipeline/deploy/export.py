@@ -251,16 +251,16 @@ def kept_modules(stages: int) -> list[str]:
     return ["stem", *STAGES[:stages]]
 
 
-def repair_tries(inputs: Inputs) -> range:
+def repair_tries(inputs: Inputs, fp32: onnx.ModelProto) -> range:
     """How many stages each repair try keeps: 1, 2, ... `repair_stages`; none for a graph without
     torch's module scopes (nothing to name)."""
-    return range(1, inputs.repair_stages + 1) if stage_nodes(onnx.load(str(inputs.fp32)), 1) else range(0)
+    return range(1, inputs.repair_stages + 1) if stage_nodes(fp32, 1) else range(0)
 
 
 def _int8_repair(inputs: Inputs, scratch: Path, failed: Candidate) -> Iterator[Candidate]:
     """Quantize again with the stem and the first 1, 2, ... stages kept in FP32."""
     graph = onnx.load(str(inputs.fp32))
-    for k in repair_tries(inputs):
+    for k in repair_tries(inputs, graph):
         path = scratch / f"int8-fp32-{k}.onnx"
         export_int8(inputs.fp32, path, inputs.calibration, inputs.meta, exclude=tuple(stage_nodes(graph, k)))
         yield Candidate(f"FP32 through {STAGES[k - 1]}", path, {"kept_in_fp32": kept_modules(k)})
@@ -275,7 +275,7 @@ def _int8_cpu_repair(inputs: Inputs, scratch: Path, failed: Candidate) -> Iterat
     """The closest candidate's format and calibration, with the stem and the first 1, 2, ...
     stages kept in FP32."""
     setting = (failed.details["format"], failed.details["calibration"])
-    for k in repair_tries(inputs):
+    for k in repair_tries(inputs, onnx.load(str(inputs.fp32))):
         path = export_int8_cpu(inputs.fp32, scratch, inputs.calibration, inputs.meta, (setting,), k)[setting]
         details = {**failed.details, "kept_in_fp32": kept_modules(k)}
         yield Candidate(f"{failed.label} FP32 through {STAGES[k - 1]}", path, details)
