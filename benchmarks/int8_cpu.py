@@ -2,7 +2,7 @@
 on this machine's CPU: batch-32 throughput, batch-1 latency, test top-1, and agreement with FP32
 on the gate images. It quantizes the FP32 export itself (QOperator, MinMax, the default 64
 calibration images) fully and with the stem and the first one and two stages kept in FP32 (the
-export's repair tries), so it runs whether or not the export shipped `int8_cpu`; the shipped
+export's fallback tries), so it runs whether or not the export shipped `int8_cpu`; the shipped
 file, when there is one, is timed beside.
 
     dvc repro export && python benchmarks/int8_cpu.py [--iters 20]

@@ -56,6 +56,11 @@ def test_repository_params_load():
         ),
         ({"engine": {"precision": "int8_cpu"}}, "engine.precision", "cannot be built into an engine"),
         ({"export": {"gates": {"int8": {"min_agreement": 1.5}}}}, "export.gates.int8.min_agreement", "[0, 1]"),
+        ({"export": {"qat": {"epochs": -1}}}, "export.qat.epochs", ">= 0"),
+        ({"export": {"qat": {"method": "qat"}}}, "export.qat.method", "modelopt"),
+        ({"export": {"qat": {"lr": 0}}}, "export.qat.lr", "> 0"),
+        ({"export": {"int8_fallback_stages": 5}}, "export.int8_fallback_stages", "0 (no fallback) to 4"),
+        ({"data": {"synthetic": {"extra_select_per_class": -1}}}, "data.synthetic.extra_select_per_class", ">= 0"),
         (
             {"engine": {"precision": "int8"}, "export": {"precisions": ["fp32"]}},
             "engine.precision",

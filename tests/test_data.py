@@ -321,14 +321,17 @@ def test_png_whose_data_stops_short_is_a_one_line_error_not_a_crash(tmp_path):
         assert load_image(good).shape == (3, 20, 30)  # every colour type passes the check
 
 
-def test_gate_images_change_nothing_before_them(tmp_path):
-    """The embedded set's held-out gate images come from their own stream, after every other image:
-    the training, validation and test images are byte for byte those of a set without them."""
+@pytest.mark.parametrize("split", ["gate", "select"])
+def test_held_out_images_change_nothing_before_them(tmp_path, split):
+    """The embedded set's held-out gate images, and the selection images after them, come from their
+    own streams, after every other image: the images before them are byte for byte those of a set
+    without them."""
     rows = {}
     for extra in (0, 20):
-        cfg = tiny_config(**{"data.synthetic.extra_gate_per_class": extra})
-        prepare(cfg.view(PrepareParams), tmp_path / str(extra))
+        cfg = tiny_config(**{f"data.synthetic.extra_{split}_per_class": extra})
+        summary = prepare(cfg.view(PrepareParams), tmp_path / str(extra))
         got, _ = read_manifest(tmp_path / str(extra))
         rows[extra] = [(r.path.relative_to(tmp_path / str(extra)), r.label, r.split, r.path.read_bytes()) for r in got]
-    gate = [r for r in rows[20] if r[2] == "gate"]
-    assert len(gate) == 60 and [r for r in rows[20] if r[2] != "gate"] == rows[0]
+    held = [r for r in rows[20] if r[2] == split]
+    assert len(held) == 60 and summary[split] == 60 and [r for r in rows[20] if r[2] != split] == rows[0]
+    assert all(len([r for r in held if r[1] == c]) == 20 for c in range(3))

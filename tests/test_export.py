@@ -116,7 +116,7 @@ def test_a_failing_gate_rejects_the_variant_and_the_engine_falls_back(exported, 
     assert result.variants["fp16"].status == "passed" and files["fp16"].exists()
 
 
-def test_a_repair_keeps_the_stem_and_leading_stages_in_fp32_and_quantizes_the_rest(exported, tmp_path):
+def test_the_fallback_keeps_the_stem_and_leading_stages_in_fp32_and_quantizes_the_rest(exported, tmp_path):
     """The stages come from the module scopes torch's exporter writes into the graph; both
     quantizers (ModelOpt and ONNX Runtime, for real) then leave exactly those convs in FP32."""
     from pipeline.deploy.export import export_int8
@@ -223,10 +223,10 @@ def test_predict_bad_inputs(tmp_path, exported):
         load_deployable(weights)
 
 
-def test_int8_cpu_keeps_the_fastest_candidate_that_passes_not_the_fastest(exported, tmp_path, monkeypatch):
-    """The fastest int8_cpu candidate is made to fail its gate (a real, broken model in its place):
-    the export keeps the fastest of those that pass. With a gate nothing can pass, every candidate
-    is rejected and no file is left."""
+def test_int8_cpu_keeps_the_fastest_candidate_and_the_gate_decides_once(exported, tmp_path, monkeypatch):
+    """The int8_cpu format is chosen on speed alone (the timings are the stand-in here; the files are
+    real). The fastest is made to fail (a real, broken model): with no fallback allowed, the gate judges
+    it once and rejects it, and no file is left; the slower, healthy format is never gated."""
     import shutil
 
     import pipeline.deploy.export as export_lib
@@ -236,52 +236,44 @@ def test_int8_cpu_keeps_the_fastest_candidate_that_passes_not_the_fastest(export
     fp32 = tmp_path / "models/onnx/model.onnx"
     speeds = {("QOperator", "MinMax"): 400.0, ("QDQ", "MinMax"): 300.0}
     real = export_lib.export_int8_cpu
+    by_file: dict = {}
 
     def candidates_with_a_broken_fastest(source, out_dir, calibration, meta):
         made = real(source, out_dir, calibration, meta)
         damage(source, made["QOperator", "MinMax"], meta)  # the fastest now flips most predictions
+        by_file.update(made)
         return made
 
-    by_file = {}
-    monkeypatch.setattr(
-        export_lib, "export_int8_cpu", lambda *a: by_file.update(made := candidates_with_a_broken_fastest(*a)) or made
-    )
+    gated = []
+    real_judge = export_lib.judge
+    monkeypatch.setattr(export_lib, "export_int8_cpu", candidates_with_a_broken_fastest)
     monkeypatch.setattr(
         export_lib, "batch32_throughput", lambda path, x: speeds[next(k for k, p in by_file.items() if p == path)]
     )
+    monkeypatch.setattr(export_lib, "judge", lambda *a: gated.append(a) or real_judge(*a))
     files = {"fp32": fp32, "int8_cpu": tmp_path / "models/onnx/model.int8_cpu.onnx"}
     # the default 64 calibration images, more than the tiny training split holds: a count that is not
     # a multiple of 8 (it once made ONNX Runtime's histogram calibrators fail on the short last batch)
-    gate = ExportConfig(precisions=["fp32", "int8_cpu"], gates={"int8_cpu": Gate(0.2, 0.7)}, int8_repair_stages=0)
+    cfg = ExportConfig(precisions=["fp32", "int8_cpu"], gates={"int8_cpu": Gate(0.2, 0.7)}, int8_fallback_stages=0)
     result = export_lib.export_all(
-        tmp_path / "models/resnet18.pt", exported / "data/prepared", files, tmp_path / "export.json", gate, seed=0
+        tmp_path / "models/resnet18.pt", exported / "data/prepared", files, tmp_path / "export.json", cfg, seed=0
     )
     variant = result.variants["int8_cpu"]
     entry = variant.details
-    verdicts = {(c["format"], c["calibration"]): c["gate"]["passed"] for c in entry["candidates"]}
-    assert verdicts["QOperator", "MinMax"] is False and verdicts["QDQ", "MinMax"] is True
-    assert variant.status == "passed" and (entry["format"], entry["calibration"]) == ("QDQ", "MinMax")
-    assert files["int8_cpu"].exists()
-
-    impossible = ExportConfig(
-        precisions=["fp32", "int8_cpu"], gates={"int8_cpu": Gate(0.0, 1.01)}, int8_repair_stages=0
-    )
-    result = export_lib.export_all(
-        tmp_path / "models/resnet18.pt", exported / "data/prepared", files, tmp_path / "export.json", impossible, seed=0
-    )
-    variant = result.variants["int8_cpu"]
-    entry = variant.details
-    assert variant.status == "rejected" and not files["int8_cpu"].exists() and "format" not in entry
-    assert len(entry["candidates"]) == 2 and not any(c["gate"]["passed"] for c in entry["candidates"])
-    assert "repair" not in entry  # int8_repair_stages: 0
-    assert variant.gate is not None
-    assert variant.gate.top1_drop == min(c["gate"]["top1_drop"] for c in entry["candidates"])
+    assert len(gated) == 1 and variant.status == "rejected" and not files["int8_cpu"].exists()
+    assert (entry["format"], entry["calibration"]) == ("QOperator", "MinMax")  # the fastest, chosen on speed
+    assert [c["batch32_img_s"] for c in entry["candidates"]] == [400.0, 300.0]
+    assert [t["passed"] for t in entry["selection"]] == [False]  # no fallback: 0 stages allowed
+    assert variant.gate is not None and variant.gate.agreement < 0.7
+    assert not list((tmp_path / "models/onnx").glob("tmp*"))
 
 
 @pytest.mark.parametrize("precision", ["int8", "int8_cpu"])
-def test_a_rejected_int8_is_repaired_for_real(exported, tmp_path, precision):
-    """Each INT8 variant against a gate it cannot pass: the repair re-quantizes for real with the stem
-    and one, then two stages in FP32; every try is judged and recorded; the file goes."""
+def test_an_int8_short_on_selection_falls_back_for_real_and_is_gated_once(exported, tmp_path, precision, monkeypatch):
+    """Each INT8 variant against thresholds nothing can meet: on the selection images (training images
+    calibration left, for the tiny set), every layer in INT8 falls short, then the fallback quantizes for
+    real with the stem and one, then two stages in FP32; every try is recorded; the last one faces the
+    gate once, is rejected, and its file goes."""
     import shutil
 
     import pipeline.deploy.export as export_lib
@@ -289,55 +281,65 @@ def test_a_rejected_int8_is_repaired_for_real(exported, tmp_path, precision):
 
     shutil.copytree(exported / "models", tmp_path / "models")
     files = {"fp32": tmp_path / "models/onnx/model.onnx", precision: tmp_path / f"models/onnx/model.{precision}.onnx"}
-    gates = {precision: Gate(0.0, 1.01)}
-    cfg = ExportConfig(precisions=["fp32", precision], gates=gates, int8_repair_stages=2)
+    gated = []
+    real_judge = export_lib.judge
+    monkeypatch.setattr(export_lib, "judge", lambda *a: gated.append(a) or real_judge(*a))
+    cfg = ExportConfig(precisions=["fp32", precision], gates={precision: Gate(0.0, 1.01)}, int8_fallback_stages=2)
     result = export_lib.export_all(
         tmp_path / "models/resnet18.pt", exported / "data/prepared", files, tmp_path / "export.json", cfg, seed=0
     )
     variant = result.variants[precision]
-    repair = variant.details["repair"]
-    assert variant.status == "rejected" and not files[precision].exists() and variant.gate is not None
-    assert not repair["first_try"]["gate"]["passed"]
-    assert [t["kept_in_fp32"] for t in repair["tries"]] == [["stem", "layer1"], ["stem", "layer1", "layer2"]]
-    assert variant.gate.agreement == repair["tries"][-1]["gate"]["agreement"]  # the last try speaks for it
+    tries = variant.details["selection"]
+    assert variant.status == "rejected" and not files[precision].exists() and len(gated) == 1
+    assert [t["kept_in_fp32"] for t in tries] == [[], ["stem", "layer1"], ["stem", "layer1", "layer2"]]
+    assert not any(t["passed"] for t in tries) and all(t["images"] == tries[0]["images"] > 8 for t in tries)
+    assert variant.details["kept_in_fp32"] == ["stem", "layer1", "layer2"]  # the last try was gated
+    assert "INT8 settings chosen on" in result.decided_on and "training images" in result.decided_on
     assert not list((tmp_path / "models/onnx").glob("tmp*"))
 
 
-def test_the_repair_stops_at_the_first_try_that_passes(exported, tmp_path):
-    """A recipe whose candidate and first repair are broken (real ONNX files, classifier negated) and
-    whose second repair is FP32 itself: the second is kept, and the third is never made."""
+def test_the_fallback_stops_at_the_first_try_that_selection_accepts(exported, tmp_path):
+    """A recipe whose candidate and first fallback are broken (real ONNX files, classifier negated) and
+    whose second fallback is FP32 itself: selection accepts the second, the third is never made, and the
+    gate judges only the second, once."""
     import shutil
 
     from pipeline.config.export import Gate
-    from pipeline.deploy.export import Candidate, Inputs, Recipe, export_variant, judge
+    from pipeline.deploy.export import Candidate, Inputs, Recipe, export_variant, judge, measure_against
 
     fp32 = exported / "models/onnx/model.onnx"
     x = np.random.default_rng(0).standard_normal((500, 3, 32, 32)).astype(np.float32)
     ref = onnx_runtime.run(onnx_runtime.session(fp32), x)
     labels = {"gate": ref.argmax(1), "test": ref.argmax(1)}
+    gated = []
 
     def gate(path, precision):
+        gated.append(path.name)
         got = onnx_runtime.run(onnx_runtime.session(path), x)
         return judge(Gate(), {"gate": ref, "test": ref}, {"gate": got, "test": got}, labels), "cpu"
+
+    def select(path, precision):
+        got = onnx_runtime.run(onnx_runtime.session(path), x[:100])
+        return measure_against(Gate(), ref[:100], got, labels["gate"][:100])
 
     def candidates(inputs, scratch):
         damage(fp32, scratch / "broken.onnx", None)
         yield Candidate("broken", scratch / "broken.onnx")
 
-    def repair(inputs, scratch, failed):
+    def fallback(inputs, scratch, failed):
         assert failed.label == "broken"
         damage(fp32, scratch / "r1.onnx", None)
         yield Candidate("r1", scratch / "r1.onnx", {"kept_in_fp32": ["stem", "layer1"]})
         shutil.copy(fp32, scratch / "r2.onnx")
         yield Candidate("r2", scratch / "r2.onnx", {"kept_in_fp32": ["stem", "layer1", "layer2"]})
-        raise AssertionError("a third try after one passed")
+        raise AssertionError("a third try after one was accepted")
 
     out = tmp_path / "model.int8.onnx"
-    inputs = Inputs(fp32, x[:8], onnx_runtime.read_meta(fp32), repair_stages=3)
-    variant = export_variant("int8", Recipe(candidates, repair, calibrated=True), inputs, out, gate)
-    assert variant.status == "passed" and out.read_bytes() == fp32.read_bytes()
+    inputs = Inputs(fp32, x[:8], onnx_runtime.read_meta(fp32), fallback_stages=3)
+    variant = export_variant("int8", Recipe(candidates, fallback, calibrated=True), inputs, out, gate, select)
+    assert variant.status == "passed" and out.read_bytes() == fp32.read_bytes() and gated == ["r2.onnx"]
     assert variant.details["kept_in_fp32"] == ["stem", "layer1", "layer2"]
-    assert [t["gate"]["passed"] for t in variant.details["repair"]["tries"]] == [False, True]
+    assert [t["passed"] for t in variant.details["selection"]] == [False, False, True]
     assert variant.gate is not None and variant.gate.agreement == 1.0
 
 

@@ -149,8 +149,8 @@ def test_model_card_quotes_the_study_and_its_choice(tmp_path):
     assert line.count("transfer preset") == 1 and "transfer preset: LIO (its choice by validation)" in line
 
 
-def test_the_report_says_by_how_much_a_rejected_variant_missed_and_what_a_repair_kept():
-    from dataclasses import asdict, replace
+def test_the_report_says_by_how_much_a_rejected_variant_missed_and_what_the_fallback_kept():
+    from dataclasses import replace
 
     from pipeline.core.artifacts.export import GateResult
     from pipeline.evaluate.render import gate_lines
@@ -170,23 +170,27 @@ def test_the_report_says_by_how_much_a_rejected_variant_missed_and_what_a_repair
         test_agreement=0.98,
         max_abs_diff_vs_fp32=1.0,
     )
-    tries = [{"kept_in_fp32": ["stem", "layer1"], "gate": asdict(g)}]
-    repair = {"first_try": {"candidate": "", "gate": asdict(g)}, "tries": tries}
-    v = Variant("int8", "models/onnx/model.int8.onnx", "rejected", 0.83, gate=g, details={"repair": repair})
+    tries = [
+        {"candidate": "", "kept_in_fp32": [], "images": 504, "agreement": 0.9623, "top1_drop": 0.0, "passed": False},
+        {"candidate": "", "kept_in_fp32": ["stem", "layer1"], "images": 504, "agreement": 0.99, "passed": True},
+    ]
+    details = {"selection": tries, "kept_in_fp32": ["stem", "layer1"]}
+    v = Variant("int8", "models/onnx/model.int8.onnx", "rejected", 0.83, gate=g, details=details)
     lines = gate_lines(ExportReport("x", {"int8": v}))
     assert (
         "| int8 | rejected | 510 | +0.0059 [-0.010, +0.020] (max 0.01) | 0.9765 [0.959, 0.987] (min 0.99) | 0.8300 |"
         in lines
     )
     assert (
-        "- int8 missed by agreement 0.0135 under its minimum (12 of 510 images changed class), even with stem, "
-        "layer1 kept in FP32." in lines
+        "- int8 missed by agreement 0.0135 under its minimum (12 of 510 images changed class), with stem, layer1 "
+        "kept in FP32; chosen before the gate on 504 selection images, where every layer in INT8 agreed on 0.9623 "
+        "(19 changed class)." in lines
     )
     good = replace(g, passed=True, agreement=0.998, top1_drop=0.0)
-    tries = [*tries, {"kept_in_fp32": ["stem", "layer1", "layer2"], "gate": asdict(good)}]
-    v = replace(v, status="passed", gate=good, details={"repair": {**repair, "tries": tries}})
-    lines = gate_lines(ExportReport("x", {"int8_cpu": v}))
+    v = replace(v, status="passed", gate=good)
     assert (
-        "- int8_cpu passed with stem, layer1, layer2 kept in FP32 (fully quantized, its closest candidate agreed on "
-        "0.9765: 12 of 510 images changed class)." in lines
+        "- int8_cpu passed with stem, layer1 kept in FP32; chosen before the gate on 504 selection images, where every "
+        "layer in INT8 agreed on 0.9623 (19 changed class)." in gate_lines(ExportReport("x", {"int8_cpu": v}))
     )
+    v = replace(v, details={"selection": [{**tries[0], "agreement": 0.995, "passed": True}]})
+    assert "- int8 passed with every Conv and the classifier in INT8." in gate_lines(ExportReport("x", {"int8": v}))

@@ -67,17 +67,23 @@ MUTATIONS = {
         "",
         ["tests/test_report.py"],
     ),
-    "fastest-regardless-of-gate": (
+    "fallback-although-selection-accepted": (
         "pipeline/deploy/export.py",
-        "passing = [t for t in tried + repaired if t[1].passed]",
-        "passing = list(tried + repaired)",
-        ["tests/test_export.py"],
+        'if not tries[-1]["passed"] and recipe.fallback is not None',
+        "if recipe.fallback is not None",
+        ["tests/test_qat.py"],
     ),
-    "repair-goes-on-after-a-pass": (
+    "fallback-goes-on-after-selection-accepts": (
         "pipeline/deploy/export.py",
-        "                if repaired[-1][1].passed:\n                    break\n",
+        '                    if tries[-1]["passed"]:\n                        break\n',
         "",
         ["tests/test_export.py"],
+    ),
+    "unconverged-qat-ships": (
+        "pipeline/deploy/export.py",
+        "        if reason:  # a fine-tuning",
+        "        if False:  # a fine-tuning",
+        ["tests/test_qat.py"],
     ),
     "device-flip-never": (
         "pipeline/data/device_augment.py",

@@ -17,6 +17,7 @@ class SyntheticConfig:
     image_size: int = 64
     extra_test_per_class: int = 0  # more test images per class, from their own random stream: train/val unchanged
     extra_gate_per_class: int = 0  # held-out images per class for the precision gates, from a third stream
+    extra_select_per_class: int = 0  # held-out images per class that choose the INT8 settings, from a fourth stream
     layout_seed: int = -1  # seed of the class arrangements; -1: `seed` (one stream for layouts and images)
     skip_classes: int = 0  # draw this many arrangements first and leave them out (disjoint pre-training classes)
 
@@ -26,6 +27,7 @@ class SyntheticConfig:
         need(0 < self.test_fraction < 1, where, "data.synthetic.test_fraction", "must be in (0, 1); e.g. 0.3")
         need(self.extra_test_per_class >= 0, where, "data.synthetic.extra_test_per_class", "must be >= 0; e.g. 0")
         need(self.extra_gate_per_class >= 0, where, "data.synthetic.extra_gate_per_class", "must be >= 0; e.g. 70")
+        need(self.extra_select_per_class >= 0, where, "data.synthetic.extra_select_per_class", "must be >= 0; e.g. 70")
         need(self.layout_seed >= -1, where, "data.synthetic.layout_seed", "must be >= 0, or -1 to follow `seed`")
         need(self.skip_classes >= 0, where, "data.synthetic.skip_classes", "must be >= 0; e.g. 0")
         need(self.image_size >= 16, where, "data.synthetic.image_size", f"must be >= 16 pixels, got {self.image_size}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 from pipeline.config.model import ModelConfig
 from pipeline.config.schema import Params, need
@@ -32,6 +33,25 @@ class Gate:
         )
 
 
+@dataclass
+class QATConfig:
+    """Quantization-aware fine-tuning before INT8 (pipeline/deploy/qat.py): ModelOpt's INT8 fake
+    quantization on every Conv and the classifier, trained towards the FP32 logits on training images.
+    Off by default: on the embedded set it did not lower the INT8 error at any setting measured
+    (docs/measured.md, "Quantization-aware fine-tuning")."""
+
+    method: Literal["modelopt", "none"] = "none"  # modelopt: through ModelOpt's fake quantization | none: PTQ only
+    epochs: int = 2  # passes over the training split (0: calibrate only)
+    lr: float = 2e-6  # AdamW, cosine to zero; the batch norms keep their statistics
+    batch_size: int = 32
+    distill: bool = True  # squared error to the FP32 logits (the gate measures agreement with FP32); false: labels
+
+    def check(self, where: str) -> None:
+        need(self.epochs >= 0, where, "export.qat.epochs", f"must be >= 0, got {self.epochs}; e.g. 2")
+        need(math.isfinite(self.lr) and self.lr > 0, where, "export.qat.lr", f"must be > 0, got {self.lr}; e.g. 2e-6")
+        need(self.batch_size >= 1, where, "export.qat.batch_size", f"must be >= 1, got {self.batch_size}; e.g. 32")
+
+
 #: the variants a gate decides: every precision but the FP32 reference
 GATED = tuple(p for p in PRECISIONS if p != "fp32")
 
@@ -46,7 +66,8 @@ class ExportConfig:
     precisions: list[str] = field(default_factory=lambda: list(PRECISIONS))
     calib_images: int = 64
     gates: dict[str, Gate] = field(default_factory=default_gates)  # precision -> its gate, decided on validation
-    int8_repair_stages: int = 3  # when INT8 fails its gate: retry with the stem and 1, 2, ... stages in FP32
+    qat: QATConfig = field(default_factory=QATConfig)  # quantization-aware fine-tuning before INT8
+    int8_fallback_stages: int = 3  # INT8 short on the selection images: the stem and 1, 2, ... stages in FP32
     fuse_preprocess: bool = False  # also write model.uint8.onnx: uint8 NHWC in, normalisation inside the graph
 
     def __post_init__(self) -> None:
@@ -60,13 +81,14 @@ class ExportConfig:
             "export.precisions",
             f"a list of {', '.join(PRECISIONS)} that includes fp32",
         )
+        self.qat.check(where)
         need(self.calib_images >= 1, where, "export.calib_images", "must be >= 1; e.g. 64")
         need(self.opset >= 18, where, "export.opset", "must be >= 18 (torch's ONNX exporter)")
         need(
-            0 <= self.int8_repair_stages <= len(STAGES),
+            0 <= self.int8_fallback_stages <= len(STAGES),
             where,
-            "export.int8_repair_stages",
-            f"must be 0 (no repair) to {len(STAGES)}; e.g. 3",
+            "export.int8_fallback_stages",
+            f"must be 0 (no fallback) to {len(STAGES)}; e.g. 3",
         )
         unknown = sorted(set(self.gates) - set(GATED))
         need(not unknown, where, "export.gates", f"unknown variant(s) {unknown}; gates exist for {', '.join(GATED)}")

@@ -42,9 +42,9 @@ def _table(path: Path, fmt: str) -> dict[str, list[str]]:
     return rows
 
 
-#: train_test_split.txt: 1 train, 0 test; 2 (the embedded synthetic set only) a held-out image for the
-#: precision gates, which training, validation and test never see
-CUB_SPLITS = {"1": "train", "0": "test", "2": "gate"}
+#: train_test_split.txt: 1 train, 0 test; (the embedded synthetic set only) 2 a held-out image for the
+#: precision gates and 3 one that chooses the INT8 settings before them, which nothing else sees
+CUB_SPLITS = {"1": "train", "0": "test", "2": "gate", "3": "select"}
 
 
 def read_cub(root: Path) -> tuple[list[Record], list[str]]:

@@ -150,7 +150,8 @@ def generate(root: Path, cfg: SyntheticConfig, seed: int, workers: int | None = 
     `extra_test_per_class` more test images per class come after all the others, from their
     own random stream, so a larger test split leaves the training and validation images
     unchanged; `extra_gate_per_class` images for the precision gates follow from a third stream
-    (split flag 2), so they change nothing before them either. With `layout_seed` set, the arrangements come from that seed alone (the first
+    (split flag 2), so they change nothing before them either, and `extra_select_per_class` images that
+    choose the INT8 settings before the gate decides from a fourth (split flag 3). With `layout_seed` set, the arrangements come from that seed alone (the first
     `skip_classes` of them are left out), so pre-training and study data can share one
     stream of arrangements and be disjoint by construction.
 
@@ -177,14 +178,16 @@ def generate(root: Path, cfg: SyntheticConfig, seed: int, workers: int | None = 
     order = [(c, i, 0 if i < n_test else 1) for c in ids for i in range(cfg.images_per_class)]
     first_gate = cfg.images_per_class + cfg.extra_test_per_class
     order += [(c, i, 0) for c in ids for i in range(cfg.images_per_class, first_gate)]
-    order += [(c, i, 2) for c in ids for i in range(first_gate, first_gate + cfg.extra_gate_per_class)]
-    extra, gate = np.random.default_rng([seed, 1]), np.random.default_rng([seed, 2])
+    first_select = first_gate + cfg.extra_gate_per_class
+    order += [(c, i, 2) for c in ids for i in range(first_gate, first_select)]
+    order += [(c, i, 3) for c in ids for i in range(first_select, first_select + cfg.extra_select_per_class)]
+    extra, gate, select = (np.random.default_rng([seed, k]) for k in (1, 2, 3))
 
     rels = [f"{names[c - 1]}/arrangement_{c:02d}_{i:04d}.png" for c, i, _ in order]
 
     def jobs() -> Iterator[tuple[Plan, Path, Path]]:
         for (c, i, _), rel in zip(order, rels):  # the plans are drawn here, in order; the workers only draw
-            stream = rng if i < cfg.images_per_class else extra if i < first_gate else gate
+            stream = rng if i < cfg.images_per_class else extra if i < first_gate else gate if i < first_select else select
             yield plan(layouts[c - 1], cfg.image_size, stream), root / "images" / rel, root / "segmentations" / rel
 
     boxes = _run(jobs(), len(order), workers)

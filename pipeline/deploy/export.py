@@ -9,10 +9,14 @@ Each file is written atomically and checked before it lands: the FP32 export mus
 `onnx.checker` (full check) and match PyTorch on the test images. Every reduced-precision
 variant then faces its gate (`export.gates`), decided on the **validation** split against FP32
 on the best ONNX Runtime provider here (test numbers are recorded beside, never used to decide).
-A variant that fails is deleted and marked rejected in reports/export.json with its numbers;
-INT8 first gets a repair: the stem and the leading residual stages stay in FP32, one more stage
-per try, until a try passes (error added early passes through every later layer; measured in
-docs/measured.md, "INT8 at 0.99").
+A variant that fails is deleted and marked rejected in reports/export.json with its numbers.
+
+Every gate decides once. The INT8 settings are chosen before it, on selection images the gate never
+sees (the embedded set's fourth stream, else the training images calibration left): every Conv and
+the classifier in INT8 first (after quantization-aware fine-tuning, `export.qat`, when it is on);
+when that falls short of the gate's thresholds there, the fallback keeps the stem and the leading
+residual stages in FP32, one more stage per try, until a try does not (docs/measured.md, "INT8 at
+0.99"); the report says what was kept.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +35,7 @@ import onnx
 import torch
 from torch import nn
 
+from pipeline.config.data import TransformConfig
 from pipeline.config.export import ExportConfig, Gate
 from pipeline.core.arch import STAGES
 from pipeline.core.artifacts.deployable import Deployable
@@ -37,10 +44,10 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.io import atomic_path
 from pipeline.core.metrics import accuracy, agreement, images_needed, paired_drop_ci, wilson
 from pipeline.core.timing import throughput
-from pipeline.data.dataset import logits_over, stack_images
+from pipeline.data.dataset import ManifestDataset, logits_over, stack_images
 from pipeline.data.manifest import Record, read_manifest
-from pipeline.data.transforms import eval_preset
-from pipeline.deploy import onnx_runtime
+from pipeline.data.transforms import ClassificationPresetTrain, eval_preset
+from pipeline.deploy import onnx_runtime, qat
 from pipeline.deploy.preprocess import resize_and_crop
 from pipeline.deploy.quantize import export_int8_cpu, stage_nodes
 from pipeline.deploy.runners import load_deployable, torch_runner
@@ -72,6 +79,28 @@ def _export(
             input_names=[input_name],
             output_names=[OUTPUT],
             dynamic_shapes=({0: torch.export.Dim("batch")},),
+        )
+        proto = onnx.load(str(tmp))
+        onnx_runtime.write_meta(proto, meta)
+        onnx.save(proto, str(tmp))
+        onnx.checker.check_model(str(tmp), full_check=True)
+
+
+def export_qdq(student: nn.Module, path: Path, input_size: int, opset: int, meta: Deployable) -> None:
+    """The fake-quantized student as a QDQ graph (QuantizeLinear/DequantizeLinear with its scales): what
+    TensorRT builds as INT8. ModelOpt's quantizers export through torch's TorchScript-based exporter
+    (torch.export cannot trace their range checks)."""
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            student.eval(),
+            (torch.randn(2, 3, input_size, input_size),),
+            str(tmp),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
         )
         proto = onnx.load(str(tmp))
         onnx_runtime.write_meta(proto, meta)
@@ -179,6 +208,20 @@ def judge(gate: Gate, reference: dict, logits: dict, labels: dict) -> GateResult
     )
 
 
+def measure_against(gate: Gate, reference: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> dict:
+    """A candidate's agreement with FP32 and top-1 drop on the selection images, held to its gate's
+    thresholds: how the INT8 settings are chosen before the gate decides once."""
+    mine, ref = logits.argmax(1), reference.argmax(1)
+    drop = float((ref == labels).mean() - (mine == labels).mean())
+    agree = float((mine == ref).mean())
+    return {
+        "images": len(labels),
+        "agreement": agree,
+        "top1_drop": drop,
+        "passed": bool(agree >= gate.min_agreement and drop <= gate.max_top1_drop + 1e-12),
+    }
+
+
 def check_gate_images(gates: dict[str, Gate], precisions: list[str], n: int, where: str) -> None:
     """Refuses, before any export, a gate its images cannot decide: one image must be worth at most
     a fifth of the gate's tolerance (0.99 agreement: 500 images)."""
@@ -203,18 +246,21 @@ def batch32_throughput(path: Path, images: np.ndarray, iters: int = 3) -> float:
     return throughput(lambda b: onnx_runtime.run(sess, b), x, iters)
 
 
-# --- the registered variants: each yields candidate files, and may repair a failing one -------------
+# --- the registered variants: each yields candidate files; INT8 may fall back to FP32 stages ---------
 
 
 @dataclass(frozen=True)
 class Inputs:
     """What every variant's recipe gets: the FP32 file, calibration images (training split), metadata,
-    and how many stages a repair may keep in FP32."""
+    how many leading stages the INT8 fallback may keep in FP32, and the quantization-aware student
+    (made on first use, shared by both INT8 variants; None: post-training quantization only)."""
 
     fp32: Path
     calibration: np.ndarray
     meta: Deployable
-    repair_stages: int
+    fallback_stages: int
+    opset: int = 18
+    student: Callable[[], qat.Student] | None = None
 
 
 @dataclass
@@ -226,12 +272,12 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Recipe:
-    """How one precision is made: `candidates` writes each candidate into a scratch folder; `repair`,
-    when every candidate failed its gate, writes further tries from the closest, the least
-    repaired first (the loop stops at the first that passes)."""
+    """How one precision is made: `candidates` writes each candidate into a scratch folder (the fastest
+    is kept); `fallback`, when that one falls short on the selection images, writes further tries
+    from it, the fewest layers in FP32 first (the first that does not fall short is kept)."""
 
     candidates: Callable[[Inputs, Path], Iterator[Candidate]]
-    repair: Callable[[Inputs, Path, Candidate], Iterator[Candidate]] | None = None
+    fallback: Callable[[Inputs, Path, Candidate], Iterator[Candidate]] | None = None
     calibrated: bool = False
 
 
@@ -243,49 +289,61 @@ def _fp16(inputs: Inputs, scratch: Path) -> Iterator[Candidate]:
 
 def _int8(inputs: Inputs, scratch: Path) -> Iterator[Candidate]:
     path = scratch / "int8.onnx"
-    export_int8(inputs.fp32, path, inputs.calibration, inputs.meta)
-    yield Candidate("", path)
+    if inputs.student is None:
+        export_int8(inputs.fp32, path, inputs.calibration, inputs.meta)
+        yield Candidate("", path)
+        return
+    student = inputs.student()
+    export_qdq(student.model, path, inputs.meta.preprocess.crop, inputs.opset, inputs.meta)
+    sess = onnx_runtime.session(path)
+    parity = qat.parity(student.model, lambda x: onnx_runtime.run(sess, x), inputs.calibration)
+    yield Candidate("QAT", path, {"qat": student.log.summary(), "parity_vs_fake_quant": parity})
 
 
 def kept_modules(stages: int) -> list[str]:
     return ["stem", *STAGES[:stages]]
 
 
-def repair_tries(inputs: Inputs, fp32: onnx.ModelProto) -> range:
-    """How many stages each repair try keeps: 1, 2, ... `repair_stages`; none for a graph without
+def fallback_tries(inputs: Inputs, fp32: onnx.ModelProto) -> range:
+    """How many stages each fallback try keeps: 1, 2, ... `fallback_stages`; none for a graph without
     torch's module scopes (nothing to name)."""
-    return range(1, inputs.repair_stages + 1) if stage_nodes(fp32, 1) else range(0)
+    return range(1, inputs.fallback_stages + 1) if stage_nodes(fp32, 1) else range(0)
 
 
-def _int8_repair(inputs: Inputs, scratch: Path, failed: Candidate) -> Iterator[Candidate]:
-    """Quantize again with the stem and the first 1, 2, ... stages kept in FP32."""
+def _int8_fallback(inputs: Inputs, scratch: Path, failed: Candidate) -> Iterator[Candidate]:
+    """Post-training quantization of the FP32 file with the stem and the first 1, 2, ... stages kept
+    in FP32."""
     graph = onnx.load(str(inputs.fp32))
-    for k in repair_tries(inputs, graph):
+    for k in fallback_tries(inputs, graph):
         path = scratch / f"int8-fp32-{k}.onnx"
         export_int8(inputs.fp32, path, inputs.calibration, inputs.meta, exclude=tuple(stage_nodes(graph, k)))
         yield Candidate(f"FP32 through {STAGES[k - 1]}", path, {"kept_in_fp32": kept_modules(k)})
 
 
 def _int8_cpu(inputs: Inputs, scratch: Path) -> Iterator[Candidate]:
-    for (fmt, method), path in export_int8_cpu(inputs.fp32, scratch, inputs.calibration, inputs.meta).items():
-        yield Candidate(f"{fmt}/{method}", path, {"format": fmt, "calibration": method})
+    """ONNX Runtime's static quantization, in each format, of the QAT weights (else the FP32 file)."""
+    student = inputs.student() if inputs.student is not None else None
+    source = inputs.fp32 if student is None or student.fp32 is None else student.fp32
+    extra = {"qat": student.log.summary()} if student is not None else {}
+    for (fmt, method), path in export_int8_cpu(source, scratch, inputs.calibration, inputs.meta).items():
+        yield Candidate(f"{fmt}/{method}", path, {"format": fmt, "calibration": method, **extra})
 
 
-def _int8_cpu_repair(inputs: Inputs, scratch: Path, failed: Candidate) -> Iterator[Candidate]:
-    """The closest candidate's format and calibration, with the stem and the first 1, 2, ...
-    stages kept in FP32."""
+def _int8_cpu_fallback(inputs: Inputs, scratch: Path, failed: Candidate) -> Iterator[Candidate]:
+    """The fastest candidate's format and calibration on the FP32 file, with the stem and the first
+    1, 2, ... stages kept in FP32."""
     setting = (failed.details["format"], failed.details["calibration"])
-    for k in repair_tries(inputs, onnx.load(str(inputs.fp32))):
+    for k in fallback_tries(inputs, onnx.load(str(inputs.fp32))):
         path = export_int8_cpu(inputs.fp32, scratch, inputs.calibration, inputs.meta, (setting,), k)[setting]
-        details = {**failed.details, "kept_in_fp32": kept_modules(k)}
+        details = {"format": setting[0], "calibration": setting[1], "kept_in_fp32": kept_modules(k)}
         yield Candidate(f"{failed.label} FP32 through {STAGES[k - 1]}", path, details)
 
 
 #: precision -> its recipe; fp32 is the reference every other variant is gated against
 RECIPES: dict[str, Recipe] = {
     "fp16": Recipe(_fp16),
-    "int8": Recipe(_int8, repair=_int8_repair, calibrated=True),
-    "int8_cpu": Recipe(_int8_cpu, repair=_int8_cpu_repair, calibrated=True),
+    "int8": Recipe(_int8, fallback=_int8_fallback, calibrated=True),
+    "int8_cpu": Recipe(_int8_cpu, fallback=_int8_cpu_fallback, calibrated=True),
 }
 
 
@@ -301,11 +359,10 @@ def export_all(
     """The deployable -> every ONNX variant in `cfg.precisions`, gated; returns the results,
     also written to `report` (reports/export.json).
 
-    One loop for every variant: its recipe writes candidates, each is gated on validation, a
-    repair follows when all fail, and the fastest that passes (batch 32 on this CPU, timed only
-    when there is a choice) becomes the variant's file. Preprocessing comes from the deployable's
-    metadata. No variant of an earlier, wider export outlives this one; an FP32 file that
-    disagrees with PyTorch is removed and the stage fails.
+    One loop for every variant (`export_variant`): its recipe writes candidates, the fastest is kept,
+    an INT8 one falls back to FP32 stages when it falls short on the selection images, and the gate
+    decides once. Preprocessing comes from the deployable's metadata. No variant of an earlier, wider
+    export outlives this one; an FP32 file that disagrees with PyTorch is removed and the stage fails.
     """
     model, meta = load_deployable(deployable)
     rows, _ = read_manifest(prepared)
@@ -342,9 +399,27 @@ def export_all(
         )
     }
 
-    order = np.random.default_rng(seed).permutation(len(split["train"]))[: cfg.calib_images]
-    calibration = stack_images([split["train"][i] for i in order], preset).numpy()
-    inputs = Inputs(fp32, calibration, meta, cfg.int8_repair_stages)
+    order = np.random.default_rng(seed).permutation(len(split["train"]))
+    calibration = stack_images([split["train"][i] for i in order[: cfg.calib_images]], preset).numpy()
+    # the INT8 settings are chosen on images the gate never sees: the embedded set's held-out selection
+    # images, else the training images calibration left (optimistic: the model fits them), else those
+    selection = [r for r in rows if r.split == "select"]
+    chosen_on = f"{len(selection)} held-out selection images"
+    if not selection:
+        selection = [split["train"][i] for i in order[cfg.calib_images :]] or [split["train"][i] for i in order]
+        chosen_on = f"{len(selection)} training images" + (
+            " calibration left" if len(order) > cfg.calib_images else " (all used for calibration too)"
+        )
+    selection_labels = np.array([r.label for r in selection])
+
+    @cache
+    def selection_ref() -> np.ndarray:
+        return logits_over({"r": fp32_run}, selection, preset)["r"]
+
+    def select(path: Path, precision: str) -> dict:
+        sess = onnx_runtime.session(path)
+        logits = logits_over({"v": lambda x: onnx_runtime.run(sess, x)}, selection, preset)["v"]
+        return measure_against(cfg.gates[precision], selection_ref(), logits, selection_labels)
 
     def gate(path: Path, precision: str) -> tuple[GateResult, str]:
         sess = onnx_runtime.session(path)
@@ -352,14 +427,34 @@ def export_all(
         logits = {s: logits_over({"v": run}, split[s], preset)["v"] for s in ("gate", "test")}
         return judge(cfg.gates[precision], reference, logits, labels), onnx_runtime.provider(sess)
 
-    for precision in cfg.precisions:
-        if precision != "fp32":
-            variants[precision] = export_variant(precision, RECIPES[precision], inputs, onnx_files[precision], gate)
+    with tempfile.TemporaryDirectory(dir=fp32.parent) as work:
+
+        @cache
+        def student() -> qat.Student:
+            """Fine-tuned once, on the training split with the training augmentation."""
+            transforms = meta.training.get("data", {}).get("transforms") or {
+                "resize": meta.preprocess.resize,
+                "crop": meta.preprocess.crop,
+            }
+            train_set = ManifestDataset(rows, "train", ClassificationPresetTrain(TransformConfig(**transforms)))
+            made = qat.train_student(model, train_set, torch.from_numpy(calibration), cfg.qat, seed)
+            made.fp32 = Path(work) / "qat.onnx"
+            export_fp32(qat.plain(made.model), made.fp32, meta.preprocess.crop, cfg.opset, meta)
+            return made
+
+        uses_qat = cfg.qat.method != "none"
+        inputs = Inputs(fp32, calibration, meta, cfg.int8_fallback_stages, cfg.opset, student if uses_qat else None)
+        for precision in cfg.precisions:
+            if precision != "fp32":
+                variants[precision] = export_variant(
+                    precision, RECIPES[precision], inputs, onnx_files[precision], gate, select
+                )
     fused_check = None
     if cfg.fuse_preprocess and fused is not None:
         fused_check = export_fused_checked(model, fused, meta, cfg.opset, split["test"], reference["test"])
     result = ExportReport(
-        decided_on=f"{where}, against onnxruntime-fp32 on {onnx_runtime.provider(session)}",
+        decided_on=f"{where}, against onnxruntime-fp32 on {onnx_runtime.provider(session)}; INT8 settings chosen on "
+        f"{chosen_on}",
         variants=variants,
         fused_preprocess=fused_check,
     )
@@ -368,38 +463,49 @@ def export_all(
 
 
 def export_variant(
-    precision: str, recipe: Recipe, inputs: Inputs, out: Path, gate: Callable[[Path, str], tuple[GateResult, str]]
+    precision: str,
+    recipe: Recipe,
+    inputs: Inputs,
+    out: Path,
+    gate: Callable[[Path, str], tuple[GateResult, str]],
+    select: Callable[[Path, str], dict] | None = None,
 ) -> Variant:
-    """Candidates -> gate each -> if all failed, repair tries until one passes -> the fastest that
-    passes lands at `out` (a rejected variant leaves no file; its numbers stay in the report)."""
+    """Candidates -> the fastest (batch 32 on this CPU, timed only when there is a choice) -> for a
+    calibrated variant, its agreement with FP32 on the selection images (`select`, never a gate image):
+    when it falls short, the fallback's tries until one does not (the last try otherwise) -> the gate
+    decides once; the file lands at `out` only when it passed (a rejected variant leaves no file; its
+    numbers stay in the report). A quantization-aware fine-tuning that did not converge falls short
+    whatever it scores, and says so."""
     details: dict = {"calibration_images": len(inputs.calibration)} if recipe.calibrated else {}
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        tried = [(c, *gate(c.path, precision)) for c in recipe.candidates(inputs, Path(tmp))]
-        speeds = {}
-        if len(tried) > 1:  # a choice between candidates: the fastest that passes
-            speeds = {c.label: batch32_throughput(c.path, inputs.calibration) for c, _, _ in tried}
-            details["candidates"] = [
-                {**c.details, "batch32_img_s": speeds[c.label], "gate": asdict(v)} for c, v, _ in tried
-            ]
-        repaired = []
-        if recipe.repair is not None and inputs.repair_stages and not any(v.passed for _, v, _ in tried):
-            closest = max(tried, key=lambda t: t[1].agreement)
-            for candidate in recipe.repair(inputs, Path(tmp), closest[0]):
-                repaired.append((candidate, *gate(candidate.path, precision)))
-                if repaired[-1][1].passed:
-                    break
-            details["repair"] = {
-                "first_try": {"candidate": closest[0].label, "gate": asdict(closest[1])},
-                "tries": [{"kept_in_fp32": c.details["kept_in_fp32"], "gate": asdict(v)} for c, v, _ in repaired],
-            }
-        passing = [t for t in tried + repaired if t[1].passed]
-        if passing:  # a repair runs only when no candidate passed: at most its last try passes
-            chosen = max(passing, key=lambda t: speeds.get(t[0].label, 0.0))
-            os.replace(chosen[0].path, out)
-            details |= {k: v for k, v in chosen[0].details.items() if k in ("format", "calibration", "kept_in_fp32")}
-        else:  # the last repair, or the closest candidate, speaks for the variant
-            chosen = repaired[-1] if repaired else min(tried, key=lambda t: t[1].top1_drop)
-        _, verdict, provider = chosen
+        candidates = list(recipe.candidates(inputs, Path(tmp)))
+        chosen = candidates[0]
+        if len(candidates) > 1:  # the choice is made on speed alone
+            speeds = {c.label: batch32_throughput(c.path, inputs.calibration) for c in candidates}
+            chosen = max(candidates, key=lambda c: speeds[c.label])
+            details["candidates"] = [{**c.details, "batch32_img_s": speeds[c.label]} for c in candidates]
+        details |= {k: v for k, v in chosen.details.items() if k in ("format", "calibration", "qat")}
+        if "parity_vs_fake_quant" in chosen.details:
+            details["parity_vs_fake_quant"] = chosen.details["parity_vs_fake_quant"]
+        if select is not None and recipe.calibrated:
+            tries = [_selected(chosen, lambda path: select(path, precision))]
+            if not tries[-1]["passed"] and recipe.fallback is not None and inputs.fallback_stages:
+                for candidate in recipe.fallback(inputs, Path(tmp), chosen):
+                    chosen = candidate
+                    tries.append(_selected(candidate, lambda path: select(path, precision)))
+                    if tries[-1]["passed"]:
+                        break
+            details["selection"] = tries
+            if "kept_in_fp32" in chosen.details:  # the fallback was used: what the shipped file keeps
+                details |= {k: v for k, v in chosen.details.items() if k in ("format", "calibration", "kept_in_fp32")}
+                details.pop("qat", None)
+        verdict, provider = gate(chosen.path, precision)
+        reason = (details.get("selection") or [{}])[-1].get("reason")
+        if reason:  # a fine-tuning that did not converge ships nothing, whatever the gate says
+            verdict = replace(verdict, passed=False)
+            details["rejected_because"] = reason
+        if verdict.passed:
+            os.replace(chosen.path, out)
     return Variant(
         precision=precision,
         file=str(out),
@@ -409,6 +515,21 @@ def export_variant(
         gate=verdict,
         details=details,
     )
+
+
+def _selected(candidate: Candidate, select: Callable[[Path], dict]) -> dict:
+    """One selection try: the candidate's numbers on the selection images; a QAT run that did not
+    converge falls short with its reason."""
+    entry = {"candidate": candidate.label, "kept_in_fp32": candidate.details.get("kept_in_fp32", [])}
+    entry |= select(candidate.path)
+    training = candidate.details.get("qat")
+    if training is not None and not training["converged"]:
+        entry["passed"] = False
+        entry["reason"] = (
+            "quantization-aware fine-tuning did not converge: relative logit error vs FP32 on the calibration "
+            f"images {training['relative_error_before']:.4f} before, {training['relative_error_after']:.4f} after"
+        )
+    return entry
 
 
 def export_fused_checked(

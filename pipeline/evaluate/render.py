@@ -187,7 +187,7 @@ def trained_with(meta: Deployable) -> TrainParams:
 
 def gate_lines(export: ExportReport) -> list[str]:
     """Every gate with its image count and intervals; for a rejected variant, by how much it missed;
-    for a repaired one, what it kept in FP32 and how its first try fared."""
+    for an INT8 one, what it kept in FP32 and how every layer in INT8 fared on the selection images."""
     rows, notes = [], []
     for p, v in export.variants.items():
         g = v.gate
@@ -198,8 +198,16 @@ def gate_lines(export: ExportReport) -> list[str]:
             f"(max {g.max_top1_drop}) | {g.agreement:.4f} {_pair(g.agreement_ci95, '.3f')} "
             f"(min {g.min_agreement}) | {g.test_top1:.4f} |"
         )
-        repair = v.details.get("repair") or {"tries": []}
-        kept = ", ".join(repair["tries"][-1]["kept_in_fp32"]) if repair["tries"] else ""
+        selection = v.details.get("selection") or []
+        kept = ", ".join(v.details.get("kept_in_fp32", []))
+        chose = ""
+        if selection:
+            first = selection[0]
+            flips = round((1 - first["agreement"]) * first["images"])
+            chose = (
+                f"; chosen before the gate on {first['images']} selection images, where every layer in INT8 "
+                f"agreed on {first['agreement']:.4f} ({flips} changed class)"
+            )
         if not g.passed:
             short = []
             if g.agreement < g.min_agreement:
@@ -208,15 +216,13 @@ def gate_lines(export: ExportReport) -> list[str]:
                 short.append(f"top-1 drop {g.top1_drop - g.max_top1_drop:.4f} over its maximum")
             notes.append(
                 f"- {p} missed by {' and '.join(short)} ({_flips(g)} changed class)"
-                + (f", even with {kept} kept in FP32" if kept else "")
+                + (f", with {kept} kept in FP32{chose}" if kept else "")
                 + "."
             )
         elif kept:
-            first = GateResult(**repair["first_try"]["gate"])
-            notes.append(
-                f"- {p} passed with {kept} kept in FP32 (fully quantized, its closest candidate agreed on "
-                f"{first.agreement:.4f}: {_flips(first)} changed class)."
-            )
+            notes.append(f"- {p} passed with {kept} kept in FP32{chose}.")
+        elif selection:
+            notes.append(f"- {p} passed with every Conv and the classifier in INT8.")
     head = [
         "| variant | status | images | top-1 drop [95% CI] | agreement with FP32 [95% CI] | test top-1 |",
         "|---|---|---|---|---|---|",
