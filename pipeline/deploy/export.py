@@ -498,7 +498,6 @@ def export_variant(
             details["selection"] = tries
             if "kept_in_fp32" in chosen.details:  # the fallback was used: what the shipped file keeps
                 details |= {k: v for k, v in chosen.details.items() if k in ("format", "calibration", "kept_in_fp32")}
-                details.pop("qat", None)
         verdict, provider = gate(chosen.path, precision)
         reason = (details.get("selection") or [{}])[-1].get("reason")
         if reason:  # a fine-tuning that did not converge ships nothing, whatever the gate says
