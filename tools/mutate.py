@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 #: name -> (file, text, replacement, the tests most likely to catch it)
 MUTATIONS = {
     "gate-always-passes": (
-        "pipeline/deploy/export.py",
-        "passed=bool(",
-        "passed=True or bool(",
+        "pipeline/config/export.py",
+        "return bool(top1_drop",
+        "return True or bool(top1_drop",
         ["tests/test_export.py"],
     ),
     "wrap-deleted": (

@@ -18,6 +18,10 @@ class Gate:
     max_top1_drop: float = 0.01  # top-1 may fall by at most this much (0.01 = one point; decidable on 500 images)
     min_agreement: float = 0.99  # share of images whose top-1 class equals FP32's
 
+    def accepts(self, top1_drop: float, agreement: float) -> bool:
+        """The rule the gate and the INT8 selection both apply (a drop equal to the maximum passes)."""
+        return bool(top1_drop <= self.max_top1_drop + 1e-12 and agreement >= self.min_agreement)
+
     def check(self, where: str, name: str) -> None:
         need(
             math.isfinite(self.max_top1_drop) and 0 <= self.max_top1_drop <= 1,

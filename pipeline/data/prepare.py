@@ -92,5 +92,6 @@ def prepare(cfg: PrepareParams, out: Path) -> dict:
                 bbox = "" if r.bbox is None else " ".join(f"{v:g}" for v in r.bbox)
                 writer.writerow([_stored(r.path, tmp), r.label, split, bbox, mask, r.crop_bottom, r.path.stat().st_size])
         write_json(tmp / CLASSES, {str(i): n for i, n in enumerate(names)})
-    counts = {s: splits.count(s) for s in ("train", "val", "test", "gate", "select") if s in splits or s in ("train", "val", "test")}
+    counts = {s: splits.count(s) for s in ("train", "val", "test")}
+    counts |= {s: splits.count(s) for s in ("gate", "select") if s in splits}  # the embedded set's held-out images
     return {"classes": len(names), "images": len(records), "skipped": len(bad), **counts}

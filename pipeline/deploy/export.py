@@ -192,7 +192,7 @@ def judge(gate: Gate, reference: dict, logits: dict, labels: dict) -> GateResult
     top1, top1_fp32 = float((mine == y).mean()), float((ref == y).mean())
     drop, agree = top1_fp32 - top1, same / n
     return GateResult(
-        passed=bool(drop <= gate.max_top1_drop + 1e-12 and agree >= gate.min_agreement),
+        passed=gate.accepts(drop, agree),
         max_top1_drop=gate.max_top1_drop,
         min_agreement=gate.min_agreement,
         images=n,
@@ -218,7 +218,7 @@ def measure_against(gate: Gate, reference: np.ndarray, logits: np.ndarray, label
         "images": len(labels),
         "agreement": agree,
         "top1_drop": drop,
-        "passed": bool(agree >= gate.min_agreement and drop <= gate.max_top1_drop + 1e-12),
+        "passed": gate.accepts(drop, agree),
     }
 
 
@@ -484,22 +484,23 @@ def export_variant(
             speeds = {c.label: batch32_throughput(c.path, inputs.calibration) for c in candidates}
             chosen = max(candidates, key=lambda c: speeds[c.label])
             details["candidates"] = [{**c.details, "batch32_img_s": speeds[c.label]} for c in candidates]
-        details |= {k: v for k, v in chosen.details.items() if k in ("format", "calibration", "qat")}
-        if "parity_vs_fake_quant" in chosen.details:
-            details["parity_vs_fake_quant"] = chosen.details["parity_vs_fake_quant"]
+        details |= {
+            k: v for k, v in chosen.details.items() if k in ("format", "calibration", "qat", "parity_vs_fake_quant")
+        }
+        tries: list[dict] = []
         if select is not None and recipe.calibrated:
-            tries = [_selected(chosen, lambda path: select(path, precision))]
+            tries.append(_selected(chosen, select, precision))
             if not tries[-1]["passed"] and recipe.fallback is not None and inputs.fallback_stages:
                 for candidate in recipe.fallback(inputs, Path(tmp), chosen):
                     chosen = candidate
-                    tries.append(_selected(candidate, lambda path: select(path, precision)))
+                    tries.append(_selected(candidate, select, precision))
                     if tries[-1]["passed"]:
                         break
             details["selection"] = tries
             if "kept_in_fp32" in chosen.details:  # the fallback was used: what the shipped file keeps
                 details |= {k: v for k, v in chosen.details.items() if k in ("format", "calibration", "kept_in_fp32")}
         verdict, provider = gate(chosen.path, precision)
-        reason = (details.get("selection") or [{}])[-1].get("reason")
+        reason = tries[-1].get("reason") if tries else None
         if reason:  # a fine-tuning that did not converge ships nothing, whatever the gate says
             verdict = replace(verdict, passed=False)
             details["rejected_because"] = reason
@@ -516,11 +517,11 @@ def export_variant(
     )
 
 
-def _selected(candidate: Candidate, select: Callable[[Path], dict]) -> dict:
+def _selected(candidate: Candidate, select: Callable[[Path, str], dict], precision: str) -> dict:
     """One selection try: the candidate's numbers on the selection images; a QAT run that did not
     converge falls short with its reason."""
     entry = {"candidate": candidate.label, "kept_in_fp32": candidate.details.get("kept_in_fp32", [])}
-    entry |= select(candidate.path)
+    entry |= select(candidate.path, precision)
     training = candidate.details.get("qat")
     if training is not None and not training["converged"]:
         entry["passed"] = False

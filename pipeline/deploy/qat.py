@@ -20,9 +20,10 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -35,15 +36,20 @@ from pipeline.config.export import QATConfig
 from pipeline.core.arch import STAGES
 
 
+def _blocks(model: nn.Module) -> Iterator[tuple[str, Any]]:
+    """(name, block) of every residual block of a torchvision ResNet, in order."""
+    for stage in STAGES:
+        for b, block in enumerate(cast(nn.Sequential, model.get_submodule(stage))):
+            yield f"{stage}.{b}", block
+
+
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """(conv, batch norm) module names of a torchvision ResNet, each batch norm right after its conv."""
     pairs = [("conv1", "bn1")]
-    for stage in STAGES:
-        blocks: Any = model.get_submodule(stage)
-        for b, block in enumerate(blocks):
-            pairs += [(f"{stage}.{b}.conv{i}", f"{stage}.{b}.bn{i}") for i in (1, 2, 3) if hasattr(block, f"conv{i}")]
-            if block.downsample is not None:
-                pairs.append((f"{stage}.{b}.downsample.0", f"{stage}.{b}.downsample.1"))
+    for name, block in _blocks(model):
+        pairs += [(f"{name}.conv{i}", f"{name}.bn{i}") for i in (1, 2, 3) if hasattr(block, f"conv{i}")]
+        if block.downsample is not None:
+            pairs.append((f"{name}.downsample.0", f"{name}.downsample.1"))
     return pairs
 
 
@@ -51,12 +57,10 @@ def branch_outputs(model: nn.Module) -> list[str]:
     """Each residual branch's last batch norm and the downsample's: the tensors entering the additions
     (ONNX Runtime's QLinearConv writes them in uint8; TensorRT fuses the addition into the conv)."""
     names = []
-    for stage in STAGES:
-        blocks: Any = model.get_submodule(stage)
-        for b, block in enumerate(blocks):
-            names.append(f"{stage}.{b}.bn{3 if hasattr(block, 'conv3') else 2}")
-            if block.downsample is not None:
-                names.append(f"{stage}.{b}.downsample.1")
+    for name, block in _blocks(model):
+        names.append(f"{name}.bn{3 if hasattr(block, 'conv3') else 2}")
+        if block.downsample is not None:
+            names.append(f"{name}.downsample.1")
     return names
 
 
