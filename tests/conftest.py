@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,16 @@ from pipeline.config.params import Config
 from pipeline.config.schema import apply_overrides, build, to_dict
 from pipeline.data.prepare import prepare
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# The cores, shared among pytest-xdist's workers (`-n auto`: one per core), at most 2 threads each; the
+# stage commands tests start and ONNX Runtime's sessions read the same number from OMP_NUM_THREADS.
+THREADS = max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
+torch.set_num_threads(THREADS)
+
+
+def pytest_collection_modifyitems(items):
+    """The slow tests first: under xdist they start at once, and the quick ones fill in around them."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -59,11 +69,31 @@ def tiny_prepared(tmp_path_factory) -> Path:
     return out
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """A folder that `build(folder)` fills once per test run, by the first pytest-xdist worker that
+    asks (the others wait on a lock, then share it: read-only)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # this run's folder, above every worker's own
+    root = base / name
+    with FileLock(str(base / f"{name}.lock")):
+        if not (root / ".built").exists():
+            shutil.rmtree(root, ignore_errors=True)
+            build(root)
+            (root / ".built").touch()
+    return root
+
+
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory, tiny_prepared) -> Path:
-    """A stage workspace after strip and export: params.yaml, data/prepared, models/ (resnet18, 32 px)."""
-    import shutil
+    """A stage workspace after strip and export: params.yaml, data/prepared, models/ (resnet18, 32 px);
+    built once per run (about 25 s), shared read-only."""
+    return built_once(tmp_path_factory, "exported", lambda root: _export_workspace(root, tiny_prepared))
 
+
+def _export_workspace(root: Path, tiny_prepared: Path) -> None:
     import yaml
     from click.testing import CliRunner
 
@@ -74,7 +104,6 @@ def exported(tmp_path_factory, tiny_prepared) -> Path:
     from pipeline.weights import save_torch
     from stages import export
 
-    root = tmp_path_factory.mktemp("exported")
     shutil.copytree(tiny_prepared, root / "data" / "prepared")
     cfg = tiny_config()
     (root / "params.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
@@ -90,4 +119,3 @@ def exported(tmp_path_factory, tiny_prepared) -> Path:
     finally:
         os.chdir(cwd)
     assert result.exit_code == 0, result.output
-    return root

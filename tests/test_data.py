@@ -12,7 +12,7 @@ from PIL import Image
 from pipeline.config.data import PrepareParams, SyntheticConfig
 from pipeline.core.errors import DatasetError
 from pipeline.data import synthetic
-from pipeline.data.dataset import ImageError, ManifestDataset, load_image
+from pipeline.data.dataset import ImageError, ManifestDataset, SeededDraws, load_image
 from pipeline.data.manifest import read_manifest
 from pipeline.data.prepare import BAD_IMAGES, prepare
 from pipeline.data.readers import AIRCRAFT_BANNER, read_dataset
@@ -299,6 +299,36 @@ def test_batches_bound_memory_and_cover_every_row(tiny_prepared):
     assert sizes == [4, 4, 3]
     out = logits_over({"mean": lambda x: x.mean(axis=(2, 3))}, rows[:11], preset, size=4)["mean"]
     assert out.shape == (11, 3) and out.dtype == np.float32
+
+
+def test_training_batches_are_the_same_for_any_worker_count(tiny_prepared):
+    """data.workers is about speed only: each image's augmentation is drawn from (seed, epoch, index),
+    not from whichever process loads it; another epoch or seed draws anew, and the caller's
+    generator is left where it was."""
+    from torch.utils.data import DataLoader
+
+    from pipeline.lio import GroupBatchSampler
+
+    rows, classes = read_manifest(tiny_prepared)
+    train_set = ManifestDataset(rows, "train", ClassificationPresetTrain(tiny_config().data.transforms))
+
+    def epoch(workers, epoch=1, seed=0):
+        draws = SeededDraws(train_set, seed)
+        sampler = GroupBatchSampler(train_set.labels, 3, 2, seed, class_names=classes)
+        draws.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        return [images for images, _ in DataLoader(draws, batch_sampler=sampler, num_workers=workers)]
+
+    inline = epoch(0)
+    torch.manual_seed(5)
+    before = torch.rand(3)
+    torch.manual_seed(5)
+    SeededDraws(train_set, 0)[0]
+    assert torch.equal(torch.rand(3), before)
+    for other in (epoch(2), epoch(1)):
+        assert len(other) == len(inline) and all(torch.equal(a, b) for a, b in zip(inline, other))
+    for changed in (epoch(0, epoch=2), epoch(0, seed=1)):
+        assert not torch.equal(changed[0], inline[0])
 
 
 def test_png_whose_data_stops_short_is_a_one_line_error_not_a_crash(tmp_path):

@@ -34,11 +34,9 @@ def workspace(tmp_path, prepared, **overrides):
 
 
 def lio(tmp_path, *args, **kwargs):
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
     return subprocess.Popen(
         [sys.executable, "-m", "stages", *args],
         cwd=tmp_path,
-        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -107,6 +107,32 @@ class ManifestDataset(Dataset):
         return self.transform(load_image(row.path, row.crop_bottom)), row.label
 
 
+class SeededDraws(Dataset):
+    """A training set whose random augmentation of item i in epoch e is drawn from its own seed,
+    (seed, e, i): the batches are the same for any number of loader processes (`data.workers`), so
+    that setting is about speed only. Call `set_epoch` before each epoch's iterator is made (a
+    worker process copies the dataset then; persistent workers would keep the first epoch)."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int):
+        (draw,) = np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(1, np.uint64)
+        generator = torch.default_generator  # what torchvision's random transforms draw from
+        state = generator.get_state()  # the caller's, restored after
+        generator.manual_seed(int(draw))
+        try:
+            return self.dataset[i]
+        finally:
+            generator.set_state(state)
+
+
 def load_pair(row: Record, transform) -> tuple[Tensor, Tensor]:
     """A manifest row's image and true mask [H, W] bool, through the same (random) transform."""
     if row.mask is None:

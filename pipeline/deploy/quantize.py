@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import concurrent.futures
+import functools
 import multiprocessing
 from pathlib import Path
 
@@ -55,9 +56,16 @@ def export_int8_cpu(
     Runs in a fresh interpreter: ModelOpt's INT8 quantization patches `onnxruntime.quantization`
     in the process that ran it, after which ONNX Runtime's own quantizer fails.
     """
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-        return pool.submit(_export_int8_cpu, fp32, out_dir, calibration, meta, settings, keep_stages).result()
+    return (
+        _fresh_interpreter().submit(_export_int8_cpu, fp32, out_dir, calibration, meta, settings, keep_stages).result()
+    )
+
+
+@functools.cache
+def _fresh_interpreter() -> concurrent.futures.ProcessPoolExecutor:
+    """One spawned interpreter that runs only ONNX Runtime's quantizer, started once per process and
+    kept for every later call (each start costs about 2 s)."""
+    return concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
 
 
 def _export_int8_cpu(

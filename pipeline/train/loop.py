@@ -35,7 +35,7 @@ from pipeline.core.artifacts.training import Best, TestScore, TrainingSummary
 from pipeline.core.errors import TrainingError
 from pipeline.core.io import remove_stale_temporaries
 from pipeline.core.metrics import accuracy
-from pipeline.data.dataset import ManifestDataset
+from pipeline.data.dataset import ManifestDataset, SeededDraws
 from pipeline.data.device_augment import DeviceAugment, DeviceImages, DeviceLoader
 from pipeline.data.manifest import Record, read_manifest
 from pipeline.data.transforms import ClassificationPresetEval, ClassificationPresetTrain, preprocessing
@@ -190,22 +190,16 @@ def train(
 
     P = cfg.lio.P
     sampler = GroupBatchSampler(train_set.labels, P, cfg.train.batch_size // (P + 1), cfg.seed, rank, world, classes)
-    loader_gen = torch.Generator()
     workers = cfg.data.workers
+    draws = SeededDraws(train_set, cfg.seed)  # the same batches for any data.workers
     loader: DataLoader | DeviceLoader
     if cfg.data.augment == "device" or (cfg.data.augment == "auto" and device.type == "cuda"):
         # decoded once, augmented a batch at a time on the device (the CPU preset's distribution)
         on_device = DeviceImages(train_set.rows, tf.resize, device, masks=gt, workers=workers)
         loader = DeviceLoader(on_device, sampler, DeviceAugment(tf).to(device))
     else:
-        loader = DataLoader(
-            train_set,
-            batch_sampler=sampler,
-            num_workers=workers,
-            generator=loader_gen,
-            pin_memory=device.type == "cuda",
-            persistent_workers=False,
-        )
+        # not persistent: a worker copies `draws` when each epoch's iterator starts, so it sees set_epoch
+        loader = DataLoader(draws, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda")
 
     def eval_loader(ds):
         return DataLoader(ds, batch_size=cfg.train.eval_batch_size, num_workers=workers)
@@ -255,7 +249,7 @@ def train(
     started = time.perf_counter()
     for epoch in range(start, cfg.train.epochs):
         torch.manual_seed(cfg.seed * 1000 + epoch)
-        loader_gen.manual_seed(cfg.seed * 1000 + epoch)
+        draws.set_epoch(epoch)
         sampler.set_epoch(epoch)
         stats = train_one_epoch(net, loader, optimizer, scheduler, ema, device, layouts, cfg.train, epoch, main)
         val = evaluate(scored, eval_loader(val_set), device, cfg.train.amp, "val", main)
