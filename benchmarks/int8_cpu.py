@@ -15,13 +15,13 @@ interleaved, medians), so a busy neighbour slows both.
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from machine import cpu  # benchmarks/machine.py
 
 from pipeline.core import paths
 from pipeline.core.arch import STAGES
@@ -33,19 +33,6 @@ from pipeline.deploy import onnx_runtime
 from pipeline.deploy.quantize import export_int8_cpu
 
 SETTING = ("QOperator", "MinMax")
-
-INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
-
-
-def cpu() -> tuple[str, list[str]]:
-    """The CPU's model name and which INT8-relevant instruction sets it has (Linux /proc/cpuinfo)."""
-    info = Path("/proc/cpuinfo")
-    if not info.exists():
-        return platform.processor() or platform.machine(), []
-    text = info.read_text()
-    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
-    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-    return name, [f for f in INT8_FLAGS if f in flags]
 
 
 def measure(sess, images: np.ndarray, iters: int) -> tuple[list[float], list[float]]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from int8_cpu import cpu  # benchmarks/int8_cpu.py: the CPU's name and INT8 instruction sets
+from machine import cpu  # benchmarks/machine.py: the CPU's name and INT8 instruction sets
 
 from pipeline.config.data import TransformConfig
 from pipeline.config.export import QATConfig

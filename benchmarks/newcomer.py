@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from int8_cpu import cpu  # noqa: E402
+from machine import cpu  # noqa: E402  (benchmarks/machine.py: standard library only, as on a fresh machine)
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGE = re.compile(r"Running stage '([\w-]+)'")

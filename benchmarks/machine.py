@@ -1,0 +1,19 @@
+"""The machine a benchmark ran on, to print beside its numbers (standard library only)."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu() -> tuple[str, list[str]]:
+    """The CPU's model name and which INT8-relevant instruction sets it has (Linux /proc/cpuinfo)."""
+    info = Path("/proc/cpuinfo")
+    if not info.exists():
+        return platform.processor() or platform.machine(), []
+    text = info.read_text()
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    return name, [f for f in INT8_FLAGS if f in flags]
