@@ -133,7 +133,12 @@ def test_the_fallback_keeps_the_stem_and_leading_stages_in_fp32_and_quantizes_th
 
     calibration = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
     meta = onnx_runtime.read_meta(fp32)
-    export_int8(fp32, tmp_path / "int8.onnx", calibration, meta, exclude=tuple(one))
+    source = tmp_path / "fp32.onnx"  # with no shapes inferred: ModelOpt would write them into its input
+    del model.graph.value_info[:]
+    onnx.save(model, str(source))
+    before = source.read_bytes()
+    export_int8(source, tmp_path / "int8.onnx", calibration, meta, exclude=tuple(one))
+    assert source.read_bytes() == before  # the FP32 file, an output of its own, is read, never rewritten
     repaired = onnx.load(str(tmp_path / "int8.onnx")).graph
     producers = {o: n.op_type for n in repaired.node for o in n.output}
     int8_weights = {n.name for n in repaired.node if n.op_type == "Conv" and producers.get(n.input[1])}

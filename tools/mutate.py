@@ -85,6 +85,12 @@ MUTATIONS = {
         "        if False:  # a fine-tuning",
         ["tests/test_qat.py"],
     ),
+    "modelopt-rewrites-the-fp32-file": (
+        "pipeline/deploy/export.py",
+        "            onnx_path=str(source),",
+        "            onnx_path=str(fp32),",
+        ["tests/test_export.py"],
+    ),
     "augment-drawn-per-process": (
         "pipeline/data/dataset.py",
         "        generator.manual_seed(int(draw))\n",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -162,12 +163,16 @@ def export_int8(
     fp32: Path, path: Path, calibration: np.ndarray, meta: Deployable, exclude: tuple[str, ...] = ()
 ) -> None:
     """ModelOpt post-training quantization (QDQ, for TensorRT) calibrated on training images;
-    `exclude` names the nodes that stay in FP32 (exact names)."""
+    `exclude` names the nodes that stay in FP32 (exact names). ModelOpt gets a copy of `fp32`: it
+    writes shape inference into its input file (`onnx.shape_inference.infer_shapes_path`), and the
+    FP32 file is an output of its own, already checked, that other readers may have open."""
     from modelopt.onnx.quantization import quantize
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        source = Path(scratch) / fp32.name
+        shutil.copyfile(fp32, source)
         quantize(
-            onnx_path=str(fp32),
+            onnx_path=str(source),
             quantize_mode="int8",
             calibration_data=calibration.astype(np.float32),
             calibration_method="entropy",
