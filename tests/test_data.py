@@ -12,7 +12,7 @@ from PIL import Image
 from pipeline.config.data import PrepareParams, SyntheticConfig
 from pipeline.core.errors import DatasetError
 from pipeline.data import synthetic
-from pipeline.data.dataset import ImageError, ManifestDataset, SeededDraws, load_image
+from pipeline.data.dataset import ImageError, ManifestDataset, NumberedBatches, SeededDraws, load_image
 from pipeline.data.manifest import read_manifest
 from pipeline.data.prepare import BAD_IMAGES, prepare
 from pipeline.data.readers import AIRCRAFT_BANNER, read_dataset
@@ -302,9 +302,9 @@ def test_batches_bound_memory_and_cover_every_row(tiny_prepared):
 
 
 def test_training_batches_are_the_same_for_any_worker_count(tiny_prepared):
-    """data.workers is about speed only: each image's augmentation is drawn from (seed, epoch, index),
-    not from whichever process loads it; another epoch or seed draws anew, and the caller's
-    generator is left where it was."""
+    """data.workers is about speed only: each draw's augmentation is seeded by (seed, rank, epoch, its
+    position in the epoch), not by whichever process loads it; another epoch, seed or position draws
+    anew (an image drawn twice gets two draws), and the caller's generator is left where it was."""
     from torch.utils.data import DataLoader
 
     from pipeline.lio import GroupBatchSampler
@@ -317,13 +317,15 @@ def test_training_batches_are_the_same_for_any_worker_count(tiny_prepared):
         sampler = GroupBatchSampler(train_set.labels, 3, 2, seed, class_names=classes)
         draws.set_epoch(epoch)
         sampler.set_epoch(epoch)
-        return [images for images, _ in DataLoader(draws, batch_sampler=sampler, num_workers=workers)]
+        loader = DataLoader(draws, batch_sampler=NumberedBatches(sampler), num_workers=workers)
+        return [images for images, _ in loader]
 
     inline = epoch(0)
     torch.manual_seed(5)
     before = torch.rand(3)
     torch.manual_seed(5)
-    SeededDraws(train_set, 0)[0]
+    draws = SeededDraws(train_set, 0)
+    assert torch.equal(draws[0, 0][0], draws[0, 0][0]) and not torch.equal(draws[0, 0][0], draws[0, 1][0])
     assert torch.equal(torch.rand(3), before)
     for other in (epoch(2), epoch(1)):
         assert len(other) == len(inline) and all(torch.equal(a, b) for a, b in zip(inline, other))

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image
 
@@ -108,13 +109,15 @@ class ManifestDataset(Dataset):
 
 
 class SeededDraws(Dataset):
-    """A training set whose random augmentation of item i in epoch e is drawn from its own seed,
-    (seed, e, i): the batches are the same for any number of loader processes (`data.workers`), so
-    that setting is about speed only. Call `set_epoch` before each epoch's iterator is made (a
+    """A training set whose random augmentation of each draw is seeded by (seed, rank, epoch, slot),
+    the slot being the draw's position in the epoch (`NumberedBatches` pairs each index with it): the
+    batches are the same for any number of loader processes (`data.workers`), so that setting is
+    about speed only, and an image drawn twice in an epoch (a topped-up group, a small class sampled
+    with replacement) gets two draws. Call `set_epoch` before each epoch's iterator is made (a
     worker process copies the dataset then; persistent workers would keep the first epoch)."""
 
-    def __init__(self, dataset: Dataset, seed: int):
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
+    def __init__(self, dataset: Dataset, seed: int, rank: int = 0):
+        self.dataset, self.seed, self.rank, self.epoch = dataset, seed, rank, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -122,15 +125,33 @@ class SeededDraws(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, i: int):
-        (draw,) = np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(1, np.uint64)
+    def __getitem__(self, key: tuple[int, int]):
+        index, slot = key
+        (draw,) = np.random.SeedSequence([self.seed, self.rank, self.epoch, slot]).generate_state(1, np.uint64)
         generator = torch.default_generator  # what torchvision's random transforms draw from
         state = generator.get_state()  # the caller's, restored after
         generator.manual_seed(int(draw))
         try:
-            return self.dataset[i]
+            return self.dataset[index]
         finally:
             generator.set_state(state)
+
+
+class NumberedBatches(Sampler[list[tuple[int, int]]]):
+    """A batch sampler's batches with each index paired with its position in the epoch: the keys
+    `SeededDraws` reads."""
+
+    def __init__(self, batch_sampler: Sampler[list[int]]):
+        self.batch_sampler = batch_sampler
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        slot = 0
+        for batch in self.batch_sampler:
+            yield [(index, slot + k) for k, index in enumerate(batch)]
+            slot += len(batch)
 
 
 def load_pair(row: Record, transform) -> tuple[Tensor, Tensor]:

@@ -35,7 +35,7 @@ from pipeline.core.artifacts.training import Best, TestScore, TrainingSummary
 from pipeline.core.errors import TrainingError
 from pipeline.core.io import remove_stale_temporaries
 from pipeline.core.metrics import accuracy
-from pipeline.data.dataset import ManifestDataset, SeededDraws
+from pipeline.data.dataset import ManifestDataset, NumberedBatches, SeededDraws
 from pipeline.data.device_augment import DeviceAugment, DeviceImages, DeviceLoader
 from pipeline.data.manifest import Record, read_manifest
 from pipeline.data.transforms import ClassificationPresetEval, ClassificationPresetTrain, preprocessing
@@ -191,7 +191,7 @@ def train(
     P = cfg.lio.P
     sampler = GroupBatchSampler(train_set.labels, P, cfg.train.batch_size // (P + 1), cfg.seed, rank, world, classes)
     workers = cfg.data.workers
-    draws = SeededDraws(train_set, cfg.seed)  # the same batches for any data.workers
+    draws = SeededDraws(train_set, cfg.seed, rank)  # the same batches for any data.workers
     loader: DataLoader | DeviceLoader
     if cfg.data.augment == "device" or (cfg.data.augment == "auto" and device.type == "cuda"):
         # decoded once, augmented a batch at a time on the device (the CPU preset's distribution)
@@ -199,7 +199,8 @@ def train(
         loader = DeviceLoader(on_device, sampler, DeviceAugment(tf).to(device))
     else:
         # not persistent: a worker copies `draws` when each epoch's iterator starts, so it sees set_epoch
-        loader = DataLoader(draws, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda")
+        batches = NumberedBatches(sampler)
+        loader = DataLoader(draws, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda")
 
     def eval_loader(ds):
         return DataLoader(ds, batch_size=cfg.train.eval_batch_size, num_workers=workers)
