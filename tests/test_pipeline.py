@@ -102,8 +102,7 @@ DVC = [sys.executable, "-m", "dvc"]
 @pytest.mark.slow
 def test_dvc_repro_then_experiment(tmp_path):
     repo, env = small_repo(tmp_path)
-    dvc = DVC
-    sh([*dvc, "repro"], repo, env)
+    sh([*DVC, "repro"], repo, env)
 
     assert (repo / "data/prepared/manifest.csv").exists()
     parity = json.loads((repo / "reports/parity.json").read_text())
@@ -157,21 +156,21 @@ def test_dvc_repro_then_experiment(tmp_path):
     assert text_format.Parse(config, model_config_pb2.ModelConfig()).max_batch_size == 8
 
     # The plots page opens offline: every script is inline, nothing is fetched from a CDN.
-    sh([*dvc, "plots", "show", "-o", "plots-page"], repo, env)
+    sh([*DVC, "plots", "show", "-o", "plots-page"], repo, env)
     page = (repo / "plots-page/index.html").read_text()
     assert re.search(r"<(script|link|img)[^>]+(src|href)=[\"']?(https?:)?//", page) is None
     assert "vegaEmbed" in page and "confusion" in page.lower() and "localisation" in page
     shutil.rmtree(repo / "plots-page")
-    assert "Data and pipelines are up to date" in sh([*dvc, "status"], repo, env)
+    assert "Data and pipelines are up to date" in sh([*DVC, "status"], repo, env)
     extra = repo / "data/raw/new-image.png"  # data.root is a dep of prepare: DVC sees an edited dataset
     extra.write_bytes(b"new")
-    status = sh([*dvc, "status"], repo, env)
+    status = sh([*DVC, "status"], repo, env)
     assert "prepare:" in status and "modified:" in status and "data/raw" in status
     extra.unlink()
     sh(["git", "add", "-A"], repo, env)  # the baseline: dvc.lock and the small metrics files
     sh(["git", "commit", "-qm", "baseline run"], repo, env)
 
-    out = sh([*dvc, "exp", "run", "--name", "study-cpu-lio-s5", "-S", "lio.P=5"], repo, env)
+    out = sh([*DVC, "exp", "run", "--name", "study-cpu-lio-s5", "-S", "lio.P=5"], repo, env)
     assert "Stage 'prepare' didn't change, skipping" in out and "Running stage 'train'" in out
     # `lio study collect` finds a study-named experiment through the real `dvc exp list` / `exp show`
     sh(["lio", "study", "collect", "--preset", "cpu", "--out", "collected"], repo, env)
@@ -179,7 +178,7 @@ def test_dvc_repro_then_experiment(tmp_path):
     test_top1 = json.loads((repo / "dvclive/metrics.json").read_text())["test"]["top1"]
     assert run["name"] == "study-cpu-lio-s5" and run["test_top1"] == test_top1 and run["localisation"]
     shutil.rmtree(repo / "collected")
-    shown = json.loads(sh([*dvc, "exp", "show", "--json"], repo, env))
+    shown = json.loads(sh([*DVC, "exp", "show", "--json"], repo, env))
     with_metrics = {}  # P -> metrics, for the workspace and the experiment (the bare git commit has none)
     for r in all_data(shown):
         metrics = r["metrics"].get("reports/metrics.json", {}).get("data")
