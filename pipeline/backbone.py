@@ -15,11 +15,15 @@ from pipeline.weights import load_torch
 __all__ = ["ARCHS", "STAGES", "STRIDES", "build_backbone", "load_pretrained", "stage_size"]
 
 
-def build_backbone(arch: str, num_classes: int) -> nn.Module:
-    """The plain torchvision classifier that LIO trains and the pipeline deploys."""
+def build_backbone(arch: str, num_classes: int, zero_init_residual: bool = False) -> nn.Module:
+    """The plain torchvision classifier that LIO trains and the pipeline deploys. `zero_init_residual`
+    (torchvision's) starts every residual block as the identity: an initialisation only, the
+    architecture is the same."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}: choose one of {', '.join(ARCHS)}")
-    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    return torchvision.models.get_model(
+        arch, weights=None, num_classes=num_classes, zero_init_residual=zero_init_residual
+    )
 
 
 def pretrained_path(arch: str, pretrained: str) -> Path:

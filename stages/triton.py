@@ -11,5 +11,7 @@ from stages.command import with_params
 @with_params()
 def command(cfg):
     """Write a model repository that `tritonserver --model-repository=models/triton` serves."""
-    client = build_repository(paths.TRITON, paths.ONNX["fp32"], paths.ENGINE_INFO, paths.ENGINE, paths.FUSED)
+    client = build_repository(
+        paths.TRITON, paths.ONNX["fp32"], paths.ENGINE_INFO, paths.ENGINE, paths.FUSED, paths.ONNX["int8_cpu"]
+    )
     click.echo(f"wrote {paths.TRITON}: {', '.join(client['models'])}")

@@ -50,7 +50,7 @@ def tiny_config(**overrides) -> Config:
     # an untrained model on a handful of validation images: gates that pass whatever it does (the gate's
     # own behaviour is tested with real thresholds in tests/test_export.py)
     for gate in cfg.export.gates.values():
-        gate.max_top1_drop, gate.min_agreement = 1.0, 0.0
+        gate.min_top1_ratio, gate.min_agreement = 0.01, 0.0
     cfg.export.fuse_preprocess = True
     cfg.engine.max_batch = 8
     cfg.report.iters = 3

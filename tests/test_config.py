@@ -59,7 +59,18 @@ def test_repository_params_load():
         ({"export": {"qat": {"epochs": -1}}}, "export.qat.epochs", ">= 0"),
         ({"export": {"qat": {"method": "qat"}}}, "export.qat.method", "modelopt"),
         ({"export": {"qat": {"lr": 0}}}, "export.qat.lr", "> 0"),
-        ({"export": {"int8_fallback_stages": 5}}, "export.int8_fallback_stages", "0 (no fallback) to 4"),
+        ({"export": {"int8_fallback_stages": 3}}, "export.int8_fallback_stages", "use int8_fallback_layers"),
+        ({"export": {"int8_fallback_layers": -1}}, "export.int8_fallback_layers", ">= 0"),
+        # the old accuracy rule's key, and a ratio MLPerf's rule cannot mean
+        ({"export": {"gates": {"int8": {"max_top1_drop": 0.01}}}}, "export.gates.int8.max_top1_drop", "min_top1_ratio"),
+        ({"export": {"gates": {"fp16": {"min_top1_ratio": 0}}}}, "export.gates.fp16.min_top1_ratio", "(0, 1]"),
+        (
+            {"export": {"gates": {"int8_cpu": {"min_top1_ratio": 1.01}}}},
+            "export.gates.int8_cpu.min_top1_ratio",
+            "(0, 1]",
+        ),
+        ({"train": {"amp": "bf16"}}, "train.amp", "auto, true, false"),
+        ({"train": {"label_smoothing": 1.0}}, "train.label_smoothing", "[0, 1)"),
         ({"data": {"synthetic": {"extra_select_per_class": -1}}}, "data.synthetic.extra_select_per_class", ">= 0"),
         (
             {"engine": {"precision": "int8"}, "export": {"precisions": ["fp32"]}},
@@ -88,8 +99,10 @@ def test_engine_required_accepts_yaml_booleans(tmp_path):
 def test_yaml_exponent_without_a_dot_is_a_number(tmp_path):
     """YAML 1.1 reads `1e-3` as a string; the config takes it as the number it means."""
     path = tmp_path / "params.yaml"
-    path.write_text(open("params.yaml").read().replace("lr: 0.001", "lr: 1e-3"))
-    assert load_config(path).train.lr == 1e-3
+    text = open("params.yaml").read()
+    assert "  lr: 0.002" in text
+    path.write_text(text.replace("  lr: 0.002", "  lr: 2e-3"))
+    assert load_config(path).train.lr == 2e-3
 
 
 @pytest.mark.parametrize(

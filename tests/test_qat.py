@@ -147,10 +147,10 @@ def test_a_qat_run_that_does_not_converge_ships_nothing_and_says_so(exported, tm
     files = {"fp32": tmp_path / "models/onnx/model.onnx", "int8": tmp_path / "models/onnx/model.int8.onnx"}
     cfg = ExportConfig(
         precisions=["fp32", "int8"],
-        gates={"int8": Gate(1.0, 0.0)},
+        gates={"int8": Gate(0.01, 0.0)},
         calib_images=8,
         qat=QATConfig("modelopt", 1, 10.0, 8),
-        int8_fallback_stages=0,
+        int8_fallback_layers=0,
     )
     result = export_all(tmp_path / "models/resnet18.pt", exported / "data/prepared", files, tmp_path / "e.json", cfg, 0)
     v = result.variants["int8"]

@@ -239,3 +239,66 @@ def test_training_lowers_the_loss(tmp_path, tiny_prepared):
     rows = (tmp_path / "dvclive/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]
     losses = [float(r.split("\t")[-1]) for r in rows]
     assert len(losses) == 6 and min(losses[-2:]) < 0.75 * losses[0], losses
+
+
+def test_the_recipes_settings_reach_the_model_and_the_optimizer(tmp_path, tiny_prepared):
+    """zero_init_residual starts every residual branch at zero (torchvision's); label smoothing reaches the
+    classification loss; the optimizer is the fused one. Without them, the defaults of before."""
+    import torch.nn.functional as F
+
+    from pipeline.train.loop import build_model
+    from pipeline.train.optim import build_optimizer
+
+    on = tiny_config(**{"model.zero_init_residual": True, "train.label_smoothing": 0.2})
+    off = tiny_config(**{"model.zero_init_residual": False, "train.label_smoothing": 0.0})
+    last_norms = {
+        flag: [
+            block.bn2.weight
+            for stage in ("layer1", "layer2", "layer3", "layer4")
+            for block in model.backbone.get_submodule(stage)
+        ]
+        for flag, model in ((True, build_model(on, 3)), (False, build_model(off, 3)))
+    }
+    assert all((w == 0).all() for w in last_norms[True]) and not any((w == 0).all() for w in last_norms[False])
+
+    torch.manual_seed(0)
+    model = build_model(on, 3).train()
+    x, y = torch.randn(8, 3, 32, 32), torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    positives = torch.tensor([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2], [5, 6, 7], [4, 6, 7], [4, 5, 7], [4, 5, 6]])
+    out = model(x, y, positives)
+    logits, cls = out.logits.detach(), float(out.parts["cls"])
+    assert cls == pytest.approx(float(F.cross_entropy(logits, y, label_smoothing=0.2)), rel=1e-5)
+    assert cls != pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-3)
+    assert build_optimizer(on.train, model).defaults["fused"] is True
+
+
+def test_the_stage_says_which_precision_it_trained_in(tmp_path, tiny_prepared):
+    workspace(tmp_path, tiny_prepared, **{"train.epochs": 1, "train.amp": "false"})
+    proc = lio(tmp_path, "train")
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert "train.amp: false: training in fp32" in out
+
+
+@pytest.mark.slow
+def test_the_draws_script_trains_each_seed_in_a_scratch_folder_and_prints_the_table(tmp_path, capsys):
+    """benchmarks/default_draws.py on two seeds of the tiny config: one row per seed with the numbers the
+    run recorded (its own metrics, not made up), the mean and spread, and the checkout untouched."""
+    sys.path.insert(0, str(Path("benchmarks").resolve()))
+    import default_draws
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(to_dict(tiny_config(**{"train.epochs": 2}))))
+    before = sorted(p.name for p in Path(".").iterdir())
+    default_draws.main(
+        ["--seeds", "0", "1", "--params", str(params), "--set", "train.amp=false", "--json", str(tmp_path / "d.json")]
+    )
+    out = capsys.readouterr().out
+    rows = json.loads((tmp_path / "d.json").read_text())["rows"]
+    assert [r["seed"] for r in rows] == [0, 1] and all(r["precision"] == "fp32" for r in rows)
+    assert all(len(r["val_curve"]) == r["epochs"] == 2 and r["best_val"] == max(r["val_curve"]) for r in rows)
+    for r in rows:
+        assert f"| {r['seed']} | {r['train_top1_last']:.3f} | {r['best_val']:.3f} ({r['best_epoch']}/2) |" in out
+    mean = sum(r["test_top1"] for r in rows) / 2
+    assert f"| mean | {sum(r['train_top1_last'] for r in rows) / 2:.3f} |" in out and f"{mean:.3f}" in out
+    assert "spread (max - min)" in out and sorted(p.name for p in Path(".").iterdir()) == before

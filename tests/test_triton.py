@@ -1,8 +1,8 @@
 """The Triton model repository: every config.pbtxt parses under Triton's own schema
 (tritonclient's model_config_pb2) and agrees with the ONNX model and engine.json.
 
-No Triton server runs here: PyPI's `tritonserver` is a 0.0.1 placeholder, and the server
-ships as an NGC container (no Docker engine on this machine). The TensorRT engine is a
+No Triton server runs here: the server ships in NGC's containers (no Docker engine on this
+machine), and PyPI's `tritonserver` 0.0.1.dev0 installs nothing (docs/deploy.md). The TensorRT engine is a
 stand-in file: TensorRT cannot be installed here (its plan is copied, never parsed).
 """
 
@@ -15,7 +15,7 @@ import pytest
 from google.protobuf import text_format
 
 from pipeline.core.artifacts.engine import EngineInfo
-from pipeline.deploy.triton import FUSED_MODEL, ONNX_MODEL, TRT_MODEL, write_repository
+from pipeline.deploy.triton import FUSED_MODEL, INT8_MODEL, ONNX_MODEL, TRT_MODEL, build_repository, write_repository
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 DT = model_config_pb2.DataType
@@ -110,3 +110,32 @@ def test_the_repository_is_replaced_whole(tmp_path, exported):
     write_repository(tmp_path / "triton", exported / "models/onnx/model.onnx", built, engine)
     write_repository(tmp_path / "triton", exported / "models/onnx/model.onnx", not_built(), engine)
     assert sorted(p.name for p in (tmp_path / "triton").iterdir()) == [ONNX_MODEL, "preprocess.json"]
+
+
+def test_the_gated_cpu_int8_model_is_served_beside_fp32(tmp_path, exported):
+    """The int8_cpu variant that passed its gate is served on ONNX Runtime's CPU instances, its config
+    from its own graph; a variant the gate rejected left no file, and nothing is served for it."""
+    int8 = exported / "models/onnx/model.int8_cpu.onnx"
+    not_built().save(tmp_path / "engine.json")
+    client = build_repository(
+        tmp_path / "triton", exported / "models/onnx/model.onnx", tmp_path / "engine.json", tmp_path / "e", None, int8
+    )
+    folder = tmp_path / "triton" / INT8_MODEL
+    config = parse(folder / "config.pbtxt")
+    assert config.name == INT8_MODEL and config.platform == "onnxruntime_onnx"
+    assert config.instance_group[0].kind == KIND.KIND_CPU and config.max_batch_size == 32
+    assert list(config.input[0].dims) == [3, 32, 32] and config.input[0].data_type == DT.TYPE_FP32
+    assert (folder / "1/model.onnx").read_bytes() == int8.read_bytes()
+    assert any(n.op_type in ("QLinearConv", "QuantizeLinear") for n in onnx.load(str(int8)).graph.node)
+    assert client["models"] == [ONNX_MODEL, INT8_MODEL]
+
+    rejected = tmp_path / "gone" / "model.int8_cpu.onnx"  # what a rejected variant leaves: nothing
+    client = build_repository(
+        tmp_path / "triton",
+        exported / "models/onnx/model.onnx",
+        tmp_path / "engine.json",
+        tmp_path / "e",
+        None,
+        rejected,
+    )
+    assert client["models"] == [ONNX_MODEL] and not (tmp_path / "triton" / INT8_MODEL).exists()

@@ -26,8 +26,26 @@ ROOT = Path(__file__).resolve().parent.parent
 MUTATIONS = {
     "gate-always-passes": (
         "pipeline/config/export.py",
-        "return bool(top1_drop",
-        "return True or bool(top1_drop",
+        "return bool(top1 >=",
+        "return True or bool(top1 >=",
+        ["tests/test_export.py"],
+    ),
+    "rule-compared-the-wrong-way": (
+        "pipeline/config/export.py",
+        "top1 >= self.min_top1_ratio * top1_fp32",
+        "top1_fp32 >= self.min_top1_ratio * top1",
+        ["tests/test_export.py"],
+    ),
+    "agreement-floor-ignored": (
+        "pipeline/config/export.py",
+        " and agreement >= self.min_agreement)",
+        ")",
+        ["tests/test_export.py"],
+    ),
+    "zero-width-interval": (
+        "pipeline/core/metrics.py",
+        "    if half == 0:\n",
+        "    if False:\n",
         ["tests/test_export.py"],
     ),
     "wrap-deleted": (
@@ -69,15 +87,39 @@ MUTATIONS = {
     ),
     "fallback-although-selection-accepted": (
         "pipeline/deploy/export.py",
-        'if not tries[-1]["passed"] and recipe.fallback is not None',
-        "if recipe.fallback is not None",
-        ["tests/test_qat.py"],
+        'if not tries[-1]["passed"] and recipe.keep_fp32 is not None',
+        "if recipe.keep_fp32 is not None",
+        ["tests/test_qat.py", "tests/test_export.py"],
     ),
-    "fallback-goes-on-after-selection-accepts": (
+    "fallback-skipped": (
         "pipeline/deploy/export.py",
-        '                    if tries[-1]["passed"]:\n                        break\n',
+        'if not tries[-1]["passed"] and recipe.keep_fp32 is not None',
+        "if False and recipe.keep_fp32 is not None",
+        ["tests/test_export.py"],
+    ),
+    "fallback-not-the-fewest": (
+        "pipeline/deploy/int8_fallback.py",
+        "    while high - low > 1:\n",
+        "    while False:\n",
+        ["tests/test_export.py"],
+    ),
+    "fallback-ranked-backwards": (
+        "pipeline/deploy/int8_fallback.py",
+        "key=lambda s: -s.error_removed",
+        "key=lambda s: s.error_removed",
+        ["tests/test_export.py"],
+    ),
+    "ort-kept-layer-reads-int8": (
+        "pipeline/deploy/quantize.py",
+        " + input_sources(graph, keep_layers)",
         "",
         ["tests/test_export.py"],
+    ),
+    "amp-guessed-not-detected": (
+        "pipeline/train/precision.py",
+        '    return ", ".join(found) or None',
+        '    return "avx512f"',
+        ["tests/test_precision.py"],
     ),
     "unconverged-qat-ships": (
         "pipeline/deploy/export.py",

@@ -12,7 +12,7 @@ from pipeline.core.arch import GPU_PRECISIONS
 @dataclass
 class EngineConfig:
     required: Literal["auto", "true", "false"] = "auto"
-    precision: str = "fp16"  # one of GPU_PRECISIONS, and of export.precisions
+    precision: str = "int8"  # one of GPU_PRECISIONS, and of export.precisions; a rejected one falls back
     min_batch: int = 1
     opt_batch: int = 8
     max_batch: int = 32

@@ -4,36 +4,47 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pipeline.config.model import ModelConfig
 from pipeline.config.schema import Params, need
-from pipeline.core.arch import PRECISIONS, STAGES
+from pipeline.core.arch import PRECISIONS
+
+#: the accuracy rule and where it comes from, as the report and docs name it
+RULE = "MLPerf Inference (closed division): top-1 >= 99% of FP32's"
 
 
 @dataclass
 class Gate:
-    """What a reduced-precision variant must keep, against FP32 on the validation split."""
+    """What a reduced-precision variant must keep, against FP32 on images training never saw.
 
-    max_top1_drop: float = 0.01  # top-1 may fall by at most this much (0.01 = one point; decidable on 500 images)
-    min_agreement: float = 0.99  # share of images whose top-1 class equals FP32's
+    The accuracy rule is the field's: MLPerf Inference accepts an INT8 ResNet-50 whose top-1 is at
+    least 99% of FP32's, on the point estimate. Agreement with FP32 (the share of images whose top-1
+    class is FP32's) is only a floor against broken quantization: rounding noise flips a few
+    low-margin images both ways without costing accuracy (docs/measured.md, "INT8 by the field's rule")."""
 
-    def accepts(self, top1_drop: float, agreement: float) -> bool:
-        """The rule the gate and the INT8 selection both apply (a drop equal to the maximum passes)."""
-        return bool(top1_drop <= self.max_top1_drop + 1e-12 and agreement >= self.min_agreement)
+    RENAMED: ClassVar[dict[str, str]] = {
+        "max_top1_drop": "min_top1_ratio (MLPerf's rule: top-1 >= ratio x FP32's top-1; e.g. min_top1_ratio: 0.99)"
+    }
+    min_top1_ratio: float = 0.99  # top-1 >= this x FP32's top-1 (MLPerf Inference: 0.99)
+    min_agreement: float = 0.95  # floor on the share of images whose top-1 class equals FP32's
+
+    def accepts(self, top1: float, top1_fp32: float, agreement: float) -> bool:
+        """The rule the gate and the INT8 selection both apply (a ratio equal to the minimum passes)."""
+        return bool(top1 >= self.min_top1_ratio * top1_fp32 - 1e-12 and agreement >= self.min_agreement)
 
     def check(self, where: str, name: str) -> None:
         need(
-            math.isfinite(self.max_top1_drop) and 0 <= self.max_top1_drop <= 1,
+            math.isfinite(self.min_top1_ratio) and 0 < self.min_top1_ratio <= 1,
             where,
-            f"{name}.max_top1_drop",
-            f"must be in [0, 1], got {self.max_top1_drop}; e.g. 0.005",
+            f"{name}.min_top1_ratio",
+            f"must be in (0, 1], got {self.min_top1_ratio}; e.g. 0.99 (MLPerf's rule)",
         )
         need(
             math.isfinite(self.min_agreement) and 0 <= self.min_agreement <= 1,
             where,
             f"{name}.min_agreement",
-            f"must be in [0, 1], got {self.min_agreement}; e.g. 0.99",
+            f"must be in [0, 1], got {self.min_agreement}; e.g. 0.95",
         )
 
 
@@ -66,12 +77,16 @@ def default_gates() -> dict[str, Gate]:
 
 @dataclass
 class ExportConfig:
+    RENAMED: ClassVar[dict[str, str]] = {
+        "int8_fallback_stages": "int8_fallback_layers (the fallback keeps single layers, ranked by measured "
+        "sensitivity, not whole stages; e.g. int8_fallback_layers: 16, 0 for none)"
+    }
     opset: int = 18  # torch.export-based exporter; TensorRT 10.12+ parses it
     precisions: list[str] = field(default_factory=lambda: list(PRECISIONS))
     calib_images: int = 64
     gates: dict[str, Gate] = field(default_factory=default_gates)  # precision -> its gate, decided on validation
     qat: QATConfig = field(default_factory=QATConfig)  # quantization-aware fine-tuning before INT8
-    int8_fallback_stages: int = 3  # INT8 short on the selection images: the stem and 1, 2, ... stages in FP32
+    int8_fallback_layers: int = 16  # INT8 short on selection: at most this many of its most sensitive layers in FP32
     fuse_preprocess: bool = False  # also write model.uint8.onnx: uint8 NHWC in, normalisation inside the graph
 
     def __post_init__(self) -> None:
@@ -89,10 +104,10 @@ class ExportConfig:
         need(self.calib_images >= 1, where, "export.calib_images", "must be >= 1; e.g. 64")
         need(self.opset >= 18, where, "export.opset", "must be >= 18 (torch's ONNX exporter)")
         need(
-            0 <= self.int8_fallback_stages <= len(STAGES),
+            self.int8_fallback_layers >= 0,
             where,
-            "export.int8_fallback_stages",
-            f"must be 0 (no fallback) to {len(STAGES)}; e.g. 3",
+            "export.int8_fallback_layers",
+            f"must be >= 0 (0: no fallback), got {self.int8_fallback_layers}; e.g. 16",
         )
         unknown = sorted(set(self.gates) - set(GATED))
         need(not unknown, where, "export.gates", f"unknown variant(s) {unknown}; gates exist for {', '.join(GATED)}")

@@ -12,6 +12,7 @@ from pipeline.core.arch import ARCHS
 class ModelConfig:
     arch: str = "resnet50"
     pretrained: str = "none"  # none | imagenet | path to a state dict
+    zero_init_residual: bool = False  # torchvision's: each residual block starts as the identity (from scratch)
 
     def check(self, where: str) -> None:
         need(self.arch in ARCHS, where, "model.arch", f"{self.arch!r} is unknown; use one of {', '.join(ARCHS)}")

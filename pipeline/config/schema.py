@@ -98,6 +98,11 @@ def build(cls, data, where: str, path: str):
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
+    renamed = getattr(cls, "RENAMED", {})  # old key -> what replaced it, for a one-line fix
+    for key in unknown:
+        if key in renamed:
+            dotted = f"{path}.{key}" if path else key
+            raise ConfigError(f"{where}: {dotted} is no longer a field; use {renamed[key]}")
     if unknown:
         dotted = ", ".join(f"{path}.{k}" if path else k for k in unknown)
         raise ConfigError(f"{where}: unknown field(s) {dotted}; known: {', '.join(sorted(names))}")

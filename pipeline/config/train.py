@@ -32,7 +32,8 @@ class TrainConfig:
     step_epochs: list[int] = field(default_factory=list)
     step_gamma: float = 0.1
     ema_decay: float = 0.0  # 0 disables the weight EMA
-    amp: bool = True  # bf16 autocast on CUDA GPUs that support it
+    label_smoothing: float = 0.0  # of the classification loss
+    amp: Literal["auto", "true", "false"] = "auto"  # bf16 autocast: auto = where the device has native bf16
     channels_last: bool = True  # on CUDA
     compile: Literal["auto", "true", "false"] = "auto"  # torch.compile the training step; auto: on CUDA
     eval_batch_size: int = 64
@@ -84,6 +85,12 @@ class TrainConfig:
             f"must be >= 1, got {self.eval_batch_size}; e.g. 64",
         )
         need(0 <= self.ema_decay < 1, where, "train.ema_decay", "must be in [0, 1); 0 disables the EMA")
+        need(
+            0 <= self.label_smoothing < 1,
+            where,
+            "train.label_smoothing",
+            f"must be in [0, 1), got {self.label_smoothing}; e.g. 0.1, or 0 for none",
+        )
 
 
 @dataclass

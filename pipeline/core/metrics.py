@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.stats import binomtest
 
 
 def accuracy(logits, labels, topk: tuple[int, ...] = (1, 5)) -> dict[str, float]:
@@ -18,22 +19,28 @@ def accuracy(logits, labels, topk: tuple[int, ...] = (1, 5)) -> dict[str, float]
     return out
 
 
-def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion (sound at 0 and at n, unlike the normal one)."""
+def wilson(successes: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (scipy's; sound at 0 and at n, unlike the normal one)."""
     if n == 0:
         return (0.0, 1.0)
-    p = successes / n
-    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n)))
+    ci = binomtest(successes, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return (float(ci.low), float(ci.high))
 
 
 def paired_drop_ci(lost: int, gained: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     """95% interval of a paired drop (lost - gained) / n: `lost` images only the reference got
-    right, `gained` images only the other got right (normal approximation for paired proportions)."""
+    right, `gained` images only the other got right (normal approximation for paired proportions).
+
+    Never zero-width: when no image changed class, where the normal approximation collapses to a
+    point, the drop is bounded by the exact (Clopper-Pearson) 95% upper bound of the share of images
+    that change, which 0 of n does not make 0 (about 3.7 / n)."""
     if n == 0:
         return (-1.0, 1.0)
     d = (lost - gained) / n
     half = z * math.sqrt(max(lost + gained - (lost - gained) ** 2 / n, 0.0)) / n
+    if half == 0:
+        bound = float(binomtest(lost + gained, n).proportion_ci(confidence_level=0.95, method="exact").high)
+        return (max(-1.0, d - bound), min(1.0, d + bound))
     return (d - half, d + half)
 
 

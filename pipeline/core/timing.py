@@ -12,8 +12,13 @@ from collections.abc import Callable
 
 import numpy as np
 
+#: calls a p99 needs to mean something: with fewer, the 99th percentile is the slowest call or beyond
+P99_CALLS = 100
+
 
 def latency(fn: Callable, x, warmup: int, iters: int, sync: Callable = lambda: None) -> dict:
+    """p50 and p90 of `iters` timed calls after `warmup`; p99 only from at least P99_CALLS calls
+    (None otherwise)."""
     for _ in range(warmup):
         fn(x)
     sync()
@@ -24,7 +29,7 @@ def latency(fn: Callable, x, warmup: int, iters: int, sync: Callable = lambda: N
         sync()
         times.append((time.perf_counter() - start) * 1000)
     p50, p90, p99 = np.percentile(times, [50, 90, 99])
-    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99)}
+    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99) if iters >= P99_CALLS else None}
 
 
 def throughput(fn: Callable, x, iters: int, sync: Callable = lambda: None) -> float:

@@ -176,6 +176,11 @@ def batches(rows: list[Record], transform, size: int = 32):
         yield stack_images(rows[start : start + size], transform)
 
 
+def run_batches(run, images: np.ndarray, size: int = 32) -> np.ndarray:
+    """A (float32 NCHW numpy -> logits numpy) run over images already decoded, `size` at a time."""
+    return np.concatenate([np.asarray(run(images[i : i + size]), dtype=np.float32) for i in range(0, len(images), size)])
+
+
 def logits_over(runs: dict, rows: list[Record], transform, size: int = 32) -> dict[str, np.ndarray]:
     """Each run's (float32 NCHW numpy -> logits numpy) outputs over all `rows`, decoding every image once."""
     out: dict[str, list[np.ndarray]] = {name: [] for name in runs}

@@ -7,16 +7,17 @@ in the format its CPU kernels run fastest (ModelOpt's QDQ graph runs slower than
 
 Each file is written atomically and checked before it lands: the FP32 export must pass
 `onnx.checker` (full check) and match PyTorch on the test images. Every reduced-precision
-variant then faces its gate (`export.gates`), decided on the **validation** split against FP32
-on the best ONNX Runtime provider here (test numbers are recorded beside, never used to decide).
-A variant that fails is deleted and marked rejected in reports/export.json with its numbers.
+variant then faces its gate (`export.gates`): MLPerf Inference's rule, top-1 at least 99% of
+FP32's, with agreement with FP32 as a floor against broken quantization, decided on images training
+never saw (validation + held-out gate images) against FP32 on the best ONNX Runtime provider here
+(test numbers are recorded beside, never used to decide). A variant that fails is deleted and marked
+rejected in reports/export.json with its numbers.
 
 Every gate decides once. The INT8 settings are chosen before it, on selection images the gate never
 sees (the embedded set's fourth stream, else the training images calibration left): every Conv and
 the classifier in INT8 first (after quantization-aware fine-tuning, `export.qat`, when it is on);
-when that falls short of the gate's thresholds there, the fallback keeps the stem and the leading
-residual stages in FP32, one more stage per try, until a try does not (docs/measured.md, "INT8 at
-0.99"); the report says what was kept.
+when that misses the rule there, the fallback keeps the layers INT8 hurts most in FP32, the fewest
+that meet it (`int8_fallback`); the report names them.
 """
 
 from __future__ import annotations
@@ -35,22 +36,23 @@ import numpy as np
 import onnx
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from pipeline.config.data import TransformConfig
-from pipeline.config.export import ExportConfig, Gate
-from pipeline.core.arch import STAGES
+from pipeline.config.export import RULE, ExportConfig, Gate
 from pipeline.core.artifacts.deployable import Deployable
 from pipeline.core.artifacts.export import ExportReport, GateResult, Variant
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import atomic_path
 from pipeline.core.metrics import accuracy, agreement, images_needed, paired_drop_ci, wilson
 from pipeline.core.timing import throughput
-from pipeline.data.dataset import ManifestDataset, logits_over, stack_images
+from pipeline.data.dataset import ManifestDataset, run_batches, stack_images
 from pipeline.data.manifest import Record, read_manifest
 from pipeline.data.transforms import ClassificationPresetTrain, eval_preset
 from pipeline.deploy import onnx_runtime, qat
+from pipeline.deploy.int8_fallback import LayerSensitivity, fewest, rank_layers
 from pipeline.deploy.preprocess import resize_and_crop
-from pipeline.deploy.quantize import export_int8_cpu, stage_nodes
+from pipeline.deploy.quantize import export_int8_cpu, input_sources, layer_nodes
 from pipeline.deploy.runners import load_deployable, torch_runner
 
 INPUT, OUTPUT = "input", "logits"
@@ -195,15 +197,17 @@ def judge(gate: Gate, reference: dict, logits: dict, labels: dict) -> GateResult
     n, same = len(y), int((mine == ref).sum())
     lost, gained = int(((ref == y) & (mine != y)).sum()), int(((ref != y) & (mine == y)).sum())
     top1, top1_fp32 = float((mine == y).mean()), float((ref == y).mean())
-    drop, agree = top1_fp32 - top1, same / n
+    agree = same / n
     return GateResult(
-        passed=gate.accepts(drop, agree),
-        max_top1_drop=gate.max_top1_drop,
+        passed=gate.accepts(top1, top1_fp32, agree),
+        rule=RULE,
+        min_top1_ratio=gate.min_top1_ratio,
         min_agreement=gate.min_agreement,
         images=n,
         top1=top1,
         top1_fp32=top1_fp32,
-        top1_drop=drop,
+        top1_ratio=top1 / top1_fp32 if top1_fp32 else float("nan"),
+        top1_drop=top1_fp32 - top1,
         top1_drop_ci95=paired_drop_ci(lost, gained, n),
         agreement=agree,
         agreement_ci95=wilson(same, n),
@@ -217,13 +221,15 @@ def measure_against(gate: Gate, reference: np.ndarray, logits: np.ndarray, label
     """A candidate's agreement with FP32 and top-1 drop on the selection images, held to its gate's
     thresholds: how the INT8 settings are chosen before the gate decides once."""
     mine, ref = logits.argmax(1), reference.argmax(1)
-    drop = float((ref == labels).mean() - (mine == labels).mean())
+    top1, top1_fp32 = float((mine == labels).mean()), float((ref == labels).mean())
     agree = float((mine == ref).mean())
     return {
         "images": len(labels),
         "agreement": agree,
-        "top1_drop": drop,
-        "passed": gate.accepts(drop, agree),
+        "top1": top1,
+        "top1_fp32": top1_fp32,
+        "top1_drop": top1_fp32 - top1,
+        "passed": gate.accepts(top1, top1_fp32, agree),
     }
 
 
@@ -234,10 +240,10 @@ def check_gate_images(gates: dict[str, Gate], precisions: list[str], n: int, whe
         if p == "fp32":
             continue
         g = gates[p]
-        needed = max(images_needed(g.max_top1_drop), images_needed(1 - g.min_agreement))
+        needed = max(images_needed(1 - g.min_top1_ratio), images_needed(1 - g.min_agreement))
         if n < needed:
             raise ExportError(
-                f"export.gates.{p} (max_top1_drop {g.max_top1_drop}, min_agreement {g.min_agreement}) needs at "
+                f"export.gates.{p} (min_top1_ratio {g.min_top1_ratio}, min_agreement {g.min_agreement}) needs at "
                 f"least {needed} images to decide (one image may be worth at most a fifth of its tolerance), but "
                 f"{where} holds {n}: loosen the gate, or give it more images (a larger validation split; for the "
                 "embedded set, data.synthetic.extra_gate_per_class)"
@@ -251,21 +257,23 @@ def batch32_throughput(path: Path, images: np.ndarray, iters: int = 3) -> float:
     return throughput(lambda b: onnx_runtime.run(sess, b), x, iters)
 
 
-# --- the registered variants: each yields candidate files; INT8 may fall back to FP32 stages ---------
+# --- the registered variants: each yields candidate files; INT8 may keep its most sensitive layers in FP32 -----
 
 
 @dataclass(frozen=True)
 class Inputs:
     """What every variant's recipe gets: the FP32 file, calibration images (training split), metadata,
-    how many leading stages the INT8 fallback may keep in FP32, and the quantization-aware student
-    (made on first use, shared by both INT8 variants; None: post-training quantization only)."""
+    how many layers the INT8 fallback may keep in FP32, the quantization-aware student (made on first
+    use, shared by both INT8 variants; None: post-training quantization only), and the layers ranked
+    by INT8 sensitivity (measured on first use, shared; None: no fallback)."""
 
     fp32: Path
     calibration: np.ndarray
     meta: Deployable
-    fallback_stages: int
+    fallback_layers: int
     opset: int = 18
     student: Callable[[], qat.Student] | None = None
+    ranking: Callable[[], list[LayerSensitivity]] | None = None
 
 
 @dataclass
@@ -278,12 +286,14 @@ class Candidate:
 @dataclass(frozen=True)
 class Recipe:
     """How one precision is made: `candidates` writes each candidate into a scratch folder (the fastest
-    is kept); `fallback`, when that one falls short on the selection images, writes further tries
-    from it, the fewest layers in FP32 first (the first that does not fall short is kept)."""
+    is kept); `keep_fp32`, when that one falls short on the selection images, writes it again with the
+    given layers in FP32 (the fallback asks for the fewest that meet the rule). `runs_here`: the file
+    deploys on this machine's ONNX Runtime, so its speed here is its speed (int8_cpu, not TensorRT's)."""
 
     candidates: Callable[[Inputs, Path], Iterator[Candidate]]
-    fallback: Callable[[Inputs, Path, Candidate], Iterator[Candidate]] | None = None
+    keep_fp32: Callable[[Inputs, Path, Candidate, tuple[str, ...]], Candidate] | None = None
     calibrated: bool = False
+    runs_here: bool = False
 
 
 def _fp16(inputs: Inputs, scratch: Path) -> Iterator[Candidate]:
@@ -305,24 +315,12 @@ def _int8(inputs: Inputs, scratch: Path) -> Iterator[Candidate]:
     yield Candidate("QAT", path, {"qat": student.log.summary(), "parity_vs_fake_quant": parity})
 
 
-def kept_modules(stages: int) -> list[str]:
-    return ["stem", *STAGES[:stages]]
-
-
-def fallback_tries(inputs: Inputs, fp32: onnx.ModelProto) -> range:
-    """How many stages each fallback try keeps: 1, 2, ... `fallback_stages`; none for a graph without
-    torch's module scopes (nothing to name)."""
-    return range(1, inputs.fallback_stages + 1) if stage_nodes(fp32, 1) else range(0)
-
-
-def _int8_fallback(inputs: Inputs, scratch: Path, failed: Candidate) -> Iterator[Candidate]:
-    """Post-training quantization of the FP32 file with the stem and the first 1, 2, ... stages kept
-    in FP32."""
-    graph = onnx.load(str(inputs.fp32))
-    for k in fallback_tries(inputs, graph):
-        path = scratch / f"int8-fp32-{k}.onnx"
-        export_int8(inputs.fp32, path, inputs.calibration, inputs.meta, exclude=tuple(stage_nodes(graph, k)))
-        yield Candidate(f"FP32 through {STAGES[k - 1]}", path, {"kept_in_fp32": kept_modules(k)})
+def _int8_keep(inputs: Inputs, scratch: Path, failed: Candidate, layers: tuple[str, ...]) -> Candidate:
+    """ModelOpt's post-training quantization of the FP32 file with `layers` left in FP32."""
+    nodes = layer_nodes(onnx.load(str(inputs.fp32)))
+    path = scratch / f"int8-fp32-{len(layers)}.onnx"
+    export_int8(inputs.fp32, path, inputs.calibration, inputs.meta, exclude=tuple(nodes[name] for name in layers))
+    return Candidate(f"{len(layers)} layers in FP32", path, {"kept_in_fp32": list(layers)})
 
 
 def _int8_cpu(inputs: Inputs, scratch: Path) -> Iterator[Candidate]:
@@ -334,21 +332,22 @@ def _int8_cpu(inputs: Inputs, scratch: Path) -> Iterator[Candidate]:
         yield Candidate(f"{fmt}/{method}", path, {"format": fmt, "calibration": method, **extra})
 
 
-def _int8_cpu_fallback(inputs: Inputs, scratch: Path, failed: Candidate) -> Iterator[Candidate]:
-    """The fastest candidate's format and calibration on the FP32 file, with the stem and the first
-    1, 2, ... stages kept in FP32."""
+def _int8_cpu_keep(inputs: Inputs, scratch: Path, failed: Candidate, layers: tuple[str, ...]) -> Candidate:
+    """The fastest candidate's format and calibration on the FP32 file, with `layers` left in FP32."""
     setting = (failed.details["format"], failed.details["calibration"])
-    for k in fallback_tries(inputs, onnx.load(str(inputs.fp32))):
-        path = export_int8_cpu(inputs.fp32, scratch, inputs.calibration, inputs.meta, (setting,), k)[setting]
-        details = {"format": setting[0], "calibration": setting[1], "kept_in_fp32": kept_modules(k)}
-        yield Candidate(f"{failed.label} FP32 through {STAGES[k - 1]}", path, details)
+    path = export_int8_cpu(inputs.fp32, scratch, inputs.calibration, inputs.meta, (setting,), layers)[setting]
+    graph = onnx.load(str(inputs.fp32))
+    names = {node: layer for layer, node in layer_nodes(graph).items()}
+    sources = [names.get(n, n) for n in input_sources(graph, layers)]
+    details = {"format": setting[0], "calibration": setting[1], "kept_in_fp32": list(layers), "inputs_in_fp32": sources}
+    return Candidate(f"{failed.label}, {len(layers)} layers in FP32", path, details)
 
 
 #: precision -> its recipe; fp32 is the reference every other variant is gated against
 RECIPES: dict[str, Recipe] = {
     "fp16": Recipe(_fp16),
-    "int8": Recipe(_int8, fallback=_int8_fallback, calibrated=True),
-    "int8_cpu": Recipe(_int8_cpu, fallback=_int8_cpu_fallback, calibrated=True),
+    "int8": Recipe(_int8, keep_fp32=_int8_keep, calibrated=True),
+    "int8_cpu": Recipe(_int8_cpu, keep_fp32=_int8_cpu_keep, calibrated=True, runs_here=True),
 }
 
 
@@ -365,9 +364,10 @@ def export_all(
     also written to `report` (reports/export.json).
 
     One loop for every variant (`export_variant`): its recipe writes candidates, the fastest is kept,
-    an INT8 one falls back to FP32 stages when it falls short on the selection images, and the gate
-    decides once. Preprocessing comes from the deployable's metadata. No variant of an earlier, wider
-    export outlives this one; an FP32 file that disagrees with PyTorch is removed and the stage fails.
+    an INT8 one that misses the rule on the selection images keeps its most sensitive layers in FP32,
+    the fewest that meet it, and the gate decides once. Preprocessing comes from the deployable's
+    metadata; every image is decoded once. No variant of an earlier, wider export outlives this one;
+    an FP32 file that disagrees with PyTorch is removed and the stage fails.
     """
     model, meta = load_deployable(deployable)
     rows, _ = read_manifest(prepared)
@@ -383,16 +383,36 @@ def export_all(
 
     for path in [*onnx_files.values(), *([fused] if fused else [])]:
         path.unlink(missing_ok=True)
+    order = np.random.default_rng(seed).permutation(len(split["train"]))
+    # the INT8 settings are chosen on images the gate never sees: the embedded set's held-out selection
+    # images, else the training images calibration left (optimistic: the model fits them), else those
+    selection = [r for r in rows if r.split == "select"]
+    chosen_on = f"{len(selection)} held-out selection images"
+    if not selection:
+        selection = [split["train"][i] for i in order[cfg.calib_images :]] or [split["train"][i] for i in order]
+        chosen_on = f"{len(selection)} training images" + (
+            " calibration left" if len(order) > cfg.calib_images else " (all used for calibration too)"
+        )
+    decoded = {
+        name: stack_images(images, preset).numpy()
+        for name, images in tqdm(
+            [("test", split["test"]), ("gate", split["gate"]), ("select", selection)],
+            desc="decoding the test, gate and selection images",
+            leave=False,
+        )
+    }
+    calibration = stack_images([split["train"][i] for i in order[: cfg.calib_images]], preset).numpy()
+    selection_labels = np.array([r.label for r in selection])
+
     fp32 = onnx_files["fp32"]
     export_fp32(model, fp32, meta.preprocess.crop, cfg.opset, meta)
     session = onnx_runtime.session(fp32, "cuda" if torch.cuda.is_available() else "cpu")
     fp32_run = lambda x: onnx_runtime.run(session, x)  # noqa: E731
-    out = logits_over({"pytorch": torch_runner(model), "fp32": fp32_run}, split["test"], preset)
-    parity = check_parity(out["fp32"], out["pytorch"])
+    parity = check_parity(run_batches(fp32_run, decoded["test"]), run_batches(torch_runner(model), decoded["test"]))
     if not parity["passed"]:
         fp32.unlink()
         raise ExportError(f"{fp32}: ONNX Runtime disagrees with PyTorch on the test images ({parity}); file removed")
-    reference = {"test": out["fp32"], "gate": logits_over({"r": fp32_run}, split["gate"], preset)["r"]}
+    reference = {s: run_batches(fp32_run, decoded[s]) for s in ("test", "gate", "select")}
     variants = {
         "fp32": Variant(
             precision="fp32",
@@ -404,33 +424,21 @@ def export_all(
         )
     }
 
-    order = np.random.default_rng(seed).permutation(len(split["train"]))
-    calibration = stack_images([split["train"][i] for i in order[: cfg.calib_images]], preset).numpy()
-    # the INT8 settings are chosen on images the gate never sees: the embedded set's held-out selection
-    # images, else the training images calibration left (optimistic: the model fits them), else those
-    selection = [r for r in rows if r.split == "select"]
-    chosen_on = f"{len(selection)} held-out selection images"
-    if not selection:
-        selection = [split["train"][i] for i in order[cfg.calib_images :]] or [split["train"][i] for i in order]
-        chosen_on = f"{len(selection)} training images" + (
-            " calibration left" if len(order) > cfg.calib_images else " (all used for calibration too)"
-        )
-    selection_labels = np.array([r.label for r in selection])
-
-    @cache
-    def selection_ref() -> np.ndarray:
-        return logits_over({"r": fp32_run}, selection, preset)["r"]
-
     def select(path: Path, precision: str) -> dict:
-        sess = onnx_runtime.session(path)
-        logits = logits_over({"v": lambda x: onnx_runtime.run(sess, x)}, selection, preset)["v"]
-        return measure_against(cfg.gates[precision], selection_ref(), logits, selection_labels)
+        run = onnx_runtime.runner(onnx_runtime.session(path))
+        logits = run_batches(run, decoded["select"])
+        return measure_against(cfg.gates[precision], reference["select"], logits, selection_labels)
 
     def gate(path: Path, precision: str) -> tuple[GateResult, str]:
         sess = onnx_runtime.session(path)
-        run = lambda x: onnx_runtime.run(sess, x)  # noqa: E731
-        logits = {s: logits_over({"v": run}, split[s], preset)["v"] for s in ("gate", "test")}
+        logits = {s: run_batches(onnx_runtime.runner(sess), decoded[s]) for s in ("gate", "test")}
         return judge(cfg.gates[precision], reference, logits, labels), onnx_runtime.provider(sess)
+
+    @cache
+    def ranking() -> list[LayerSensitivity]:
+        """Measured once, on up to 128 selection images, shared by both INT8 variants."""
+        images = torch.from_numpy(decoded["select"][:128])
+        return rank_layers(model, torch.from_numpy(calibration), images)
 
     with tempfile.TemporaryDirectory(dir=fp32.parent) as work:
 
@@ -448,12 +456,19 @@ def export_all(
             return made
 
         uses_qat = cfg.qat.method != "none"
-        inputs = Inputs(fp32, calibration, meta, cfg.int8_fallback_stages, cfg.opset, student if uses_qat else None)
-        for precision in cfg.precisions:
-            if precision != "fp32":
-                variants[precision] = export_variant(
-                    precision, RECIPES[precision], inputs, onnx_files[precision], gate, select
-                )
+        inputs = Inputs(
+            fp32,
+            calibration,
+            meta,
+            cfg.int8_fallback_layers,
+            cfg.opset,
+            student if uses_qat else None,
+            ranking if layer_nodes(onnx.load(str(fp32))) else None,  # a graph without torch's scopes names no layer
+        )
+        for precision in tqdm([p for p in cfg.precisions if p != "fp32"], desc="export", unit="variant"):
+            variants[precision] = export_variant(
+                precision, RECIPES[precision], inputs, onnx_files[precision], gate, select
+            )
     fused_check = None
     if cfg.fuse_preprocess and fused is not None:
         fused_check = export_fused_checked(model, fused, meta, cfg.opset, split["test"], reference["test"])
@@ -476,11 +491,11 @@ def export_variant(
     select: Callable[[Path, str], dict] | None = None,
 ) -> Variant:
     """Candidates -> the fastest (batch 32 on this CPU, timed only when there is a choice) -> for a
-    calibrated variant, its agreement with FP32 on the selection images (`select`, never a gate image):
-    when it falls short, the fallback's tries until one does not (the last try otherwise) -> the gate
-    decides once; the file lands at `out` only when it passed (a rejected variant leaves no file; its
-    numbers stay in the report). A quantization-aware fine-tuning that did not converge falls short
-    whatever it scores, and says so."""
+    calibrated variant, the rule on the selection images (`select`, never a gate image): when every
+    layer in INT8 misses it, the fewest of the most sensitive layers kept in FP32 that meet it (the
+    most allowed otherwise) -> the gate decides once; the file lands at `out` only when it passed (a
+    rejected variant leaves no file; its numbers stay in the report). A quantization-aware fine-tuning
+    that did not converge falls short whatever it scores, and says so."""
     details: dict = {"calibration_images": len(inputs.calibration)} if recipe.calibrated else {}
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         candidates = list(recipe.candidates(inputs, Path(tmp)))
@@ -495,15 +510,16 @@ def export_variant(
         tries: list[dict] = []
         if select is not None and recipe.calibrated:
             tries.append(_selected(chosen, select, precision))
-            if not tries[-1]["passed"] and recipe.fallback is not None and inputs.fallback_stages:
-                for candidate in recipe.fallback(inputs, Path(tmp), chosen):
-                    chosen = candidate
-                    tries.append(_selected(candidate, select, precision))
-                    if tries[-1]["passed"]:
-                        break
+            if not tries[-1]["passed"] and recipe.keep_fp32 is not None and inputs.ranking and inputs.fallback_layers:
+                chosen = _fallback(recipe.keep_fp32, inputs, Path(tmp), chosen, select, precision, tries, details)
+                if recipe.runs_here:  # what the layers kept cost in speed, on this CPU
+                    details["fallback_batch32_img_s"] = {
+                        "every_layer_int8": batch32_throughput(candidates[0].path, inputs.calibration)
+                        if len(candidates) == 1
+                        else max(c["batch32_img_s"] for c in details["candidates"]),
+                        "shipped": batch32_throughput(chosen.path, inputs.calibration),
+                    }
             details["selection"] = tries
-            if "kept_in_fp32" in chosen.details:  # the fallback was used: what the shipped file keeps
-                details |= {k: v for k, v in chosen.details.items() if k in ("format", "calibration", "kept_in_fp32")}
         verdict, provider = gate(chosen.path, precision)
         reason = tries[-1].get("reason") if tries else None
         if reason:  # a fine-tuning that did not converge ships nothing, whatever the gate says
@@ -520,6 +536,28 @@ def export_variant(
         gate=verdict,
         details=details,
     )
+
+
+def _fallback(keep_fp32, inputs: Inputs, scratch: Path, failed: Candidate, select, precision, tries, details):
+    """The fewest of the most INT8-sensitive layers kept in FP32 that meet the rule on the selection
+    images (`fewest`: doubling, then bisecting; each try quantizes for real and is recorded in `tries`);
+    when even `inputs.fallback_layers` miss it, the try that kept the most goes to the gate."""
+    assert inputs.ranking is not None
+    ranked = inputs.ranking()
+    details["sensitivity"] = [{"layer": s.layer, "error_removed": s.error_removed} for s in ranked]
+    made: dict[int, Candidate] = {}
+
+    def accepts(k: int) -> bool:
+        made[k] = keep_fp32(inputs, scratch, failed, tuple(s.layer for s in ranked[:k]))
+        tries.append(_selected(made[k], select, precision))
+        return bool(tries[-1]["passed"])
+
+    k = fewest(accepts, min(inputs.fallback_layers, len(ranked)))
+    chosen = made[k if k is not None else max(made)]
+    details["kept_in_fp32"] = chosen.details["kept_in_fp32"]
+    if "inputs_in_fp32" in chosen.details:
+        details["inputs_in_fp32"] = chosen.details["inputs_in_fp32"]
+    return chosen
 
 
 def _selected(candidate: Candidate, select: Callable[[Path, str], dict], precision: str) -> dict:

@@ -46,6 +46,11 @@ def run(sess: ort.InferenceSession, images: np.ndarray) -> np.ndarray:
     return np.asarray(sess.run(None, {name: images.astype(np.float32)})[0], dtype=np.float32)
 
 
+def runner(sess: ort.InferenceSession):
+    """(float32 NCHW numpy -> logits numpy) on `sess`: what `pipeline.data.dataset.run_batches` takes."""
+    return lambda images: run(sess, images)
+
+
 def write_meta(model: onnx.ModelProto, meta: Deployable) -> None:
     """The deployable's metadata (class names, preprocessing, training settings) travels inside the ONNX file."""
     del model.metadata_props[:]

@@ -1,5 +1,5 @@
 """INT8 helpers that import no torch: ONNX Runtime's static quantization for its CPU provider,
-and the nodes a repair keeps in FP32. The quantization runs in a fresh interpreter (see
+and the graph's node for each layer the INT8 fallback keeps in FP32. The quantization runs in a fresh interpreter (see
 `export_int8_cpu`), which starts in about 2 s without torch instead of 5 to 8 s with it.
 """
 
@@ -9,12 +9,12 @@ import ast
 import concurrent.futures
 import functools
 import multiprocessing
+import re
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from pipeline.core.arch import STAGES
 from pipeline.core.artifacts.deployable import Deployable
 from pipeline.deploy import onnx_runtime
 
@@ -22,21 +22,52 @@ from pipeline.deploy import onnx_runtime
 #: Which format runs faster depends on the CPU; MinMax agreed with FP32 at least as well as Percentile,
 #: Entropy and moving-average calibration on every run measured (docs/measured.md, "INT8 at 0.99").
 CPU_INT8_CANDIDATES = (("QOperator", "MinMax"), ("QDQ", "MinMax"))
-#: torchvision ResNet modules before `layer1`: a repair keeps them in FP32 with the first stages
-STEM = ("conv1", "bn1", "relu", "maxpool")
 
 
-def stage_nodes(model: onnx.ModelProto, stages: int) -> list[str]:
-    """Names of the nodes in the stem and the first `stages` residual stages, read from the module
-    scopes torch's exporter writes into each node's metadata (`pkg.torch.onnx.name_scopes`)."""
-    modules = {*STEM, *STAGES[:stages]} if stages else set()
-    names = []
+def _scopes(node: onnx.NodeProto) -> list[str]:
+    return ast.literal_eval(next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "[]"))
+
+
+def _layer_of(scope: str) -> str:
+    """The conv a folded batch norm's scope stands for (torch's exporter folds each batch norm into the
+    Conv before it, and the fused node keeps the batch norm's scope): bn1 -> conv1, downsample.1 ->
+    downsample.0; any other scope names its own layer."""
+    if scope.endswith("downsample.1"):
+        return scope[: -len("1")] + "0"
+    return re.sub(r"(^|\.)bn(\d)$", r"\1conv\2", scope)
+
+
+def layer_nodes(model: onnx.ModelProto) -> dict[str, str]:
+    """torchvision module name of every Conv and Gemm (e.g. "layer4.2.conv3", "fc") -> its node's name,
+    from the module scopes torch's exporter writes into each node's metadata."""
+    found = {}
     for node in model.graph.node:
-        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "[]")
-        top = ast.literal_eval(scopes)
-        if len(top) > 1 and top[1] in modules:
-            names.append(node.name)
-    return names
+        scopes = _scopes(node)
+        if node.op_type in ("Conv", "Gemm") and len(scopes) > 1:
+            found[_layer_of(scopes[-2])] = node.name
+    return found
+
+
+#: nodes that pass an INT8 tensor on unchanged in meaning: walking back through them finds a tensor's source
+_PASS_THROUGH = ("Relu", "MaxPool", "GlobalAveragePool", "ReduceMean", "Flatten", "Reshape")
+
+
+def input_sources(model: onnx.ModelProto, layers: tuple[str, ...]) -> list[str]:
+    """The nodes ONNX Runtime must also keep in FP32 for `layers` to read FP32 inputs: its QOperator
+    kernels write every quantized node's output in INT8, so an excluded Conv alone would still read an
+    INT8 tensor. From each layer's input, back through pass-through nodes (ReLU, pooling, reshapes) to
+    the Conv, Gemm or Add that computed it, every node on the way."""
+    made_by = {o: n for n in model.graph.node for o in n.output}
+    nodes = layer_nodes(model)
+    found: list[str] = []
+    for layer in layers:
+        node = made_by.get(next(n for n in model.graph.node if n.name == nodes[layer]).input[0])
+        while node is not None and node.name not in found:
+            found.append(node.name)
+            if node.op_type not in _PASS_THROUGH:
+                break
+            node = made_by.get(node.input[0])
+    return found
 
 
 def export_int8_cpu(
@@ -45,19 +76,20 @@ def export_int8_cpu(
     calibration: np.ndarray,
     meta: Deployable,
     settings: tuple[tuple[str, str], ...] = CPU_INT8_CANDIDATES,
-    keep_stages: int = 0,
+    keep_layers: tuple[str, ...] = (),
 ) -> dict[tuple[str, str], Path]:
     """ONNX Runtime static quantization for its CPU provider, one file per (format, calibration)
     in `settings` under `out_dir`: per-channel int8 weights, uint8 activations (the u8 x s8 kernels
-    that AVX2, AVX-512 VNNI and AMX run), calibrated on training images; the stem and the first
-    `keep_stages` stages stay in FP32. `out_dir` is a scratch folder for this FP32 file: the graph
-    ONNX Runtime pre-processes for quantization is kept there for the next call.
+    that AVX2, AVX-512 VNNI and AMX run), calibrated on training images; `keep_layers` (torchvision
+    module names, `layer_nodes`) stay in FP32, with the nodes that compute their inputs
+    (`input_sources`). `out_dir` is a scratch folder for this FP32 file: the graph ONNX Runtime
+    pre-processes for quantization is kept there for the next call.
 
     Runs in a fresh interpreter: ModelOpt's INT8 quantization patches `onnxruntime.quantization`
     in the process that ran it, after which ONNX Runtime's own quantizer fails.
     """
     return (
-        _fresh_interpreter().submit(_export_int8_cpu, fp32, out_dir, calibration, meta, settings, keep_stages).result()
+        _fresh_interpreter().submit(_export_int8_cpu, fp32, out_dir, calibration, meta, settings, keep_layers).result()
     )
 
 
@@ -74,7 +106,7 @@ def _export_int8_cpu(
     calibration: np.ndarray,
     meta: Deployable,
     settings: tuple[tuple[str, str], ...],
-    keep_stages: int,
+    keep_layers: tuple[str, ...],
 ) -> dict[tuple[str, str], Path]:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import CalibrationDataReader
@@ -97,10 +129,12 @@ def _export_int8_cpu(
     pre = out_dir / f"{fp32.stem}.pre.onnx"  # shape inference and graph optimisation, once per scratch folder
     if not pre.exists():
         quant_pre_process(str(fp32), str(pre))
-    exclude = stage_nodes(onnx.load(str(pre)), keep_stages)
+    graph = onnx.load(str(pre))
+    nodes = layer_nodes(graph)
+    exclude = list(dict.fromkeys([nodes[name] for name in keep_layers] + input_sources(graph, keep_layers)))
     made = {}
     for fmt, method in settings:
-        path = out_dir / f"{fmt}-{method}{f'-fp32-{keep_stages}' if keep_stages else ''}.onnx"
+        path = out_dir / f"{fmt}-{method}{f'-fp32-{len(keep_layers)}' if keep_layers else ''}.onnx"
         quantize_static(
             str(pre),
             str(path),

@@ -4,6 +4,8 @@
 
 - `lio_onnx`: the FP32 ONNX model on the `onnxruntime_onnx` platform, CPU instances, so the
   repository also serves on a CPU-only Triton;
+- `lio_onnx_int8`: the gated `int8_cpu` model (ONNX Runtime's INT8 kernels), CPU instances, when it
+  passed its gate: the report's recommendation for a CPU server;
 - `lio_tensorrt`: the TensorRT engine as a `tensorrt_plan`, GPU instances, when it was built
   (Triton's TensorRT backend must be of the TensorRT version in engine.json).
 
@@ -27,7 +29,7 @@ from pipeline.core.io import atomic_dir, write_json
 from pipeline.core.paths import require
 from pipeline.deploy.onnx_runtime import read_meta
 
-ONNX_MODEL, TRT_MODEL, FUSED_MODEL = "lio_onnx", "lio_tensorrt", "lio_onnx_uint8"
+ONNX_MODEL, INT8_MODEL, TRT_MODEL, FUSED_MODEL = "lio_onnx", "lio_onnx_int8", "lio_tensorrt", "lio_onnx_uint8"
 #: ONNX TensorProto element types -> Triton data types
 TRITON_TYPES: dict[int, str] = {
     onnx.TensorProto.FLOAT: "TYPE_FP32",
@@ -77,12 +79,19 @@ def config_text(
 
 
 def build_repository(
-    out: Path, onnx_path: Path, engine_info_path: Path, engine_path: Path, fused: Path | None = None
+    out: Path,
+    onnx_path: Path,
+    engine_info_path: Path,
+    engine_path: Path,
+    fused: Path | None = None,
+    int8_cpu: Path | None = None,
 ) -> dict:
-    """The triton stage: the repository from models/onnx and models/engine."""
+    """The triton stage: the repository from models/onnx and models/engine (a rejected variant left no
+    file, so a file that exists passed its gate)."""
     info = EngineInfo.load(engine_info_path)
     fused = fused if fused is not None and fused.exists() else None
-    return write_repository(out, require(onnx_path, "export"), info, engine_path, fused)
+    int8_cpu = int8_cpu if int8_cpu is not None and int8_cpu.exists() else None
+    return write_repository(out, require(onnx_path, "export"), info, engine_path, fused, int8_cpu)
 
 
 def plan_needs(info: EngineInfo) -> str:
@@ -103,7 +112,12 @@ def plan_needs(info: EngineInfo) -> str:
 
 
 def write_repository(
-    out: Path, onnx_path: Path, engine_info: EngineInfo, engine_path: Path, fused: Path | None = None
+    out: Path,
+    onnx_path: Path,
+    engine_info: EngineInfo,
+    engine_path: Path,
+    fused: Path | None = None,
+    int8_cpu: Path | None = None,
 ) -> dict:
     """Writes the repository folder `out` whole (swapped in atomically); returns a summary."""
     model = onnx.load(str(onnx_path), load_external_data=False)
@@ -112,17 +126,22 @@ def write_repository(
     preferred = sorted({opt, hi})
     labels = "\n".join(meta.classes) + "\n"
     served = []
+    inputs = [tensor_spec(v) for v in model.graph.input]
+    outputs = [tensor_spec(v) for v in model.graph.output]
     with atomic_dir(out) as tmp:
-        folder = tmp / ONNX_MODEL
-        (folder / "1").mkdir(parents=True)
-        shutil.copyfile(onnx_path, folder / "1" / "model.onnx")
-        inputs = [tensor_spec(v) for v in model.graph.input]
-        outputs = [tensor_spec(v) for v in model.graph.output]
-        (folder / "config.pbtxt").write_text(
-            config_text(ONNX_MODEL, "onnxruntime_onnx", hi, preferred, inputs, outputs, "KIND_CPU", "model.onnx")
-        )
-        (folder / "labels.txt").write_text(labels)
-        served.append(ONNX_MODEL)
+        for name, path in ((ONNX_MODEL, onnx_path), (INT8_MODEL, int8_cpu)):
+            if path is None:
+                continue
+            graph = onnx.load(str(path), load_external_data=False).graph
+            ins, outs = [tensor_spec(v) for v in graph.input], [tensor_spec(v) for v in graph.output]
+            folder = tmp / name
+            (folder / "1").mkdir(parents=True)
+            shutil.copyfile(path, folder / "1" / "model.onnx")
+            (folder / "config.pbtxt").write_text(
+                config_text(name, "onnxruntime_onnx", hi, preferred, ins, outs, "KIND_CPU", "model.onnx")
+            )
+            (folder / "labels.txt").write_text(labels)
+            served.append(name)
         if fused is not None:  # uint8 NHWC in: the server scales and normalises, the client only resizes
             folder = tmp / FUSED_MODEL
             (folder / "1").mkdir(parents=True)

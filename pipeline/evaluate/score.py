@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from pipeline.core.artifacts.engine import EngineInfo
 from pipeline.core.artifacts.export import ExportReport
@@ -112,8 +113,7 @@ def score(files: ScoreFiles, batch: int, warmup: int, iters: int, throughput_ite
     print(f"scoring {', '.join(b.name for b in found)} on {len(test)} test images")
     scored = logits_over({b.name: b.run for b in found}, test, preset, batch)
     table = []
-    for b in found:
-        print(f"timing {b.name} ({b.device})")
+    for b in tqdm(found, desc="timing the backends", unit="backend"):
         logits = scored[b.name]
         top, hits = accuracy(logits, labels), int((logits.argmax(1) == labels).sum())
         table.append(
@@ -138,6 +138,7 @@ def score(files: ScoreFiles, batch: int, warmup: int, iters: int, throughput_ite
     result = Scores(
         test_images=len(test),
         latency_batch=1,
+        latency_calls=iters,
         throughput_batch=batch,
         backends=table,
         skipped=skipped,

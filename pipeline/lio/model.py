@@ -66,6 +66,8 @@ class LIOModel(nn.Module):
         mask_source: str = "pseudo",
         target_grad: bool = True,
         scl_weights: str = "binary",
+        zero_init_residual: bool = False,
+        label_smoothing: float = 0.0,
     ):
         super().__init__()
         unknown = [s for s in stages if s not in STAGES]
@@ -77,7 +79,8 @@ class LIOModel(nn.Module):
             raise ValueError(f"mask_source must be one of {MASK_SOURCES}, got {mask_source!r}")
         if scl_weights not in SCL_WEIGHTS:
             raise ValueError(f"scl_weights must be one of {SCL_WEIGHTS}, got {scl_weights!r}")
-        self.backbone = build_backbone(arch, num_classes)
+        self.backbone = build_backbone(arch, num_classes, zero_init_residual)
+        self.label_smoothing = label_smoothing  # of the classification loss; training only
         self.arch, self.alpha, self.beta, self.pool = arch, alpha, beta, pool
         self.use_oel, self.use_scl, self.mask_source = oel, scl, mask_source
         self.target_grad, self.scl_weights = target_grad, scl_weights
@@ -92,12 +95,14 @@ class LIOModel(nn.Module):
             self.backbone.get_submodule(s).register_forward_hook(partial(self._keep, s))
 
     @classmethod
-    def from_config(cls, lio, arch: str, num_classes: int) -> LIOModel:
+    def from_config(cls, lio, arch: str, num_classes: int, **training) -> LIOModel:
         """From a config's `lio` section (a dataclass such as pipeline.config.LIOConfig, or a
-        dict); fields that configure the batch rather than the model (P) are left to the sampler."""
+        dict); fields that configure the batch rather than the model (P) are left to the sampler.
+        `training`: the recipe's settings that shape only training (zero_init_residual, label_smoothing)."""
         lio = lio if isinstance(lio, dict) else dataclasses.asdict(lio)
         own = inspect.signature(cls.__init__).parameters
-        return cls(arch, num_classes, **{k: v for k, v in lio.items() if k in own and k not in ("arch", "num_classes")})
+        kept = {k: v for k, v in lio.items() if k in own and k not in ("arch", "num_classes")}
+        return cls(arch, num_classes, **kept, **training)
 
     @property
     def stages(self) -> list[str]:
@@ -134,7 +139,7 @@ class LIOModel(nn.Module):
         if labels is None:
             return self.backbone(images)
         logits, feats = self._run(images)
-        parts = {"cls": F.cross_entropy(logits, labels)}
+        parts = {"cls": F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)}
         loss = parts["cls"]
         if not self.stages:
             return LIOOutput(logits, loss, parts)

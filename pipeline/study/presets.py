@@ -72,6 +72,18 @@ def override_text(key: str, value: Any) -> str:
     return f"{key}={text(value)}"
 
 
+#: The training recipe every preset was designed and run with, before the embedded default's changed
+#: (issue "A default model that learns"): pinned, so that no preset changes when params.yaml does.
+RECIPE_2026_11 = {
+    "data.transforms.hflip": True,
+    "model.zero_init_residual": False,
+    "train.lr": 0.001,
+    "train.label_smoothing": 0.0,
+}
+#: fp32 on the CPU, as the CPU presets' runs were recorded (bf16 autocast came with that issue)
+FP32 = {"train.amp": False}
+#: every setting a preset pins so that it keeps its meaning (reports/study.json recorded the runs before)
+PINNED = {**RECIPE_2026_11, **FP32}
 _FAST_DEPLOY = {
     "export.precisions": ["fp32"],
     "engine.precision": "fp32",
@@ -98,7 +110,15 @@ PRESETS = {
     "cpu": Preset(
         "synthetic 16 classes x 40 images (24 train, 4 val, 12 + 52 extra test per class: 1024 test "
         "images) at 112 px, ResNet-18 from scratch, 14 epochs of AdamW, batch 24, maps 14x14 / 7x7 / 4x4",
-        {**_FEW_SHOT, **_112PX, "model.arch": "resnet18", "train.epochs": 14, **_FAST_DEPLOY},
+        {
+            **_FEW_SHOT,
+            **_112PX,
+            **RECIPE_2026_11,
+            **FP32,
+            "model.arch": "resnet18",
+            "train.epochs": 14,
+            **_FAST_DEPLOY,
+        },
         tuple(VARIANTS),
     ),
     # The paper's regime: fine-tuning a pre-trained backbone with SGD, new layers at 10x the lr.
@@ -123,6 +143,8 @@ PRESETS = {
             "train.weight_decay": 0.0001,
             "train.epochs": 14,
             **_FAST_DEPLOY,
+            **RECIPE_2026_11,  # its train.lr is the preset's own, above
+            **FP32,
         },
         ("baseline", "lio", "lio-detached", "lio-batch"),
     ),
@@ -135,6 +157,7 @@ PRESETS = {
             "data.synthetic.image_size": 448,
             "data.transforms.resize": 512,
             "data.transforms.crop": 448,
+            **RECIPE_2026_11,
             "model.arch": "resnet50",
             "lio.pool": 2,
             "train.epochs": 30,
@@ -152,6 +175,8 @@ PRETRAIN = {
     "data.synthetic.images_per_class": 30,
     "data.synthetic.layout_seed": LAYOUT_SEED,
     **_112PX,
+    **RECIPE_2026_11,
+    **FP32,
     "model.arch": "resnet18",
     "lio.stages": [],
     "train.epochs": 10,

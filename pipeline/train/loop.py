@@ -14,7 +14,6 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -46,10 +45,17 @@ from pipeline.train.checkpoint import fingerprint, resume, run_settings, save_ch
 from pipeline.train.compile import CompiledStep, unwrap, wants_compile
 from pipeline.train.distributed import init_distributed, replicas_identical, resolve_device
 from pipeline.train.optim import build_optimizer, lr_lambda
+from pipeline.train.precision import autocast, resolve_amp
 
 
 def build_model(cfg: TrainParams, num_classes: int) -> LIOModel:
-    model = LIOModel.from_config(cfg.lio, cfg.model.arch, num_classes)
+    model = LIOModel.from_config(
+        cfg.lio,
+        cfg.model.arch,
+        num_classes,
+        zero_init_residual=cfg.model.zero_init_residual,
+        label_smoothing=cfg.train.label_smoothing,
+    )
     if cfg.model.pretrained != "none":
         load_pretrained(model.backbone, cfg.model.arch, cfg.model.pretrained)
     return model
@@ -70,13 +76,6 @@ def check_files(rows: list[Record], prepared: Path) -> None:
 
 
 # ---------------------------------------------------------------- loops
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on GPUs that support it (no loss scaling needed); fp32 elsewhere."""
-    if device.type != "cuda" or not enabled or not torch.cuda.is_bf16_supported():
-        return nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16)
-
-
 def batch_layouts(lio: LIOConfig, device: torch.device) -> Callable[[int], PairIndex]:
     """The positives of a batch of B images as a pair index on `device`, built on the host once
     per batch size (the sampler fixes the layout; only the last batch of an epoch may be shorter)."""
@@ -101,6 +100,7 @@ def train_one_epoch(
     t: TrainConfig,
     epoch: int,
     show: bool,
+    bf16: bool = False,
 ) -> dict:
     """One pass over the group batches (each image with P positives, `batch_layouts`); the mean
     losses and top-1. One host sync per step, after the optimizer step (the loss check)."""
@@ -115,7 +115,7 @@ def train_one_epoch(
         masks = masks[0].to(device, non_blocking=True) if masks else None
         if t.channels_last and device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(device, t.amp):
+        with autocast(device, bf16):
             out = model(images, labels, layouts(len(labels)), masks)
         losses = {"loss": out.loss, **out.parts}
         # the losses and the correct count in one tensor, read once per step after the optimizer step
@@ -145,15 +145,15 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device, amp: bool = False, desc: str = "eval", show: bool = True) -> dict:
-    """Top-1, top-5 and loss of the classification path (the backbone alone)."""
+def evaluate(model: nn.Module, loader, device, desc: str = "eval", show: bool = True) -> dict:
+    """Top-1, top-5 and loss of the classification path (the backbone alone), in fp32 as it ships:
+    the best epoch is chosen on the numbers the deployed model gives."""
     model.eval()
     outputs, targets = [], []
     loss = 0.0
     for images, labels in tqdm(loader, desc=desc, unit="batch", disable=not show, leave=False):
         images, labels = images.to(device), labels.to(device)
-        with autocast(device, amp):
-            logits = model(images).float()
+        logits = model(images).float()
         loss += F.cross_entropy(logits, labels, reduction="sum").item()
         outputs.append(logits.cpu().numpy())
         targets.append(labels.cpu().numpy())
@@ -169,6 +169,9 @@ def train(
     rank, world, local_rank = init_distributed()
     main = rank == 0
     device = resolve_device(cfg.train.device, local_rank)
+    bf16, precision = resolve_amp(cfg.train.amp, device)
+    if main:
+        print(precision)
     rows, classes = read_manifest(prepared)
     check_files(rows, prepared)
     tf = cfg.data.transforms
@@ -252,8 +255,8 @@ def train(
         torch.manual_seed(cfg.seed * 1000 + epoch)
         draws.set_epoch(epoch)
         sampler.set_epoch(epoch)
-        stats = train_one_epoch(net, loader, optimizer, scheduler, ema, device, layouts, cfg.train, epoch, main)
-        val = evaluate(scored, eval_loader(val_set), device, cfg.train.amp, "val", main)
+        stats = train_one_epoch(net, loader, optimizer, scheduler, ema, device, layouts, cfg.train, epoch, main, bf16)
+        val = evaluate(scored, eval_loader(val_set), device, "val", main)
         if val["top1"] > best["val_top1"]:
             best = {
                 "epoch": epoch + 1,
@@ -286,7 +289,7 @@ def train(
 
     assert live is not None  # rank 0
     scored.load_state_dict(best["state"])
-    test = evaluate(scored, eval_loader(test_set), device, cfg.train.amp, "test", True)
+    test = evaluate(scored, eval_loader(test_set), device, "test", True)
     summary = TrainingSummary(
         best=Best(epoch=best["epoch"], val_top1=best["val_top1"]),
         test=TestScore(top1=test["top1"], top5=test["top5"]),

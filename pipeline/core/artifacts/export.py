@@ -14,15 +14,17 @@ class GateResult:
     the image count; test numbers beside, reported only."""
 
     passed: bool
-    max_top1_drop: float
-    min_agreement: float
+    rule: str  # the accuracy rule and its source (MLPerf Inference)
+    min_top1_ratio: float
+    min_agreement: float  # a floor against broken quantization, not the accuracy rule
     images: int  # the gate's images: validation, plus the embedded set's held-out gate images
     top1: float
     top1_fp32: float
+    top1_ratio: float  # top1 / top1_fp32: what the rule decides on
     top1_drop: float
-    top1_drop_ci95: tuple[float, float]  # paired difference, normal approximation
+    top1_drop_ci95: tuple[float, float]  # paired difference; exact bound when no image changed class
     agreement: float
-    agreement_ci95: tuple[float, float]  # Wilson
+    agreement_ci95: tuple[float, float]  # Wilson (scipy)
     test_top1: float
     test_agreement: float
     max_abs_diff_vs_fp32: float

@@ -18,7 +18,7 @@ class BackendScore:
     agreement: float
     p50_ms: float
     p90_ms: float
-    p99_ms: float
+    p99_ms: float | None  # None from fewer than 100 timed calls (pipeline.core.timing.P99_CALLS)
     throughput: float
     size_mb: float
 
@@ -46,6 +46,7 @@ class Scores(Artifact):
     STAGE: ClassVar[str] = "score"
     test_images: int
     latency_batch: int
+    latency_calls: int  # timed calls per backend at the latency batch (report.iters)
     throughput_batch: int  # the batch the img/s column was measured at
     backends: list[BackendScore]
     skipped: dict[str, str]
