@@ -26,8 +26,10 @@ def command(cfg):
         if v.gate is not None:
             g = v.gate
             lo, hi = g.agreement_ci95
+            kept = v.details.get("kept_in_fp32")
             line += (
-                f", gate {v.status} on {g.images} images: top1 drop {g.top1_drop:+.4f}, "
-                f"agreement {g.agreement:.4f} [{lo:.3f}, {hi:.3f}]"
+                f", gate {v.status} on {g.images} images: top1 {g.top1:.4f} = {g.top1_ratio:.4f} x FP32's "
+                f"(min {g.min_top1_ratio}), agreement {g.agreement:.4f} [{lo:.3f}, {hi:.3f}] (floor {g.min_agreement})"
+                + (f"; {len(kept)} layers kept in FP32" if kept else "")
             )
         click.echo(line)
