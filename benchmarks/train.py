@@ -4,6 +4,7 @@ side in one run.
 
     python benchmarks/train.py                 # CPU: the embedded defaults (batch 24, 64 px), eager
     python benchmarks/train.py --compile       # CPU: also compiled (minutes of compiling on 2 cores)
+    python benchmarks/train.py --compile --models "LIO multi-stage"   # the default's model only
     python benchmarks/train.py --gpu-paper     # GPU: 448 px, 64 images (16 groups of 4), bf16, eager + compiled
 
 Peak memory is torch.cuda.max_memory_allocated on a GPU; on the CPU each case runs in a
@@ -87,6 +88,7 @@ def main() -> None:
     parser.add_argument("--gpu-paper", action="store_true", help="448 px, batch 64, bf16, pool 2 on a GPU")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--compile", action="store_true", help="also compiled (always with --gpu-paper)")
+    parser.add_argument("--models", nargs="+", choices=list(CASES), default=list(CASES), help="which models to time")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.gpu_paper:
@@ -106,7 +108,7 @@ def main() -> None:
     results = {}
     for mode in modes:
         precision, kind = mode.split()
-        for name in CASES:
+        for name in args.models:
             if device == "cuda":
                 results[name, mode] = measure(
                     CASES[name], batch, size, pool, device, steps, kind == "compiled", precision == "bf16"
@@ -125,10 +127,12 @@ def main() -> None:
     print(f"| model | step | step ms | images/s | vs {first}, same model | vs plain, same step | peak MiB |")
     print("|---|---|---|---|---|---|---|")
     for (name, mode), r in results.items():
+        plain = results.get(("plain", mode))
+        vs_plain = f"{r['seconds'] / plain['seconds']:.2f}x" if plain else "-"
         print(
             f"| {name} | {mode} | {r['seconds'] * 1e3:.1f} | {batch / r['seconds']:.1f} | "
-            f"{results[name, first]['seconds'] / r['seconds']:.2f}x faster | "
-            f"{r['seconds'] / results['plain', mode]['seconds']:.2f}x | {r['peak_bytes'] / 2**20:.0f} |"
+            f"{results[name, first]['seconds'] / r['seconds']:.2f}x faster | {vs_plain} | "
+            f"{r['peak_bytes'] / 2**20:.0f} |"
         )
 
 
