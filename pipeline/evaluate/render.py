@@ -133,7 +133,9 @@ def model_card(
         "",
         f"**Training.** {train.epochs} epochs of {train.optimizer} (lr {train.lr}, new layers "
         f"x{train.head_lr_mult}, weight decay {train.weight_decay}, {train.schedule} schedule), "
-        f"batch {train.batch_size}, seed {t.seed}, weights from `model.pretrained: {t.model.pretrained}`.",
+        f"batch {train.batch_size}, seed {t.seed}, weights from `model.pretrained: {t.model.pretrained}`"
+        + (" with torchvision's zero-initialised residual branches" if t.model.zero_init_residual else "")
+        + f", `train.amp: {train.amp}` (bf16 autocast where the device computes bf16 natively).",
         "",
         "**Preprocessing** (also in every artifact's metadata; `pipeline.deploy.preprocess.preprocess` does it): "
         f"`{json.dumps(asdict(meta.preprocess))}`: decode RGB, resize the shorter side, centre-crop, scale to "
