@@ -85,16 +85,15 @@ def main() -> None:
         name, flags = cpu()
         print(f"CPU: {name} ({os.cpu_count()} cores; {', '.join(flags)}); commit {head(clone)}\n", flush=True)
         first, lines, _ = timed(setup, clone)
+        # command 1's table first: a failing command 2 must not lose it
+        print("| part | seconds | of command 1 |\n|---|---|---|")
+        for part, seconds in [*split_by_stage(first, lines), ("**command 1: install + dvc repro**", first)]:
+            print(f"| {part} | {seconds:.0f} | {seconds / first:.0%} |", flush=True)
         second, _, summary = timed(tests, clone)
+        print(f"| **command 2: tests** | {second:.0f} | - |")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    rows = [*split_by_stage(first, lines), ("**command 1: install + dvc repro**", first)]
-    rows += [("**command 2: tests**", second)]
-    print("| part | seconds | of command 1 |\n|---|---|---|")
-    for part, seconds in rows:
-        share = f"{seconds / first:.0%}" if "command 2" not in part else "-"
-        print(f"| {part} | {seconds:.0f} | {share} |")
     print(f"\ncommand 1: `{setup}`\ncommand 2: `{tests}`\ntests: {summary.splitlines()[-1] if summary else '?'}")
 
 
