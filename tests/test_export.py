@@ -574,3 +574,25 @@ def test_the_ranking_puts_the_layer_int8_breaks_first():
     assert ranked[0].layer == "layer2.0.conv2" and ranked[0].error_removed > 0.5
     shares = [s.error_removed for s in ranked]
     assert shares == sorted(shares, reverse=True) and {s.layer for s in ranked} == set(quantized_layers(model))
+
+
+def test_an_onnx_runtime_format_that_fails_is_recorded_and_the_other_ships(exported, tmp_path):
+    """ONNX Runtime 1.24's QOperator quantizer breaks on a bias that would overflow int32 (it re-quantizes
+    the per-channel weight per tensor: "operands could not be broadcast"); seen on a trained model in the
+    end-to-end test. Made real here: layer4.0.conv2's first channel scaled to almost nothing under a
+    large bias. The export keeps the QDQ candidate and records why QOperator is missing."""
+    from pipeline.deploy.export import Inputs, _int8_cpu, export_fp32
+    from pipeline.deploy.quantize import export_int8_cpu
+
+    model, meta = load_deployable(exported / "models/resnet18.pt")
+    with torch.no_grad():
+        block = model.get_submodule("layer4.0")
+        block.conv2.weight[0] *= 1e-6
+        block.bn2.bias[0] = 1e4
+    fp32 = tmp_path / "model.onnx"
+    export_fp32(model, fp32, 32, 18, meta)
+    calibration = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    made = export_int8_cpu(fp32, tmp_path / "direct", calibration, meta)
+    assert "broadcast" in made["QOperator", "MinMax"] and made["QDQ", "MinMax"].exists()
+    (candidate,) = _int8_cpu(Inputs(fp32, calibration, meta, fallback_layers=0), tmp_path / "scratch")
+    assert candidate.details["format"] == "QDQ" and "broadcast" in candidate.details["failed"]["QOperator/MinMax"]

@@ -328,14 +328,22 @@ def _int8_cpu(inputs: Inputs, scratch: Path) -> Iterator[Candidate]:
     student = inputs.student() if inputs.student is not None else None
     source = inputs.fp32 if student is None or student.fp32 is None else student.fp32
     extra = {"qat": student.log.summary()} if student is not None else {}
-    for (fmt, method), path in export_int8_cpu(source, scratch, inputs.calibration, inputs.meta).items():
-        yield Candidate(f"{fmt}/{method}", path, {"format": fmt, "calibration": method, **extra})
+    made = export_int8_cpu(source, scratch, inputs.calibration, inputs.meta)
+    failed = {f"{fmt}/{method}": why for (fmt, method), why in made.items() if isinstance(why, str)}
+    if len(failed) == len(made):
+        raise ExportError(f"ONNX Runtime could not quantize {source} in any format: {failed}")
+    for (fmt, method), path in made.items():
+        if isinstance(path, Path):  # a format ONNX Runtime failed on is recorded beside the ones it made
+            details = {"format": fmt, "calibration": method, **extra, **({"failed": failed} if failed else {})}
+            yield Candidate(f"{fmt}/{method}", path, details)
 
 
 def _int8_cpu_keep(inputs: Inputs, scratch: Path, failed: Candidate, layers: tuple[str, ...]) -> Candidate:
     """The fastest candidate's format and calibration on the FP32 file, with `layers` left in FP32."""
     setting = (failed.details["format"], failed.details["calibration"])
     path = export_int8_cpu(inputs.fp32, scratch, inputs.calibration, inputs.meta, (setting,), layers)[setting]
+    if not isinstance(path, Path):
+        raise ExportError(f"ONNX Runtime could not quantize {inputs.fp32} with {len(layers)} layers in FP32: {path}")
     graph = onnx.load(str(inputs.fp32))
     names = {node: layer for layer, node in layer_nodes(graph).items()}
     sources = [names.get(n, n) for n in input_sources(graph, layers)]
@@ -505,7 +513,9 @@ def export_variant(
             chosen = max(candidates, key=lambda c: speeds[c.label])
             details["candidates"] = [{**c.details, "batch32_img_s": speeds[c.label]} for c in candidates]
         details |= {
-            k: v for k, v in chosen.details.items() if k in ("format", "calibration", "qat", "parity_vs_fake_quant")
+            k: v
+            for k, v in chosen.details.items()
+            if k in ("format", "calibration", "qat", "parity_vs_fake_quant", "failed")
         }
         tries: list[dict] = []
         if select is not None and recipe.calibrated:
