@@ -266,7 +266,7 @@ def test_the_recipes_settings_reach_the_model_and_the_optimizer(tmp_path, tiny_p
     x, y = torch.randn(8, 3, 32, 32), torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     positives = torch.tensor([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2], [5, 6, 7], [4, 6, 7], [4, 5, 7], [4, 5, 6]])
     out = model(x, y, positives)
-    logits, cls = out.logits.detach(), float(out.parts["cls"])
+    logits, cls = out.logits.detach(), float(out.parts["cls"].detach())
     assert cls == pytest.approx(float(F.cross_entropy(logits, y, label_smoothing=0.2)), rel=1e-5)
     assert cls != pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-3)
     assert build_optimizer(on.train, model).defaults["fused"] is True
