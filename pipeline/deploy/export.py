@@ -508,6 +508,7 @@ def export_variant(
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         candidates = list(recipe.candidates(inputs, Path(tmp)))
         chosen = candidates[0]
+        speeds: dict[str, float] = {}
         if len(candidates) > 1:  # the choice is made on speed alone
             speeds = {c.label: batch32_throughput(c.path, inputs.calibration) for c in candidates}
             chosen = max(candidates, key=lambda c: speeds[c.label])
@@ -521,12 +522,12 @@ def export_variant(
         if select is not None and recipe.calibrated:
             tries.append(_selected(chosen, select, precision))
             if not tries[-1]["passed"] and recipe.keep_fp32 is not None and inputs.ranking and inputs.fallback_layers:
-                chosen = _fallback(recipe.keep_fp32, inputs, Path(tmp), chosen, select, precision, tries, details)
+                first = chosen
+                chosen = _fallback(recipe.keep_fp32, inputs, Path(tmp), first, select, precision, tries, details)
                 if recipe.runs_here:  # what the layers kept cost in speed, on this CPU
                     details["fallback_batch32_img_s"] = {
-                        "every_layer_int8": batch32_throughput(candidates[0].path, inputs.calibration)
-                        if len(candidates) == 1
-                        else max(c["batch32_img_s"] for c in details["candidates"]),
+                        "every_layer_int8": speeds.get(first.label)
+                        or batch32_throughput(first.path, inputs.calibration),
                         "shipped": batch32_throughput(chosen.path, inputs.calibration),
                     }
             details["selection"] = tries

@@ -129,7 +129,9 @@ def write_repository(
     inputs = [tensor_spec(v) for v in model.graph.input]
     outputs = [tensor_spec(v) for v in model.graph.output]
     with atomic_dir(out) as tmp:
-        for name, path in ((ONNX_MODEL, onnx_path), (INT8_MODEL, int8_cpu)):
+        # the ONNX models, each on CPU instances, its config from its own graph; the fused one takes uint8 NHWC
+        # (the server scales and normalises, the client only resizes)
+        for name, path in ((ONNX_MODEL, onnx_path), (INT8_MODEL, int8_cpu), (FUSED_MODEL, fused)):
             if path is None:
                 continue
             graph = onnx.load(str(path), load_external_data=False).graph
@@ -142,17 +144,6 @@ def write_repository(
             )
             (folder / "labels.txt").write_text(labels)
             served.append(name)
-        if fused is not None:  # uint8 NHWC in: the server scales and normalises, the client only resizes
-            folder = tmp / FUSED_MODEL
-            (folder / "1").mkdir(parents=True)
-            shutil.copyfile(fused, folder / "1" / "model.onnx")
-            graph = onnx.load(str(fused), load_external_data=False).graph
-            u8_in, u8_out = [tensor_spec(v) for v in graph.input], [tensor_spec(v) for v in graph.output]
-            (folder / "config.pbtxt").write_text(
-                config_text(FUSED_MODEL, "onnxruntime_onnx", hi, preferred, u8_in, u8_out, "KIND_CPU", "model.onnx")
-            )
-            (folder / "labels.txt").write_text(labels)
-            served.append(FUSED_MODEL)
         if engine_info.built and engine_info.input is not None and engine_info.output is not None:
             folder = tmp / TRT_MODEL
             (folder / "1").mkdir(parents=True)
