@@ -26,8 +26,8 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for a Python without the install
+from pipeline.core.machine import cpu  # noqa: E402  (standard library only)
 
 ROOT = Path(__file__).resolve().parent.parent
 

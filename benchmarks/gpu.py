@@ -183,7 +183,7 @@ def report_backends() -> dict:
 
 
 def _meta():
-    from pipeline.core.artifacts.deployable import Deployable, Preprocess
+    from pipeline.artifacts.deployable import Deployable, Preprocess
 
     classes = [str(i) for i in range(CLASSES)]
     return Deployable("resnet50", CLASSES, classes, Preprocess(512, SIZE, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]))
@@ -226,8 +226,8 @@ def tensorrt(folder: Path) -> dict:
         return {"skipped": f"TensorRT is not importable ({e})"}
     import onnxruntime as ort
 
+    from pipeline.artifacts.engine import EngineInfo, Profile
     from pipeline.config.engine import EngineConfig
-    from pipeline.core.artifacts.engine import EngineInfo, Profile
     from pipeline.deploy.engine import EngineRunner, build
 
     path = folder / "model.onnx"

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from machine import cpu  # benchmarks/machine.py
 
 from pipeline.core import paths
+from pipeline.core.machine import cpu  # noqa: E402  (standard library only)
 from pipeline.core.metrics import accuracy, wilson
 from pipeline.data.dataset import stack_images
 from pipeline.data.manifest import read_manifest

@@ -22,12 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from machine import cpu  # benchmarks/machine.py: the CPU's name and INT8 instruction sets
 
-from pipeline.config.data import TransformConfig
 from pipeline.config.export import QATConfig
 from pipeline.config.params import load_config
 from pipeline.core import paths
+from pipeline.core.machine import cpu  # noqa: E402  (standard library only)
 from pipeline.data.dataset import ManifestDataset, stack_images
 from pipeline.data.manifest import read_manifest
 from pipeline.data.transforms import ClassificationPresetTrain, eval_preset
@@ -63,7 +62,8 @@ def main() -> None:
     order = np.random.default_rng(0).permutation(len(train))[:64]  # the export's calibration images (seed 0)
     calibration = stack_images([train[i] for i in order], preset)
     images = stack_images(selection, preset)
-    augment = ClassificationPresetTrain(TransformConfig(**meta.training["data"]["transforms"]))
+    assert meta.training is not None, "a deployable written by `lio strip` records its training"
+    augment = ClassificationPresetTrain(meta.training.data.transforms)
     train_set = ManifestDataset(rows, "train", augment)
     with torch.no_grad():
         reference = model.eval()(images).numpy()

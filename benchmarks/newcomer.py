@@ -24,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu  # noqa: E402  (benchmarks/machine.py: standard library only, as on a fresh machine)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for a Python without the install
+from pipeline.core.machine import cpu  # noqa: E402  (standard library only)
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGE = re.compile(r"Running stage '([\w-]+)'")

@@ -26,8 +26,8 @@ import torch
 from pipeline.lio import LIOModel, group_positives, pair_index
 from pipeline.train.compile import CompiledStep
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for a Python without the install
+from pipeline.core.machine import cpu  # noqa: E402  (standard library only)
 
 CASES = {"plain": [], "LIO layer4": ["layer4"], "LIO multi-stage": ["layer2", "layer3", "layer4"]}
 

@@ -17,16 +17,15 @@ import torch.fx
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from pipeline.artifacts.deployable import Deployable
 from pipeline.backbone import build_backbone
-from pipeline.core.artifacts.deployable import Deployable, Preprocess
-from pipeline.core.artifacts.training import TrainingSummary
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import write_json
 from pipeline.core.paths import metadata, require
 from pipeline.data.dataset import load_image
 from pipeline.data.manifest import read_manifest
 from pipeline.data.transforms import eval_preset
-from pipeline.lio.checkpoint import load_trained
+from pipeline.lio.checkpoint import TrainedModel
 from pipeline.weights import save_torch
 
 
@@ -193,13 +192,13 @@ def strip(trained: Path, prepared: Path, out: Path, parity_path: Path, test_imag
 
     The parity report is written either way; a failure leaves no deployable file.
     """
-    model, blob = load_trained(require(trained, "train"))
+    record, model = TrainedModel.load(require(trained, "train"))
     rows, _ = read_manifest(require(prepared, "prepare"))
-    spec = Preprocess.of(blob["preprocess"])
+    spec = record.preprocess
     preset = eval_preset(spec)
     test = [r for r in rows if r.split == "test"][:test_images]
     images = torch.stack([preset(load_image(r.path, r.crop_bottom)) for r in test])
-    arch, k = blob["model"]["arch"], blob["model"]["num_classes"]
+    arch, k = record.arch, record.num_classes
     checks, stripped = prove_parity(model, model.deployable(), lambda: build_backbone(arch, k), images, spec.crop)
     result = parity_result(checks)
     write_json(parity_path, result)
@@ -209,10 +208,10 @@ def strip(trained: Path, prepared: Path, out: Path, parity_path: Path, test_imag
     meta = Deployable(
         arch=arch,
         num_classes=k,
-        classes=blob["classes"],
+        classes=record.classes,
         preprocess=spec,
-        training=blob["settings"],
-        summary=TrainingSummary.from_json(blob["metrics"], f"{trained}: metrics"),
+        training=record.settings,
+        summary=record.summary,
     )
     save_torch(stripped, out)
     meta.save(metadata(out))

@@ -1,6 +1,5 @@
 """`lio study queue|collect`: the seeded ablation study as DVC experiments (not a stage)."""
 
-import platform
 import sys
 import time
 from pathlib import Path
@@ -8,6 +7,7 @@ from pathlib import Path
 import click
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.machine import cpu
 from pipeline.study.presets import PRESETS, PRETRAINED
 from pipeline.study.report import collect
 from pipeline.study.runs import pretrain, queue
@@ -15,9 +15,10 @@ from pipeline.study.runs import pretrain, queue
 PRESET = click.option(
     "--preset",
     type=click.Choice(list(PRESETS)),
-    default="cpu",
+    default="structure",
     show_default=True,
-    help="cpu: 112 px ResNet-18 from scratch (each map >= 4x4); transfer: fine-tuning a backbone from "
+    help="structure: where the paper says LIO matters (sibling classes, distractors, pose), runs that converge "
+    "on 2 CPU cores; cpu: 112 px ResNet-18 from scratch (each map >= 4x4); transfer: fine-tuning a backbone from "
     "`lio study pretrain`; gpu: the paper's 448 px, pool 2, ResNet-50.",
 )
 
@@ -58,9 +59,9 @@ def pretrain_command(work):
 @click.option("--watch", default=0, show_default=True, help="Re-collect every N seconds while runs are queued.")
 @click.option(
     "--machine",
-    default=f"{platform.machine()}, {platform.processor() or 'cpu'}",
+    default=", ".join(filter(None, [cpu()[0], " ".join(cpu()[1])])),
     show_default=False,
-    help="Where the runs ran, for the table.",
+    help="The CPU the new runs ran on, recorded with each (default: this machine's).",
 )
 def collect_command(preset, out, watch, machine):
     """Add the finished runs DVC holds (`dvc exp show`) to OUT/study.json (recorded runs stay) and OUT/study.md."""

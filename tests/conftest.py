@@ -97,9 +97,9 @@ def _export_workspace(root: Path, tiny_prepared: Path) -> None:
     import yaml
     from click.testing import CliRunner
 
+    from pipeline.artifacts.deployable import Deployable
     from pipeline.backbone import build_backbone
     from pipeline.config.schema import to_dict
-    from pipeline.core.artifacts.deployable import Deployable
     from pipeline.data.transforms import preprocessing
     from pipeline.weights import save_torch
     from stages import export

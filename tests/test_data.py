@@ -92,6 +92,97 @@ def test_colour_histograms_alone_stay_near_chance(tmp_path):
     assert acc < 1 / 6 + 0.12, f"colour histograms reach {acc:.2f}: colour must not give the class away"
 
 
+# ------------------------------------------------------------ harder on purpose: the generator's knobs
+def _part_mask(parts, big):
+    """The parts of a plan, drawn on their own, at the plan's 4x resolution."""
+    from PIL import ImageDraw
+
+    mask = Image.new("L", (big, big), 0)
+    for shape, x, y, size, angle, _ in parts:
+        synthetic._draw_part(ImageDraw.Draw(mask), shape, x, y, size, angle, 255)
+    return np.asarray(mask) > 0
+
+
+def test_distractors_never_touch_the_object_and_leave_its_mask_alone(tmp_path):
+    layout = synthetic.arrangements(1, np.random.default_rng(0))[0]
+    big, placed = 96 * synthetic.SUPERSAMPLE, 0
+    for seed in range(40):
+        p = synthetic.plan(layout, 96, np.random.default_rng(seed), synthetic.Pose(distractors=6))
+        obj, extra = _part_mask(p.parts, big), [_part_mask([d], big) for d in p.distractors]
+        assert not any((obj & d).any() for d in extra)  # never overlap the object mask
+        assert not any((a & b).any() for i, a in enumerate(extra) for b in extra[:i])  # nor each other
+        assert all(d.any() for d in extra)  # inside the image
+        placed += len(p.distractors)
+        sizes = {size for _, _, _, size, _, _ in p.parts + p.distractors}
+        assert len(sizes) == 1  # as large as the object's own parts: only the arrangement tells them apart
+    assert placed >= 40 * 4  # most places are found
+    cfg = SyntheticConfig(classes=2, images_per_class=4, image_size=48)
+    synthetic.generate(tmp_path / "a", cfg, seed=3, workers=1)
+    synthetic.generate(tmp_path / "b", SyntheticConfig(**{**vars(cfg), "distractors": 4}), seed=3, workers=1)
+    # the first image's object is planned before its distractors: its mask stays, its picture changes
+    first = (tmp_path / "a" / "images.txt").read_text().split()[1]
+    assert (tmp_path / "a/segmentations" / first).read_bytes() == (tmp_path / "b/segmentations" / first).read_bytes()
+    assert (tmp_path / "a/images" / first).read_bytes() != (tmp_path / "b/images" / first).read_bytes()
+
+
+def _similar_up_to_scale_and_shift(a, b):
+    """Whether b = s * a + t for some scale s and shift t (least squares, residual ~ 0)."""
+    a0, b0 = a - a.mean(0), b - b.mean(0)
+    s = (a0 * b0).sum() / (a0 * a0).sum()
+    return np.abs(b0 - s * a0).max() < 1e-9
+
+
+def test_siblings_differ_from_their_family_in_one_part_and_keep_min_shape_diff():
+    siblings, diff = 3, 0.2
+    layouts = synthetic.arrangements(12, np.random.default_rng(5), min_shape_diff=diff, siblings=siblings)
+    sigs = [synthetic._signature(p) for p in layouts]
+    assert all(np.abs(sigs[i] - sigs[j]).max() >= diff for i in range(12) for j in range(i))
+    for k, child in enumerate(layouts):
+        parent = layouts[k - k % (siblings + 1)]  # the drawn arrangement heading the family
+        if child is parent:
+            continue
+        others = [[i for i in range(len(synthetic.PARTS)) if i != moved] for moved in range(len(synthetic.PARTS))]
+        assert any(_similar_up_to_scale_and_shift(parent[keep], child[keep]) for keep in others)
+    # the families are closer than random draws: fine-grained
+    family = np.mean([np.abs(sigs[k] - sigs[k - k % 4]).max() for k in range(12) if k % 4])
+    strangers = np.mean([np.abs(sigs[i] - sigs[j]).max() for i in (0, 4, 8) for j in (0, 4, 8) if i < j])
+    assert family < strangers
+    with pytest.raises(DatasetError, match="min_shape_diff"):
+        synthetic.arrangements(40, np.random.default_rng(0), min_shape_diff=1.5)
+
+
+def test_pose_knobs_scale_and_foreshorten_the_object():
+    layout = synthetic.arrangements(1, np.random.default_rng(0))[0]
+    sig = synthetic._signature(layout)
+
+    def instance_signatures(pose):
+        out = []
+        for seed in range(30):
+            p = synthetic.plan(layout, 64, np.random.default_rng(seed), pose)
+            pts = np.array([(x, y) for _, x, y, *_ in p.parts])
+            d = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
+            out.append(
+                (np.abs(d / d.mean() - sig).max(), p.parts[0][3] / (synthetic.PART * 64 * synthetic.SUPERSAMPLE))
+            )
+        return np.array(out)
+
+    rigid, tilted = instance_signatures(synthetic.Pose()), instance_signatures(synthetic.Pose(tilt=0.5, scale_min=0.6))
+    assert rigid[:, 0].max() < 1e-9  # rotation, scale and shift keep the arrangement's signature
+    assert np.median(tilted[:, 0]) > 0.02  # foreshortening does not
+    assert 0.85 <= rigid[:, 1].min() and rigid[:, 1].max() <= 1.1
+    assert 0.6 <= tilted[:, 1].min() < 0.85  # the wider scale range is drawn
+
+
+@pytest.mark.parametrize(
+    "field, value", [("min_shape_diff", 0), ("siblings", -1), ("distractors", 9), ("scale_min", 1.15), ("tilt", 1)]
+)
+def test_bad_knobs_name_their_field(field, value):
+    from pipeline.config.schema import ConfigError
+
+    with pytest.raises(ConfigError, match=f"data.synthetic.{field}"):
+        SyntheticConfig(**{field: value}).check("params.yaml")
+
+
 # ------------------------------------------------------------ fixtures in the official layouts
 def save_image(path, size=(40, 30), colour=(10, 200, 30)):
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,49 +10,32 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("pipeline", "stages")
-DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+from tools.dvc_deps import PACKAGES, ROOT, closure, rewrite
 
-
-def module_file(name: str) -> Path | None:
-    base = ROOT / Path(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def imports_of(path: Path) -> set[str]:
-    """Project modules imported anywhere in the file (top level or inside functions)."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names |= {f"{node.module}.{a.name}" for a in node.names}  # `from pipeline.core import paths`
-    return {n for n in names if n.split(".")[0] in PACKAGES}
-
-
-def closure(roots: list[str]) -> set[Path]:
-    seen: set[Path] = set()
-    todo = list(roots)
-    while todo:
-        name = todo.pop()
-        parts = name.split(".")
-        for i in range(1, len(parts) + 1):  # the packages on the way are imported too
-            f = module_file(".".join(parts[:i]))
-            if f is not None and f not in seen:
-                seen.add(f)
-                todo += imports_of(f)
-    return seen
+DVC_TEXT = (ROOT / "dvc.yaml").read_text()
+DVC = yaml.safe_load(DVC_TEXT)["stages"]
 
 
 def command_modules(cmd: str) -> list[str]:
     m = re.fullmatch(r"python -m stages (\w+)", cmd.strip())
     assert m, f"dvc.yaml: cmd {cmd!r}: expected `python -m stages <name>`"
     return ["stages.__main__", f"stages.{m[1]}"]
+
+
+def test_code_deps_are_generated():
+    """dvc.yaml's code deps are what `python tools/dvc_deps.py --write` makes of the import closure."""
+    assert rewrite(DVC_TEXT) == DVC_TEXT, "dvc.yaml's code deps are out of date: run `python tools/dvc_deps.py --write`"
+
+
+def test_the_generator_rewrites_only_code_deps():
+    stale = DVC_TEXT.replace("      - pipeline/data/synthetic.py\n", "", 1).replace(
+        "    deps:\n      - data/prepared\n",
+        "    deps:\n      - data/prepared  # kept\n      - pipeline/unused.py\n",
+        1,
+    )
+    fixed = rewrite(stale)
+    assert "pipeline/unused.py" not in fixed and "pipeline/data/synthetic.py" in fixed
+    assert "data/prepared  # kept" in fixed and fixed.count("\n") == DVC_TEXT.count("\n")
 
 
 def covered(path: Path, deps: list[str]) -> bool:

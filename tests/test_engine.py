@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 import pipeline.deploy.engine as engine_lib
+from pipeline.artifacts.engine import EngineInfo
 from pipeline.config.params import load_config
-from pipeline.core.artifacts.engine import EngineInfo
 from pipeline.deploy.engine import EngineError, EngineRunner
 from stages import engine as engine_stage
 

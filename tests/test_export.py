@@ -6,7 +6,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.core.artifacts.export import ExportReport
+from pipeline.artifacts.export import ExportReport
 from pipeline.deploy import onnx_runtime
 from pipeline.deploy.export import check_parity, export_fp32
 from pipeline.deploy.predict import predict

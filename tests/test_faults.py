@@ -29,7 +29,7 @@ from pipeline.data.prepare import prepare
 from pipeline.deploy.runners import load_deployable
 from pipeline.evaluate.score import backends
 from pipeline.lio.checkpoint import load_trained
-from pipeline.train.checkpoint import resume, truncate_live_plots
+from pipeline.train.checkpoint import TrainState, resume, truncate_live_plots
 from pipeline.train.loop import train
 from pipeline.weights import save_torch
 from stages.cli import main
@@ -88,8 +88,10 @@ def test_truncated_checkpoint_names_the_file_and_how_to_start_over(tmp_path):
     save_torch({"epoch": 1, "weights": torch.zeros(1000)}, path)
     truncate(path)
     model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = TrainState(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0))
     with pytest.raises(ArtifactError, match=f"{path}: cannot be read, it is truncated or corrupt.*delete it to start"):
-        resume(path, "stamp", {}, model, None, None, None)
+        resume(path, "stamp", {}, state)
 
 
 def test_truncated_trained_and_deployable_models(tmp_path, exported):

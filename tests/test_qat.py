@@ -12,8 +12,8 @@ import pytest
 import torch
 import torchvision
 
+from pipeline.artifacts.deployable import Deployable, Preprocess
 from pipeline.config.export import ExportConfig, Gate, QATConfig
-from pipeline.core.artifacts.deployable import Deployable, Preprocess
 from pipeline.deploy import qat
 from pipeline.deploy.export import export_all, export_qdq
 

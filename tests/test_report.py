@@ -3,13 +3,14 @@
 import numpy as np
 import pytest
 
-from pipeline.core.artifacts.deployable import Preprocess
-from pipeline.core.artifacts.engine import EngineInfo, Gpu, Profile
-from pipeline.core.artifacts.export import ExportReport, Variant
-from pipeline.core.artifacts.scores import BackendScore, Scores
+from pipeline.artifacts.deployable import Preprocess
+from pipeline.artifacts.engine import EngineInfo, Gpu, Profile
+from pipeline.artifacts.export import ExportReport, Variant
+from pipeline.artifacts.scores import BackendScore, Scores
+from pipeline.core.markdown import table
 from pipeline.core.metrics import accuracy, confusions, per_class, wilson
 from pipeline.core.timing import latency, throughput
-from pipeline.evaluate.render import markdown_table, recommendations, study_line
+from pipeline.evaluate.render import recommendations, study_line
 
 
 def test_accuracy_top1_top5():
@@ -118,7 +119,7 @@ def test_artifacts_round_trip_and_refuse_a_foreign_file(tmp_path):
 
 
 def test_markdown_table():
-    text = markdown_table([{"a": "x", "b": 0.12345}, {"a": "y"}], [("a", "A", ""), ("b", "B", ".2f")])
+    text = table([{"a": "x", "b": 0.12345}, {"a": "y"}], [("a", "A", ""), ("b", "B", ".2f")])
     assert text.splitlines() == ["| A | B |", "|---|---|", "| x | 0.12 |", "| y | n/a |"]
 
 
@@ -154,8 +155,8 @@ def test_model_card_quotes_the_study_and_its_choice(tmp_path):
 def test_the_report_says_by_how_much_a_rejected_variant_missed_and_what_the_fallback_kept():
     from dataclasses import replace
 
+    from pipeline.artifacts.export import GateResult
     from pipeline.config.export import RULE
-    from pipeline.core.artifacts.export import GateResult
     from pipeline.evaluate.render import gate_lines
 
     g = GateResult(

@@ -101,40 +101,34 @@ def test_strip_stage_writes_nothing_deployable_on_failure(tmp_path, tiny_prepare
     import yaml
 
     import pipeline.strip as strip_lib
+    from pipeline.artifacts.deployable import Deployable
+    from pipeline.artifacts.training import Best, TestScore, TrainingSummary
     from pipeline.config.schema import to_dict
-    from pipeline.core.artifacts.deployable import Deployable
+    from pipeline.config.train import TrainParams
     from pipeline.data.transforms import preprocessing
+    from pipeline.lio.checkpoint import TrainedModel
     from stages import strip
     from tests.conftest import tiny_config
 
     shutil.copytree(tiny_prepared, tmp_path / "data/prepared")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(to_dict(tiny_config())))
     model = trained_model(k=3)
-    blob = {
-        "model": {"arch": "resnet18", "num_classes": 3},
-        "classes": ["a", "b", "c"],
-        "preprocess": preprocessing(tiny_config().data.transforms),
-        "settings": to_dict(tiny_config()),
-        "metrics": {
-            "best": {"epoch": 1, "val_top1": 0.5},
-            "test": {"top1": 0.5, "top5": 1.0},
-            "chance": 1 / 3,
-            "train_seconds": 1.0,
-        },
-    }
+    cfg = tiny_config().view(TrainParams)
+    cfg.lio.stages, cfg.lio.scl_channels = ["layer3", "layer4"], 16  # the heads trained_model has
+    summary = TrainingSummary(Best(1, 0.5), TestScore(0.5, 1.0), chance=1 / 3, train_seconds=1.0)
+    record = TrainedModel.of(model, cfg, ["a", "b", "c"], preprocessing(cfg.data.transforms), summary)
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models/lio.pt").touch()  # stands for the trained model, whose loader is replaced below
-    monkeypatch.setattr(strip_lib, "load_trained", lambda path: (model, blob))
+    record.save(tmp_path / "models/lio.pt")  # the file `lio train` writes
     result = CliRunner().invoke(strip.command, [])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "models/resnet18.pt").exists() and json.loads((tmp_path / "reports/parity.json").read_text())[
         "passed"
     ]
     meta = Deployable.load(tmp_path / "models/resnet18.json")  # the settings and results travel with the weights
-    assert meta.training["lio"]["stages"] == ["layer2", "layer3"] and meta.summary and meta.summary.best.epoch == 1
+    assert meta.training == cfg and meta.summary == summary  # typed, all the way
 
-    model.backbone.fc = nn.Sequential(nn.Linear(512, 512), nn.Linear(512, 3))
+    model.backbone.fc = nn.Sequential(nn.Linear(512, 512), nn.Linear(512, 3))  # no file holds such a model:
+    monkeypatch.setattr(strip_lib.TrainedModel, "load", lambda path: (record, model))  # handed over as loaded
     result = CliRunner().invoke(strip.command, [])
     assert result.exit_code == 1 and "parity failed" in result.output and "[FAIL] strict_load" in result.output
     assert not (tmp_path / "models/resnet18.pt").exists()

@@ -335,3 +335,41 @@ def test_lio_batch_is_compared_with_lio_paired_by_seed():
             }
         }
     )
+
+
+def test_structure_preset_reaches_the_runs_and_stops_after_localise(tmp_path):
+    """Each run's `-S` texts, read as DVC reads them into params.yaml, give the prepare and train stages
+    the preset's knobs; the baseline's own `lio.stages=[]` comes after the preset's and wins."""
+    import yaml
+
+    from pipeline.config.data import PrepareParams
+    from pipeline.config.params import load_config
+    from pipeline.config.schema import apply_overrides
+
+    runs = dict(grid("structure", seeds=2, other_seeds=1))
+    assert sorted(runs) == sorted(
+        [f"study-structure-{v}-s{s}" for v in ("baseline", "lio") for s in range(2)]
+        + ["study-structure-oel-only-s0", "study-structure-scl-only-s0"]
+    )
+    for name, expected_stages in [
+        ("study-structure-baseline-s1", []),
+        ("study-structure-lio-s1", ["layer2", "layer3"]),
+    ]:
+        texts = [t.split("=", 1) for t in runs[name]]
+        data = apply_overrides(
+            yaml.safe_load(Path("params.yaml").read_text()), {k: yaml.safe_load(v) for k, v in texts}
+        )
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
+        cfg = load_config(tmp_path / "params.yaml")
+        synthetic = cfg.view(PrepareParams).data.synthetic
+        assert (synthetic.siblings, synthetic.distractors, synthetic.tilt, synthetic.min_shape_diff) == (
+            1,
+            2,
+            0.2,
+            0.25,
+        )
+        assert cfg.seed == 1 and cfg.model.arch == "resnet18" and cfg.train.epochs == 30
+        assert cfg.lio.stages == expected_stages
+    assert PRESETS["structure"].target == "localise"
+    stages = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]
+    assert "data.synthetic" in stages["prepare"]["params"]  # every knob reruns prepare

@@ -14,10 +14,10 @@ import pytest
 import torch
 import yaml
 
+from pipeline.artifacts.training import TrainingSummary
 from pipeline.backbone import load_pretrained
 from pipeline.config.schema import to_dict
 from pipeline.config.train import TrainConfig
-from pipeline.core.artifacts.training import TrainingSummary
 from pipeline.core.errors import TrainingError
 from pipeline.data.manifest import read_manifest
 from pipeline.train.loop import train

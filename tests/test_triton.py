@@ -14,7 +14,7 @@ import onnx
 import pytest
 from google.protobuf import text_format
 
-from pipeline.core.artifacts.engine import EngineInfo
+from pipeline.artifacts.engine import EngineInfo
 from pipeline.deploy.triton import FUSED_MODEL, INT8_MODEL, ONNX_MODEL, TRT_MODEL, build_repository, write_repository
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")

@@ -20,6 +20,13 @@ class SyntheticConfig:
     extra_select_per_class: int = 0  # held-out images per class that choose the INT8 settings, from a fourth stream
     layout_seed: int = -1  # seed of the class arrangements; -1: `seed` (one stream for layouts and images)
     skip_classes: int = 0  # draw this many arrangements first and leave them out (disjoint pre-training classes)
+    # harder data (docs/datasets.md, "Harder on purpose"); the defaults draw no extra random number
+    min_shape_diff: float = 0.35  # how much two classes' normalised distance matrices differ, at least
+    siblings: int = 0  # classes made from each drawn arrangement by moving one part (fine-grained families)
+    distractors: int = 0  # full-size parts of the object's types per image, never touching the object
+    scale_min: float = 0.85  # object scale, drawn per image
+    scale_max: float = 1.1
+    tilt: float = 0.0  # foreshortening along a random axis by a factor in [1 - tilt, 1]
 
     def check(self, where: str) -> None:
         need(self.classes >= 2, where, "data.synthetic.classes", f"must be >= 2, got {self.classes}; e.g. 6")
@@ -31,6 +38,19 @@ class SyntheticConfig:
         need(self.layout_seed >= -1, where, "data.synthetic.layout_seed", "must be >= 0, or -1 to follow `seed`")
         need(self.skip_classes >= 0, where, "data.synthetic.skip_classes", "must be >= 0; e.g. 0")
         need(self.image_size >= 16, where, "data.synthetic.image_size", f"must be >= 16 pixels, got {self.image_size}")
+        need(0 < self.min_shape_diff < 2, where, "data.synthetic.min_shape_diff", "must be in (0, 2); e.g. 0.35")
+        need(self.siblings >= 0, where, "data.synthetic.siblings", "must be >= 0; e.g. 0 (3: families of 4 classes)")
+        need(0 <= self.distractors <= 8, where, "data.synthetic.distractors", "must be in [0, 8]; e.g. 0")
+        need(
+            0 < self.scale_min <= self.scale_max <= 1.2,
+            where,
+            "data.synthetic.scale_min",
+            f"need 0 < scale_min <= scale_max <= 1.2 (the object stays in the image), got {self.scale_min}, "
+            f"{self.scale_max}",
+        )
+        need(
+            0 <= self.tilt < 1, where, "data.synthetic.tilt", "must be in [0, 1); e.g. 0.4 (views up to 53 degrees off)"
+        )
 
 
 @dataclass

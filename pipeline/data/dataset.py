@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np

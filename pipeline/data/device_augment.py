@@ -22,10 +22,10 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from pipeline.config.data import TransformConfig
-from pipeline.data.dataset import load_image, load_pair
 from pipeline.core.errors import DatasetError
-from pipeline.data.transforms import MEAN, STD
+from pipeline.data.dataset import load_image, load_pair
 from pipeline.data.manifest import Record
+from pipeline.data.transforms import MEAN, STD
 
 
 class _Resized(Dataset):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pipeline.core.paths import require
 
+
 @dataclass
 class Record:
     """One image: what a reader finds, and (read back from manifest.csv) what every later stage gets."""

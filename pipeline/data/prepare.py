@@ -10,13 +10,12 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.config.data import PrepareParams
+from pipeline.core.errors import DatasetError
+from pipeline.core.io import atomic_dir, exclusive, write_json
 from pipeline.data import synthetic
 from pipeline.data.dataset import ImageError, load_image
-from pipeline.data.manifest import Record
-from pipeline.core.errors import DatasetError
+from pipeline.data.manifest import CLASSES, COLUMNS, MANIFEST, Record
 from pipeline.data.readers import read_dataset, validate
-from pipeline.data.manifest import CLASSES, COLUMNS, MANIFEST
-from pipeline.core.io import atomic_dir, exclusive, write_json
 
 BAD_IMAGES = "bad_images.txt"
 

@@ -7,9 +7,7 @@ are cut off when the image is loaded (FGVC-Aircraft's copyright banner).
 from __future__ import annotations
 
 import warnings
-
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.errors import DatasetError

@@ -8,6 +8,14 @@ other class's: equal distance matrices are exactly the rotations and mirror imag
 class is a rotated or flipped copy of another. Each arrangement is also scaled to the same
 radius and keeps its parts apart, so the object covers the same area in every class.
 
+Four knobs make the task harder where the paper says LIO helps (each off by default, and off
+draws no random number, so the default files stay the same): `min_shape_diff` (how different
+two classes' arrangements must be), `siblings` (classes made from an earlier one by moving a
+single part: fine-grained arrangements), `distractors` (full-size parts of the object's own
+types, scattered where they never touch it: only the object's extent separates them) and
+`scale_min`/`scale_max`/`tilt` (pose: size, and foreshortening along a random axis, on top of the
+full-circle rotation every instance has).
+
 Written in the CUB-200-2011 layout, masks in `segmentations/`, so the CUB reader reads it.
 """
 
@@ -19,7 +27,7 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,29 +42,59 @@ PARTS = (("circle", (220, 60, 50)), ("square", (40, 170, 70)), ("triangle", (50,
 RADIUS = 0.30  # object radius, as a fraction of the image side
 PART = 0.085  # part half-size, as a fraction of the image side
 MIN_GAP = 2.6  # minimum part-centre distance, in part half-sizes
-MIN_SHAPE_DIFF = 0.35  # minimum difference between two classes' normalised distance matrices
+MIN_SHAPE_DIFF = 0.35  # default minimum difference between two classes' normalised distance matrices
+SIBLING_STEP = 0.35  # how far a sibling's moved part goes, at most, in object units (the object's radius is 1)
+EXTENT = 1.5  # a part's circumscribed radius, in part half-sizes (the bar, the longest, reaches 1.47)
 SUPERSAMPLE = 4
 
 
-def arrangements(num_classes: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """`num_classes` part layouts [len(PARTS), 2] in object units, pairwise non-congruent."""
+def _normalised(pts: np.ndarray) -> np.ndarray:
+    pts = pts - pts.mean(axis=0)
+    return pts / np.linalg.norm(pts, axis=1).max()
+
+
+def _signature(pts: np.ndarray) -> np.ndarray | None:
+    """The scale-normalised distance matrix, or None when two parts sit too close."""
+    dist = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
+    if dist[np.triu_indices(len(PARTS), 1)].min() < MIN_GAP * PART / RADIUS:
+        return None
+    return dist / dist.mean()
+
+
+def arrangements(
+    num_classes: int, rng: np.random.Generator, min_shape_diff: float = MIN_SHAPE_DIFF, siblings: int = 0
+) -> list[np.ndarray]:
+    """`num_classes` part layouts [len(PARTS), 2] in object units, pairwise non-congruent: every two
+    signatures differ by at least `min_shape_diff`. With `siblings`, each drawn arrangement is
+    followed by that many made from it by moving one part (at most SIBLING_STEP), so classes come
+    in families that differ in a single part's position."""
     chosen: list[np.ndarray] = []
     signatures: list[np.ndarray] = []
-    min_gap = MIN_GAP * PART / RADIUS
+
+    def accept(pts: np.ndarray) -> bool:
+        signature = _signature(pts)
+        if signature is None or any(np.abs(signature - s).max() < min_shape_diff for s in signatures):
+            return False
+        chosen.append(pts)
+        signatures.append(signature)
+        return True
+
     for _ in range(100_000):
-        if len(chosen) == num_classes:
-            return chosen
-        pts = rng.uniform(-1, 1, size=(len(PARTS), 2))
-        pts -= pts.mean(axis=0)
-        pts /= np.linalg.norm(pts, axis=1).max()
-        dist = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
-        if dist[np.triu_indices(len(PARTS), 1)].min() < min_gap:
+        if len(chosen) >= num_classes:
+            return chosen[:num_classes]
+        if not accept(_normalised(rng.uniform(-1, 1, size=(len(PARTS), 2)))):
             continue
-        signature = dist / dist.mean()
-        if all(np.abs(signature - s).max() >= MIN_SHAPE_DIFF for s in signatures):
-            chosen.append(pts)
-            signatures.append(signature)
-    raise DatasetError(f"could not find {num_classes} distinct arrangements of {len(PARTS)} parts; use fewer classes")
+        parent, family = chosen[-1], 0
+        for _ in range(1000 * siblings):
+            if family == siblings:
+                break
+            pts = parent.copy()
+            pts[rng.integers(len(PARTS))] += rng.uniform(-SIBLING_STEP, SIBLING_STEP, size=2)
+            family += accept(_normalised(pts))
+    raise DatasetError(
+        f"could not find {num_classes} arrangements of {len(PARTS)} parts at least {min_shape_diff} apart; "
+        "use fewer classes or a smaller data.synthetic.min_shape_diff"
+    )
 
 
 def _part_polygon(shape: str, cx: float, cy: float, size: float, angle: float) -> list[tuple[float, float]]:
@@ -88,9 +126,24 @@ class Plan:
     noise: np.ndarray
     clutter: list[tuple[str, float, float, float, tuple]]  # shape, x, y, angle, RGBA
     parts: list[tuple[str, float, float, float, float, tuple]]  # shape, x, y, size, angle, RGBA
+    distractors: list[tuple[str, float, float, float, float, tuple]] = field(default_factory=list)  # as parts
 
 
-def plan(layout: np.ndarray, size: int, rng: np.random.Generator) -> Plan:
+@dataclass(frozen=True)
+class Pose:
+    """How much one instance's pose varies (the random draws `plan` makes)."""
+
+    scale_min: float = 0.85
+    scale_max: float = 1.1
+    tilt: float = 0.0  # foreshortening: one random axis shrinks by a factor in [1 - tilt, 1]
+    distractors: int = 0
+
+    @classmethod
+    def of(cls, cfg: SyntheticConfig) -> Pose:
+        return cls(cfg.scale_min, cfg.scale_max, cfg.tilt, cfg.distractors)
+
+
+def plan(layout: np.ndarray, size: int, rng: np.random.Generator, pose: Pose = Pose()) -> Plan:
     """One instance's random rotation, scale, position, colour jitter and clutter."""
     big = size * SUPERSAMPLE
     background = rng.integers(90, 170, size=3)
@@ -105,15 +158,35 @@ def plan(layout: np.ndarray, size: int, rng: np.random.Generator) -> Plan:
         x, y = rng.uniform(0.05, 0.95, size=2) * big
         clutter.append((shape, x, y, rng.uniform(0, 2 * math.pi), jitter(rgb) + (120,)))
     angle = rng.uniform(0, 2 * math.pi)
-    scale = rng.uniform(0.85, 1.1)
+    scale = rng.uniform(pose.scale_min, pose.scale_max)
     centre = big / 2 + rng.uniform(-0.08, 0.08, size=2) * big
     rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-    points = centre + (layout @ rot.T) * RADIUS * scale * big
+    points = centre + (layout @ rot.T @ _foreshortening(pose.tilt, rng).T) * RADIUS * scale * big
     parts = []
     for (shape, rgb), (x, y) in zip(PARTS, points):
         part_angle = angle + rng.normal(0, 0.15)
         parts.append((shape, x, y, PART * scale * big, part_angle, jitter(rgb) + (255,)))
-    return Plan(size, background, noise, clutter, parts)
+    distractors: list[tuple[str, float, float, float, float, tuple]] = []
+    reach = EXTENT * PART * scale * big  # every part, the object's and the distractors', fits a disc this wide
+    for _ in range(pose.distractors):
+        for _ in range(100):  # a place where it touches neither the object nor another distractor
+            x, y = rng.uniform(reach, big - reach, size=2)
+            if all(math.hypot(x - px, y - py) > 2 * reach + 2 for _, px, py, *_ in parts + distractors):
+                shape, rgb = PARTS[rng.integers(len(PARTS))]
+                distractors.append((shape, x, y, PART * scale * big, rng.uniform(0, 2 * math.pi), jitter(rgb) + (255,)))
+                break
+    return Plan(size, background, noise, clutter, parts, distractors)
+
+
+def _foreshortening(tilt: float, rng: np.random.Generator) -> np.ndarray:
+    """A squeeze by a factor in [1 - tilt, 1] along a random axis (a view from up to acos(1 - tilt)
+    off the object's normal); the identity, with no random draw, when tilt is 0."""
+    if tilt == 0:
+        return np.eye(2)
+    axis, squeeze = rng.uniform(0, math.pi), rng.uniform(1 - tilt, 1)
+    c, s = math.cos(axis), math.sin(axis)
+    rot = np.array([[c, -s], [s, c]])
+    return rot @ np.diag([squeeze, 1.0]) @ rot.T
 
 
 def draw(p: Plan) -> tuple[Image.Image, Image.Image]:
@@ -125,6 +198,8 @@ def draw(p: Plan) -> tuple[Image.Image, Image.Image]:
     pen, mask_pen = ImageDraw.Draw(image, "RGBA"), ImageDraw.Draw(mask)
     for shape, x, y, angle, fill in p.clutter:
         _draw_part(pen, shape, x, y, 0.6 * PART * big, angle, fill)
+    for shape, x, y, part_size, angle, fill in p.distractors:  # on the image only: not the object
+        _draw_part(pen, shape, x, y, part_size, angle, fill)
     for shape, x, y, part_size, angle, fill in p.parts:
         _draw_part(pen, shape, x, y, part_size, angle, fill)
         _draw_part(mask_pen, shape, x, y, part_size, angle, 255)
@@ -159,11 +234,10 @@ def generate(root: Path, cfg: SyntheticConfig, seed: int, workers: int | None = 
     on `workers` processes (default: every core), so the files are the same for any count.
     """
     rng = np.random.default_rng(seed)
-    if cfg.layout_seed >= 0:
-        layouts = arrangements(cfg.skip_classes + cfg.classes, np.random.default_rng(cfg.layout_seed))
-    else:
-        layouts = arrangements(cfg.skip_classes + cfg.classes, rng)
+    layout_rng = np.random.default_rng(cfg.layout_seed) if cfg.layout_seed >= 0 else rng
+    layouts = arrangements(cfg.skip_classes + cfg.classes, layout_rng, cfg.min_shape_diff, cfg.siblings)
     layouts = layouts[cfg.skip_classes :]
+    pose = Pose.of(cfg)
     n_test = round(cfg.images_per_class * cfg.test_fraction)
     if cfg.images_per_class < 2 or not 0 < n_test < cfg.images_per_class:
         raise DatasetError("data.synthetic: images_per_class and test_fraction must leave train and test images")
@@ -188,7 +262,7 @@ def generate(root: Path, cfg: SyntheticConfig, seed: int, workers: int | None = 
     def jobs() -> Iterator[tuple[Plan, Path, Path]]:
         for (c, i, _), rel in zip(order, rels):  # the plans are drawn here, in order; the workers only draw
             stream = rng if i < cfg.images_per_class else extra if i < first_gate else gate if i < first_select else select
-            yield plan(layouts[c - 1], cfg.image_size, stream), root / "images" / rel, root / "segmentations" / rel
+            yield plan(layouts[c - 1], cfg.image_size, stream, pose), root / "images" / rel, root / "segmentations" / rel
 
     boxes = _run(jobs(), len(order), workers)
     images, labels, splits, bounds = [], [], [], []

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import v2
 
+from pipeline.artifacts.deployable import Preprocess
 from pipeline.config.data import TransformConfig
-from pipeline.core.artifacts.deployable import Preprocess
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

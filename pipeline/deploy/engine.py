@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.artifacts.engine import Compatibility, EngineInfo, Gpu, Profile, Tensor
+from pipeline.artifacts.export import ExportReport
 from pipeline.config.engine import EngineConfig
 from pipeline.core import paths
-from pipeline.core.artifacts.engine import Compatibility, EngineInfo, Gpu, Profile, Tensor
-from pipeline.core.artifacts.export import ExportReport
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import atomic_path, sha256
 from pipeline.deploy import onnx_runtime

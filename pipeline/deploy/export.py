@@ -38,10 +38,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from pipeline.artifacts.deployable import Deployable
+from pipeline.artifacts.export import ExportReport, GateResult, Variant
 from pipeline.config.data import TransformConfig
 from pipeline.config.export import RULE, ExportConfig, Gate
-from pipeline.core.artifacts.deployable import Deployable
-from pipeline.core.artifacts.export import ExportReport, GateResult, Variant
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import atomic_path
 from pipeline.core.metrics import accuracy, agreement, images_needed, paired_drop_ci, wilson
@@ -453,11 +453,9 @@ def export_all(
         @cache
         def student() -> qat.Student:
             """Fine-tuned once, on the training split with the training augmentation."""
-            transforms = meta.training.get("data", {}).get("transforms") or {
-                "resize": meta.preprocess.resize,
-                "crop": meta.preprocess.crop,
-            }
-            train_set = ManifestDataset(rows, "train", ClassificationPresetTrain(TransformConfig(**transforms)))
+            spec = meta.preprocess
+            transforms = meta.training.data.transforms if meta.training else TransformConfig(spec.resize, spec.crop)
+            train_set = ManifestDataset(rows, "train", ClassificationPresetTrain(transforms))
             made = qat.train_student(model, train_set, torch.from_numpy(calibration), cfg.qat, seed)
             made.fp32 = Path(work) / "qat.onnx"
             export_fp32(qat.plain(made.model), made.fp32, meta.preprocess.crop, cfg.opset, meta)

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from pipeline.core.artifacts.deployable import Deployable
+from pipeline.artifacts.deployable import Deployable
 from pipeline.core.errors import ArtifactError
 
 META_KEY = "lio"

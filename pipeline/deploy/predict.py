@@ -36,7 +36,7 @@ def load_predictor(path: Path):
         sess = onnx_runtime.session(path, "cuda" if torch.cuda.is_available() else "cpu")
         return (lambda x: onnx_runtime.run(sess, x)), meta
     if path.suffix == ".engine":
-        from pipeline.core.artifacts.engine import EngineInfo
+        from pipeline.artifacts.engine import EngineInfo
         from pipeline.deploy.engine import EngineRunner
 
         info = path.with_name("engine.json")

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from pipeline.core.artifacts.deployable import Preprocess
+from pipeline.artifacts.deployable import Preprocess
 from pipeline.data.dataset import ImageError, load_image
 from pipeline.data.transforms import eval_preset
 

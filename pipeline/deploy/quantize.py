@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from pipeline.core.artifacts.deployable import Deployable
+from pipeline.artifacts.deployable import Deployable
 from pipeline.deploy import onnx_runtime
 
 #: int8_cpu candidates: ONNX Runtime (format, calibration method); the fastest that passes its gate is kept.

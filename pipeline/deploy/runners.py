@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
+from pipeline.artifacts.deployable import Deployable
 from pipeline.backbone import build_backbone
-from pipeline.core.artifacts.deployable import Deployable
 from pipeline.core.errors import ArtifactError
 from pipeline.core.paths import metadata, require
 from pipeline.weights import load_torch

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import onnx
 
-from pipeline.core.artifacts.engine import EngineInfo
+from pipeline.artifacts.engine import EngineInfo
 from pipeline.core.errors import ArtifactError
 from pipeline.core.io import atomic_dir, write_json
 from pipeline.core.paths import require

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.core.artifacts.extent import IOU, MAPS, Extent
+from pipeline.artifacts.extent import IOU, MAPS, Extent
 from pipeline.core.io import atomic_path, md5, write_json
 from pipeline.core.paths import require
 from pipeline.data.dataset import load_image, load_pair
@@ -19,7 +19,7 @@ from pipeline.data.manifest import Record, read_manifest
 from pipeline.data.transforms import eval_preset
 from pipeline.evaluate.figures import extent_figure
 from pipeline.evaluate.localisation import evaluate_maps, iou, mean_area
-from pipeline.lio.checkpoint import load_trained
+from pipeline.lio.checkpoint import TrainedModel
 from pipeline.lio.sampler import group_positives
 
 
@@ -35,10 +35,10 @@ class ExtentFiles:
 def localise(files: ExtentFiles, mask_images: int, threshold: float, seed: int) -> Extent:
     """Per LIO stage: IoU of m' and M (thresholded at `threshold`) beside the reference predictors,
     pointing accuracy, on the test images with true masks; the figure of `mask_images` rows."""
-    model, blob = load_trained(require(files.trained, "train"))
+    trained, model = TrainedModel.load(require(files.trained, "train"))
     rows, _ = read_manifest(require(files.prepared, "prepare"))
-    preset = eval_preset(blob["preprocess"])
-    P = blob["lio"]["P"]
+    preset = eval_preset(trained.preprocess)
+    P = trained.settings.lio.P
     test = [r for r in rows if r.split == "test"]
     masked = [r for r in test if r.mask]
     draw_masks(mask_images, seed, files.masks, model, masked or test, preset, P, threshold, bool(masked))

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from pipeline.core.artifacts.extent import IOU, MAPS, SCORES
+from pipeline.artifacts.extent import IOU, MAPS, SCORES
 from pipeline.data.dataset import load_pair
 from pipeline.data.manifest import Record
 from pipeline.lio.sampler import GroupBatchSampler, group_positives

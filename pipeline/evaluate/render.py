@@ -5,17 +5,17 @@ scored or timed here, so `lio study collect` or a changed sentence re-renders in
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline.config.schema import build
+from pipeline.artifacts.deployable import Deployable
+from pipeline.artifacts.engine import EngineInfo
+from pipeline.artifacts.export import ExportReport, GateResult
+from pipeline.artifacts.extent import IOU, MAPS, Extent
+from pipeline.artifacts.scores import BackendScore, Scores
 from pipeline.config.train import TrainParams
-from pipeline.core.artifacts.deployable import Deployable
-from pipeline.core.artifacts.engine import EngineInfo
-from pipeline.core.artifacts.export import ExportReport, GateResult
-from pipeline.core.artifacts.extent import IOU, MAPS, Extent
-from pipeline.core.artifacts.scores import BackendScore, Scores
 from pipeline.core.io import write_text
+from pipeline.core.markdown import table
 from pipeline.core.timing import P99_CALLS
 
 
@@ -110,7 +110,7 @@ def model_card(
 ) -> str:
     """models/MODEL_CARD.md: what the model is, how it was made and measured, and its limits. The
     training settings come from the deployable's metadata (they travel with the weights)."""
-    t = trained_with(meta)
+    t = meta.training or TrainParams()
     lio, train, data = t.lio, t.train, t.data
     images = meta.summary.images if meta.summary else {}
     method = (
@@ -144,7 +144,7 @@ def model_card(
         "**Accuracy and latency** per backend, on the test split, on the machine that ran the report "
         "(top-1 with its 95% Wilson interval):",
         "",
-        markdown_table(
+        table(
             _backend_rows(scores),
             [
                 ("backend", "backend", ""),
@@ -178,15 +178,6 @@ def model_card(
         "",
     ]
     return "\n".join(lines)
-
-
-def trained_with(meta: Deployable) -> TrainParams:
-    """The settings the model was trained with, typed: they travel inside models/lio.pt and on into
-    the deployable's metadata (as Lightning's save_hyperparameters keeps them with the weights)."""
-    names = [f.name for f in fields(TrainParams)]
-    return build(
-        TrainParams, {k: meta.training[k] for k in names if k in meta.training}, "models/<arch>.json", "training"
-    )
 
 
 def gate_lines(export: ExportReport) -> list[str]:
@@ -316,7 +307,7 @@ def report_lines(scores: Scores, extent: Extent, export: ExportReport, masks_fil
         f"timed calls (a p99 needs at least {P99_CALLS}: `report.iters`), throughput at batch "
         f"{scores.throughput_batch} (`engine.max_batch`). Top-1 with its 95% Wilson interval.",
         "",
-        markdown_table(_backend_rows(scores), columns),
+        table(_backend_rows(scores), columns),
         "",
     ]
     lines += [f"- {name}: not measured: {why}" for name, why in scores.skipped.items()]
@@ -331,7 +322,7 @@ def report_lines(scores: Scores, extent: Extent, export: ExportReport, masks_fil
         "Lowest top-1 (all classes in `reports/per_class.json`, "
         "confusion matrix: `dvc plots show reports/confusion.json`):",
         "",
-        markdown_table(
+        table(
             [asdict(c) for c in worst],
             [
                 ("name", "class", ""),
@@ -346,7 +337,7 @@ def report_lines(scores: Scores, extent: Extent, export: ExportReport, masks_fil
         lines += [
             "Most frequent confusions:",
             "",
-            markdown_table(
+            table(
                 [asdict(c) for c in scores.confusions],
                 [("actual", "actual", ""), ("predicted", "predicted", ""), ("images", "images", "")],
             ),
@@ -369,22 +360,8 @@ def report_lines(scores: Scores, extent: Extent, export: ExportReport, masks_fil
             "Pointing: share of images whose reference cell for SCL (argmax of m', or of M without OEL) "
             "lies on the object, beside the share of object cells (a random cell's rate).",
             "",
-            markdown_table(rows, cols),
+            table(rows, cols),
             "",
             f"![extent]({masks_file})",
         ]
     return lines
-
-
-def markdown_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
-    """rows of dicts -> a Markdown table; columns are (key, header, format)."""
-    head = "| " + " | ".join(h for _, h, _ in columns) + " |"
-    rule = "|" + "|".join("---" for _ in columns) + "|"
-    body = []
-    for r in rows:
-        cells = []
-        for key, _, fmt in columns:
-            v = r.get(key)
-            cells.append("n/a" if v is None else format(v, fmt) if fmt else str(v))
-        body.append("| " + " | ".join(cells) + " |")
-    return "\n".join([head, rule, *body])

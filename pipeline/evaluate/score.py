@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.core.artifacts.engine import EngineInfo
-from pipeline.core.artifacts.export import ExportReport
-from pipeline.core.artifacts.scores import BackendScore, ClassScore, Confusion, Scores
+from pipeline.artifacts.engine import EngineInfo
+from pipeline.artifacts.export import ExportReport
+from pipeline.artifacts.scores import BackendScore, ClassScore, Confusion, Scores
 from pipeline.core.io import write_json
 from pipeline.core.metrics import accuracy, agreement, confusions, per_class, wilson
 from pipeline.core.paths import require

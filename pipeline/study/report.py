@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.core.artifacts.extent import SCORES
+from pipeline.artifacts.extent import SCORES
 from pipeline.core.io import write_json, write_text
 from pipeline.study.aggregate import aggregate, choice, verdict
 from pipeline.study.presets import PRESETS, VARIANTS
@@ -118,7 +118,7 @@ def collect(preset: str, out_dir: Path, command: str, machine: str, shown: list 
     shown = show(preset) if shown is None else shown
     study = load_study(out_dir / "study.json")
     old = study["presets"].get(preset, {})
-    found = records(shown, preset)
+    found = [{**r, "machine": machine} for r in records(shown, preset)]  # runs live only where they ran
     merged = {r["name"]: r for r in old.get("runs", [])} | {r["name"]: r for r in found}
     runs = sorted(merged.values(), key=lambda r: (list(VARIANTS).index(r["variant"]), r["seed"]))
     study["presets"][preset] = {

@@ -15,11 +15,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from pipeline.artifacts.training import TrainingSummary
 from pipeline.config.schema import apply_overrides
 from pipeline.core import paths
-from pipeline.core.artifacts.training import TrainingSummary
 from pipeline.core.io import write_text
-from pipeline.study.presets import PRETRAIN, PRETRAINED, VARIANTS, StudyError, grid
+from pipeline.study.presets import PRESETS, PRETRAIN, PRETRAINED, VARIANTS, StudyError, grid
 
 NAME = re.compile(r"^study-(?P<preset>[a-z0-9]+)-(?P<variant>[a-z0-9.-]+)-s(?P<seed>\d+)$")
 
@@ -43,10 +43,11 @@ def queue(
     if recorded is not None:
         done |= {r["name"] for p in load_study(recorded)["presets"].values() for r in p.get("runs", [])}
     names = []
+    target = [PRESETS[preset].target] if PRESETS[preset].target else []
     for name, overrides in grid(preset, seeds, other_seeds, variants, pretrained):
         if name in done:
             continue
-        _dvc("exp", "run", "--queue", "--name", name, *(a for o in overrides for a in ("-S", o)))
+        _dvc("exp", "run", "--queue", "--name", name, *(a for o in overrides for a in ("-S", o)), *target)
         names.append(name)
     return names
 

@@ -10,10 +10,10 @@ epoch reseeds all randomness from (seed, epoch), so resuming gives the same weig
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,22 +26,28 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from pipeline.artifacts.training import Best, TestScore, TrainingSummary
 from pipeline.backbone import load_pretrained
 from pipeline.config.lio import LIOConfig
-from pipeline.config.schema import to_dict
 from pipeline.config.train import TrainConfig, TrainParams
-from pipeline.core.artifacts.training import Best, TestScore, TrainingSummary
 from pipeline.core.errors import TrainingError
 from pipeline.core.io import remove_stale_temporaries
 from pipeline.core.metrics import accuracy
-from pipeline.data.dataset import ManifestDataset, NumberedBatches, SeededDraws
+from pipeline.data.dataset import NumberedBatches, SeededDraws
 from pipeline.data.device_augment import DeviceAugment, DeviceImages, DeviceLoader
-from pipeline.data.manifest import Record, read_manifest
-from pipeline.data.transforms import ClassificationPresetEval, ClassificationPresetTrain, preprocessing
+from pipeline.data.training_sets import TrainingSets, training_sets
+from pipeline.data.transforms import preprocessing
 from pipeline.lio import GroupBatchSampler, LIOModel, PairIndex, pair_index
-from pipeline.lio.checkpoint import save_trained
+from pipeline.lio.checkpoint import TrainedModel
 from pipeline.lio.sampler import batch_positives
-from pipeline.train.checkpoint import fingerprint, resume, run_settings, save_checkpoint, truncate_live_plots
+from pipeline.train.checkpoint import (
+    TrainState,
+    fingerprint,
+    resume,
+    run_settings,
+    save_checkpoint,
+    truncate_live_plots,
+)
 from pipeline.train.compile import CompiledStep, unwrap, wants_compile
 from pipeline.train.distributed import init_distributed, replicas_identical, resolve_device
 from pipeline.train.optim import build_optimizer, lr_lambda
@@ -61,20 +67,6 @@ def build_model(cfg: TrainParams, num_classes: int) -> LIOModel:
     return model
 
 
-def check_files(rows: list[Record], prepared: Path) -> None:
-    """Every image of the manifest is still on disk with the size `prepare` saw: a dataset
-    edited since then (data.root lies outside the repository) is refused before training."""
-    for r in rows:
-        path = Path(r.path)
-        size = path.stat().st_size if path.exists() else None
-        if size is None or (r.bytes and size != r.bytes):
-            now = "is missing" if size is None else f"has {size} bytes, not {r.bytes}"
-            raise TrainingError(
-                f"{prepared}/manifest.csv lists {path}, which {now}: the dataset changed since `lio prepare`; "
-                "run `dvc repro prepare` (or `dvc repro`)"
-            )
-
-
 # ---------------------------------------------------------------- loops
 def batch_layouts(lio: LIOConfig, device: torch.device) -> Callable[[int], PairIndex]:
     """The positives of a batch of B images as a pair index on `device`, built on the host once
@@ -89,21 +81,22 @@ def batch_layouts(lio: LIOConfig, device: torch.device) -> Callable[[int], PairI
     return of
 
 
-def train_one_epoch(
-    model,
-    loader,
-    optimizer,
-    scheduler,
-    ema,
-    device,
-    layouts: Callable[[int], PairIndex],
-    t: TrainConfig,
-    epoch: int,
-    show: bool,
-    bf16: bool = False,
-) -> dict:
+@dataclass(frozen=True)
+class Step:
+    """How a training step runs: the network it calls (`state.model`, or its compiled or DDP
+    wrapper), the device, each batch's positives, and bf16 autocast."""
+
+    net: nn.Module
+    device: torch.device
+    layouts: Callable[[int], PairIndex]
+    bf16: bool = False
+
+
+def train_one_epoch(state: TrainState, step_with: Step, loader, t: TrainConfig, show: bool) -> dict:
     """One pass over the group batches (each image with P positives, `batch_layouts`); the mean
     losses and top-1. One host sync per step, after the optimizer step (the loss check)."""
+    model, device, epoch = step_with.net, step_with.device, state.epoch
+    optimizer, scheduler, ema = state.optimizer, state.scheduler, state.ema
     model.train()
     sums: dict[str, float] = {}
     correct = seen = 0
@@ -115,8 +108,8 @@ def train_one_epoch(
         masks = masks[0].to(device, non_blocking=True) if masks else None
         if t.channels_last and device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(device, bf16):
-            out = model(images, labels, layouts(len(labels)), masks)
+        with autocast(device, step_with.bf16):
+            out = model(images, labels, step_with.layouts(len(labels)), masks)
         losses = {"loss": out.loss, **out.parts}
         # the losses and the correct count in one tensor, read once per step after the optimizer step
         # (the step is then queued without waiting; a non-finite loss stops the run before any checkpoint)
@@ -172,144 +165,127 @@ def train(
     bf16, precision = resolve_amp(cfg.train.amp, device)
     if main:
         print(precision)
-    rows, classes = read_manifest(prepared)
-    check_files(rows, prepared)
-    tf = cfg.data.transforms
-    gt = cfg.lio.mask_source == "gt"
-    train_set = ManifestDataset(rows, "train", ClassificationPresetTrain(tf), masks=gt)
-    unmasked = [r.path for r in train_set.rows if not r.mask] if gt else []
-    if unmasked:
-        raise TrainingError(
-            f"lio.mask_source: gt trains OEL against true masks, but {len(unmasked)} of {len(train_set)} training "
-            f"images in {prepared}/manifest.csv have none (e.g. {unmasked[0]}); use a dataset with masks "
-            "(synthetic, or CUB with segmentations/) or set lio.mask_source: pseudo"
-        )
-    val_set = ManifestDataset(rows, "val", ClassificationPresetEval(tf))
-    test_set = ManifestDataset(rows, "test", ClassificationPresetEval(tf))
-    present = set(train_set.labels)
-    empty = [c for i, c in enumerate(classes) if i not in present]
-    if empty:
-        raise TrainingError(f"{prepared}/manifest.csv: class(es) with no training images: {', '.join(empty[:10])}")
-
-    P = cfg.lio.P
-    sampler = GroupBatchSampler(train_set.labels, P, cfg.train.batch_size // (P + 1), cfg.seed, rank, world, classes)
-    workers = cfg.data.workers
-    draws = SeededDraws(train_set, cfg.seed, rank)  # the same batches for any data.workers
-    loader: DataLoader | DeviceLoader
-    if cfg.data.augment == "device" or (cfg.data.augment == "auto" and device.type == "cuda"):
-        # decoded once, augmented a batch at a time on the device (the CPU preset's distribution)
-        on_device = DeviceImages(train_set.rows, tf.resize, device, masks=gt, workers=workers)
-        loader = DeviceLoader(on_device, sampler, DeviceAugment(tf).to(device))
-    else:
-        # not persistent: a worker copies `draws` when each epoch's iterator starts, so it sees set_epoch
-        batches = NumberedBatches(sampler)
-        loader = DataLoader(draws, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda")
-
-    def eval_loader(ds):
-        return DataLoader(ds, batch_size=cfg.train.eval_batch_size, num_workers=workers)
-
+    sets = training_sets(prepared, cfg.data.transforms, masks=cfg.lio.mask_source == "gt")
+    sampler = GroupBatchSampler(
+        sets.train.labels, cfg.lio.P, cfg.train.batch_size // (cfg.lio.P + 1), cfg.seed, rank, world, sets.classes
+    )
+    draws = SeededDraws(sets.train, cfg.seed, rank)  # the same batches for any data.workers
+    loader = training_loader(cfg, sets, sampler, draws, device)
     if device.type == "cuda":
         # TF32 for float32 matmuls: the pseudo mask's products (the backbone runs bf16 under autocast).
         # Measured on an H200 (issue "GPU speed"): M within 2e-4 of its spatial contrast, argmax unchanged.
         torch.set_float32_matmul_precision("high")
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, len(classes)).to(device)
-    if cfg.train.channels_last and device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg.train, model)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train, len(sampler)))
-    ema = (
-        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
-        if cfg.train.ema_decay > 0
-        else None
-    )
-
+    state = initial_state(cfg, len(sets.classes), device, len(sampler))
     checkpoint = checkpoints / "last.pt"
     if main:  # a run killed while saving leaves its temporary (up to the checkpoint's size) behind
         for folder in (checkpoints, out_model.parent):
             remove_stale_temporaries(folder)
     settings = run_settings(cfg)
     stamp = fingerprint(settings, prepared / "manifest.csv")
-    start, best = resume(checkpoint, stamp, settings, model, optimizer, scheduler, ema)
-    if start and main:
-        print(f"resuming from {checkpoint} after epoch {start}")
-
-    net: nn.Module = model
-    if wants_compile(cfg.train.compile, device):
-        net = CompiledStep(model)
+    if resume(checkpoint, stamp, settings, state) and main:
+        print(f"resuming from {checkpoint} after epoch {state.epoch}")
+    net: nn.Module = CompiledStep(state.model) if wants_compile(cfg.train.compile, device) else state.model
     if world > 1:
         net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    layouts = batch_layouts(cfg.lio, device)
+    step_with = Step(net, device, batch_layouts(cfg.lio, device), bf16)
+    live = open_live(live_dir, state.epoch) if main else None
 
-    live = None
-    if main:
-        from dvclive import Live
+    def eval_loader(ds):
+        return DataLoader(ds, batch_size=cfg.train.eval_batch_size, num_workers=cfg.data.workers)
 
-        if start:
-            truncate_live_plots(live_dir, start)
-        live = Live(str(live_dir), resume=start > 0, dvcyaml=None, save_dvc_exp=False)
-        live.step = start  # the checkpoint's epoch, not dvclive's own count (a run killed mid-save logged one more)
-    scored = ema.module if ema is not None else model
     started = time.perf_counter()
-    for epoch in range(start, cfg.train.epochs):
-        torch.manual_seed(cfg.seed * 1000 + epoch)
-        draws.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        stats = train_one_epoch(net, loader, optimizer, scheduler, ema, device, layouts, cfg.train, epoch, main, bf16)
-        val = evaluate(scored, eval_loader(val_set), device, "val", main)
-        if val["top1"] > best["val_top1"]:
-            best = {
-                "epoch": epoch + 1,
-                "val_top1": val["top1"],
-                "state": {k: v.detach().cpu().clone() for k, v in scored.state_dict().items()},
-            }
-        if main:  # rank 0 logs and writes the checkpoint; every rank holds the same weights (checked at the end)
-            assert live is not None
-            for k, v in stats.items():
-                live.log_metric(f"train/{k}", v)
-            live.log_metric("val/top1", val["top1"])
-            live.log_metric("val/loss", val["loss"])
-            live.log_metric("lr", optimizer.param_groups[0]["lr"])
-            live.next_step()
-            print(
-                f"epoch {epoch + 1}/{cfg.train.epochs}: loss {stats['loss']:.4f} train top1 {stats['top1']:.3f} "
-                f"val top1 {val['top1']:.3f}"
-            )
-            save_checkpoint(checkpoint, epoch + 1, stamp, settings, model, optimizer, scheduler, ema, best)
-    identical = replicas_identical(model) if world > 1 else None
+    while state.epoch < cfg.train.epochs:
+        torch.manual_seed(cfg.seed * 1000 + state.epoch)
+        draws.set_epoch(state.epoch)
+        sampler.set_epoch(state.epoch)
+        stats = train_one_epoch(state, step_with, loader, cfg.train, main)
+        val = evaluate(state.scored, eval_loader(sets.val), device, "val", main)
+        state.observe(val["top1"])
+        if live is not None:  # rank 0 logs and writes the checkpoint; every rank holds the same weights
+            log_epoch(live, state, stats, val, cfg.train.epochs)
+            save_checkpoint(checkpoint, state, stamp, settings)
+    identical = replicas_identical(state.model) if world > 1 else None
     if identical is False:  # every rank sees it, so every rank stops: a model from diverged replicas is not a model
         dist.destroy_process_group()
         raise TrainingError(
             f"the {world} DDP replicas hold different parameters after training (a non-deterministic or "
             "rank-dependent step); nothing was written. Rerun, and report it if it repeats"
         )
-    if not main:
+    if live is None:
         dist.destroy_process_group()
         return None
-
-    assert live is not None  # rank 0
-    scored.load_state_dict(best["state"])
-    test = evaluate(scored, eval_loader(test_set), device, "test", True)
-    summary = TrainingSummary(
-        best=Best(epoch=best["epoch"], val_top1=best["val_top1"]),
-        test=TestScore(top1=test["top1"], top5=test["top5"]),
-        chance=1 / len(classes),
-        train_seconds=time.perf_counter() - started,
-        images={"train": len(train_set), "val": len(val_set), "test": len(test_set)},
-        ddp_replicas_identical=identical,  # always True with DDP: diverged replicas raised above
-    )
+    seconds = time.perf_counter() - started
+    summary = finish(cfg, state, sets, eval_loader(sets.test), device, seconds, identical, out_model)
     live.summary.update({k: v for k, v in summary.to_json().items() if v is not None})
     live.end()
-    save_trained(
-        out_model,
-        scored,
-        model_info={"num_classes": len(classes), **dataclasses.asdict(cfg.model)},
-        lio=dataclasses.asdict(cfg.lio),
-        classes=classes,
-        preprocess=dataclasses.asdict(preprocessing(tf)),
-        settings=to_dict(cfg),
-        metrics=summary.to_json(),
-    )
     if world > 1:
         dist.destroy_process_group()
+    return summary
+
+
+def training_loader(cfg: TrainParams, sets: TrainingSets, sampler, draws: SeededDraws, device: torch.device):
+    """Group batches of augmented training images: decoded once and augmented on the device (the CPU
+    preset's distribution), or decoded and augmented per image by DataLoader workers."""
+    tf, gt, workers = cfg.data.transforms, cfg.lio.mask_source == "gt", cfg.data.workers
+    if cfg.data.augment == "device" or (cfg.data.augment == "auto" and device.type == "cuda"):
+        on_device = DeviceImages(sets.train.rows, tf.resize, device, masks=gt, workers=workers)
+        return DeviceLoader(on_device, sampler, DeviceAugment(tf).to(device))
+    # not persistent: a worker copies `draws` when each epoch's iterator starts, so it sees set_epoch
+    return DataLoader(
+        draws, batch_sampler=NumberedBatches(sampler), num_workers=workers, pin_memory=device.type == "cuda"
+    )
+
+
+def initial_state(cfg: TrainParams, num_classes: int, device: torch.device, steps_per_epoch: int) -> TrainState:
+    """The model (seeded), its optimizer, the lr schedule and the weight EMA, before the first step."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, num_classes).to(device)
+    if cfg.train.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg.train, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train, steps_per_epoch))
+    ema = None
+    if cfg.train.ema_decay > 0:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
+    return TrainState(model, optimizer, scheduler, ema)
+
+
+def open_live(live_dir: Path, start: int):
+    """dvclive, resumed at the checkpoint's epoch (not its own count: a run killed mid-save logged one more)."""
+    from dvclive import Live
+
+    if start:
+        truncate_live_plots(live_dir, start)
+    live = Live(str(live_dir), resume=start > 0, dvcyaml=None, save_dvc_exp=False)
+    live.step = start
+    return live
+
+
+def log_epoch(live, state: TrainState, stats: dict, val: dict, epochs: int) -> None:
+    for k, v in stats.items():
+        live.log_metric(f"train/{k}", v)
+    live.log_metric("val/top1", val["top1"])
+    live.log_metric("val/loss", val["loss"])
+    live.log_metric("lr", state.optimizer.param_groups[0]["lr"])
+    live.next_step()
+    print(
+        f"epoch {state.epoch}/{epochs}: loss {stats['loss']:.4f} train top1 {stats['top1']:.3f} "
+        f"val top1 {val['top1']:.3f}"
+    )
+
+
+def finish(cfg, state: TrainState, sets: TrainingSets, test_loader, device, seconds, identical, out_model: Path):
+    """The best epoch's weights, scored once on the test split, saved with everything they were trained with."""
+    assert state.best.weights is not None, "at least one epoch ran"
+    state.scored.load_state_dict(state.best.weights)
+    test = evaluate(state.scored, test_loader, device, "test", True)
+    summary = TrainingSummary(
+        best=Best(epoch=state.best.epoch, val_top1=state.best.val_top1),
+        test=TestScore(top1=test["top1"], top5=test["top5"]),
+        chance=1 / len(sets.classes),
+        train_seconds=seconds,
+        images={"train": len(sets.train), "val": len(sets.val), "test": len(sets.test)},
+        ddp_replicas_identical=identical,  # always True with DDP: diverged replicas raised above
+    )
+    TrainedModel.of(state.scored, cfg, sets.classes, preprocessing(cfg.data.transforms), summary).save(out_model)
     return summary

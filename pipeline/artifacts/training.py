@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from pipeline.core.artifacts.base import Artifact
+from pipeline.artifacts.base import Artifact
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pipeline.core.artifacts.base import Artifact
+from pipeline.artifacts.base import Artifact
 
 #: the maps scored against the true masks, in table order: the trained ones (m' only with OEL),
 #: then the references at the same N; each is stored as IOU + name

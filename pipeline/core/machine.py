@@ -1,4 +1,5 @@
-"""The machine a benchmark ran on, to print beside its numbers (standard library only)."""
+"""The machine a number was measured on (benchmarks print it beside their tables; the study records
+it per run): the CPU's name and INT8 instruction sets, from the standard library only."""
 
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from pipeline.core.artifacts.base import Artifact
-from pipeline.core.artifacts.deployable import Preprocess
+from pipeline.artifacts.base import Artifact
+from pipeline.artifacts.deployable import Preprocess
 
 
 @dataclass(frozen=True)

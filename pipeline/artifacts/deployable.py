@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
-from pipeline.core.artifacts.base import Artifact, typed
-from pipeline.core.artifacts.training import TrainingSummary
+from pipeline.artifacts.base import Artifact, typed
+from pipeline.artifacts.training import TrainingSummary
+from pipeline.config.train import TrainParams
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ class Preprocess:
 @dataclass(frozen=True)
 class Deployable(Artifact):
     """models/<arch>.json beside the stripped weights: what every backend needs, and how the model
-    was trained (`training`: the params sections it was trained with, `summary`: its results)."""
+    was trained (`training`: the typed params sections it was trained with, `summary`: its results;
+    None in a file a client wrote by hand)."""
 
     STAGE: ClassVar[str] = "strip"
     arch: str
@@ -38,5 +40,5 @@ class Deployable(Artifact):
     preprocess: Preprocess
     input: str = "input"
     output: str = "logits"
-    training: dict[str, Any] = field(default_factory=dict)
+    training: TrainParams | None = None
     summary: TrainingSummary | None = None
