@@ -181,3 +181,10 @@ def test_the_params_check_follows_aliases(tmp_path):
 
 
 SECTIONS = ("seed", "data", "model", "lio", "train", "export", "engine", "report")
+
+
+def test_dvc_yaml_reads_as_dvc_reads_it():
+    """DVC reads dvc.yaml with ruamel, which refuses a duplicate key that PyYAML silently overwrites."""
+    from ruamel.yaml import YAML
+
+    assert list(YAML().load(DVC_TEXT)["stages"]) == list(DVC)
