@@ -74,7 +74,7 @@ def collect_command(preset, out, watch, machine):
         except PipelineError as e:
             raise click.ClickException(str(e)) from e
         click.echo(
-            f"{len(result['runs'])} finished runs -> {out}/study.md; the model card quotes it after "
+            f"{len(result.runs)} finished runs -> {out}/study.md; the model card quotes it after "
             "`dvc repro report` (which only re-renders: nothing is re-timed)"
         )
         if not watch:

@@ -125,27 +125,21 @@ def test_markdown_table():
 
 def test_model_card_quotes_the_study_and_its_choice(tmp_path):
     """The card quotes LIO's interval and, when the study chose another variant as the default, that one's."""
-    import json
+    from pipeline.artifacts.study import Choice, Paired, PresetStudy, Setting, Study, VariantSummary
 
     def variant(mean, lo, hi, n, wins):
-        return {"test_vs_baseline": {"mean": mean, "ci95": [lo, hi], "n": n, "wins": wins}}
+        d = Paired({}, mean, 0.01, (lo, hi), wins, n)
+        return VariantSummary(list(range(n)), 0.8, None, None, d, d, None)
+
+    def preset(variants, best):
+        return PresetStudy("p", Setting("d", []), "c", "m", variants, Choice([0], {}, best), [])
 
     path = tmp_path / "reports/study.json"
     assert study_line(path) == "no study recorded (`lio study`)."
-    study = {
-        "presets": {
-            "cpu": {
-                "variants": {
-                    "lio": variant(-0.024, -0.097, 0.048, 8, 4),
-                    "lio-binary": variant(-0.01, -0.18, 0.16, 3, 2),
-                },
-                "choice": {"best": "lio-binary"},
-            },
-            "transfer": {"variants": {"lio": variant(0.0, -0.007, 0.007, 8, 3)}, "choice": {"best": "lio"}},
-        }
-    }
-    path.parent.mkdir()
-    path.write_text(json.dumps(study))
+    cpu = preset(
+        {"lio": variant(-0.024, -0.097, 0.048, 8, 4), "lio-binary": variant(-0.01, -0.18, 0.16, 3, 2)}, "lio-binary"
+    )
+    Study({"cpu": cpu, "transfer": preset({"lio": variant(0.0, -0.007, 0.007, 8, 3)}, "lio")}).save(path)
     line = study_line(path)
     assert "cpu preset: LIO vs baseline -0.024 test top-1, 95% CI [-0.097, +0.048] over 8 paired seeds" in line
     assert "cpu preset: lio-binary (its choice by validation) vs baseline -0.010" in line

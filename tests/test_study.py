@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.artifacts.study import Paired, PresetStudy, Setting, Study, StudyRun, VariantSummary
 from pipeline.study.aggregate import aggregate, choice, verdict
 from pipeline.study.presets import PRESETS, VARIANTS, StudyError, grid, override_text
 from pipeline.study.report import collect, markdown
@@ -75,8 +76,8 @@ def test_queue_skips_recorded_runs(tmp_path):
     (repo / "dvc.yaml").write_text("stages:\n  s:\n    cmd: echo\n    params: [seed]\n")
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], cwd=repo, check=True)
-    study = {"presets": {"cpu": {"runs": [{"name": "study-cpu-baseline-s0"}, {"name": "study-cpu-lio-s0"}]}}}
-    (repo / "study.json").write_text(json.dumps(study))
+    done = [StudyRun(f"study-cpu-{v}-s0", v, 0, 0.5, 0.5, 1, 1.0) for v in ("baseline", "lio")]
+    Study({"cpu": PresetStudy("cpu", Setting("d", []), "c", "m", {}, None, done)}).save(repo / "study.json")
     import os
 
     cwd = os.getcwd()
@@ -148,7 +149,7 @@ def test_aggregate_pairs_seeds_with_the_baseline():
         },
     ]
     runs = records(shown, "cpu")
-    assert [r["name"] for r in runs] == [
+    assert [r.name for r in runs] == [
         "study-cpu-baseline-s0",
         "study-cpu-baseline-s1",
         "study-cpu-lio-s0",
@@ -156,22 +157,22 @@ def test_aggregate_pairs_seeds_with_the_baseline():
         "study-cpu-lio-detached-s0",
         "study-cpu-lio-detached-s1",
     ]  # other presets, names and unfinished runs left out
-    assert runs[-1]["localisation"] == {} and runs[2]["localisation"] == {"layer2": {"iou m'": 0.3}}
+    assert runs[-1].localisation == {} and runs[2].localisation == {"layer2": {"iou m'": 0.3}}
     v = aggregate(runs)
-    assert v["lio"]["test_top1_mean"] == pytest.approx(0.785)
-    d = v["lio"]["test_vs_baseline"]
-    assert d["per_seed"] == {0: pytest.approx(0.05), 1: pytest.approx(0.02)}
-    assert d["mean"] == pytest.approx(0.035) and d["wins"] == 2 and d["n"] == 2
+    assert v["lio"].test_top1_mean == pytest.approx(0.785)
+    d = v["lio"].test_vs_baseline
+    assert d.per_seed == {"0": pytest.approx(0.05), "1": pytest.approx(0.02)}
+    assert d.mean == pytest.approx(0.035) and d.wins == 2 and d.n == 2
     # t-interval, 1 degree of freedom: 0.035 +- 12.706 * std / sqrt(2), std of (0.05, 0.02) = 0.0212
-    assert d["ci95"] == pytest.approx([0.035 - 0.1906, 0.035 + 0.1906], abs=1e-3)
+    assert d.ci95 == pytest.approx((0.035 - 0.1906, 0.035 + 0.1906), abs=1e-3)
     assert verdict(v["lio"]) == "the interval includes zero: no difference shown"
-    assert v["lio"]["test_top1_std"] == pytest.approx(0.0919, abs=1e-4)
-    assert v["lio"]["localisation"]["layer2"]["iou m'"] == pytest.approx(0.4)
+    assert v["lio"].test_top1_std == pytest.approx(0.0919, abs=1e-4)
+    assert v["lio"].localisation["layer2"]["iou m'"] == pytest.approx(0.4)
 
 
 def test_choice_compares_validation_on_shared_seeds():
     def run(variant, seed, val, test=0.5):
-        return {"variant": variant, "seed": seed, "best_val_top1": val, "test_top1": test}
+        return StudyRun(f"study-cpu-{variant}-s{seed}", variant, seed, test, val, 3, 1.0)
 
     runs = [
         *(run("baseline", s, 0.99) for s in range(3)),  # not a candidate, however good
@@ -183,14 +184,15 @@ def test_choice_compares_validation_on_shared_seeds():
         run("lio-gm", 0, 0.95),  # needs true masks: not a candidate
     ]
     c = choice(runs)
-    assert c["seeds"] == [0, 1] and c["best"] == "lio-binary"
-    assert c["val_top1_mean"] == {"lio": pytest.approx(0.75), "lio-binary": pytest.approx(0.76)}
+    assert c is not None and c.seeds == [0, 1] and c.best == "lio-binary"
+    assert c.val_top1_mean == {"lio": pytest.approx(0.75), "lio-binary": pytest.approx(0.76)}
     assert choice([run("baseline", 0, 0.9)]) is None
 
 
 def test_verdict_names_the_side_of_zero():
     def v(ci):
-        return {"test_vs_baseline": {"ci95": ci}}
+        d = Paired({}, None, None, ci, 0, 0)
+        return VariantSummary([0, 1], 0.5, None, None, d, d, None)
 
     assert "above zero" in verdict(v([0.01, 0.05])) and "below zero" in verdict(v([-0.05, -0.01]))
     assert "no interval" in verdict(v(None))
@@ -296,45 +298,25 @@ def test_collect_leaves_out_a_real_failed_experiment(tmp_path):
     finally:
         os.chdir(cwd)
         subprocess.run([*dvc, "queue", "stop", "--kill"], cwd=repo, capture_output=True)
-    assert [r["name"] for r in result["runs"]] == ["study-cpu-baseline-s0"]
-    assert result["runs"][0]["test_top1"] == 0.5
+    assert [r.name for r in result.runs] == ["study-cpu-baseline-s0"]
+    assert result.runs[0].test_top1 == 0.5
 
 
 def test_lio_batch_is_compared_with_lio_paired_by_seed():
     def run(variant, seed, test):
-        return {
-            "variant": variant,
-            "seed": seed,
-            "best_val_top1": test,
-            "test_top1": test,
-            "train_seconds": 1.0,
-            "localisation": {},
-            "name": f"study-cpu-{variant}-s{seed}",
-            "best_epoch": 1,
-        }
+        return StudyRun(f"study-cpu-{variant}-s{seed}", variant, seed, test, test, 1, 1.0)
 
     runs = [run("baseline", s, 0.5) for s in range(3)]
     runs += [run("lio", s, t) for s, t in enumerate([0.60, 0.70, 0.80])]
     runs += [run("lio-batch", s, t) for s, t in enumerate([0.62, 0.66])]  # seed 2 not run yet
     got = aggregate(runs)["lio-batch"]
-    assert got["reference"] == "lio"
-    d = got["test_vs_reference"]
-    assert d["n"] == 2 and d["wins"] == 1 and d["mean"] == pytest.approx(-0.01)
-    assert "test_vs_reference" not in aggregate(runs)["lio"]
-    assert "lio-batch against lio (one setting apart), paired by seed on test: -0.010" in markdown(
-        {
-            "presets": {
-                "cpu": {
-                    "runs": runs,
-                    "variants": aggregate(runs),
-                    "choice": None,
-                    "setting": {"description": "d", "set": []},
-                    "command": "c",
-                    "machine": "m",
-                }
-            }
-        }
-    )
+    assert got.reference == "lio"
+    d = got.test_vs_reference
+    assert d is not None and d.n == 2 and d.wins == 1 and d.mean == pytest.approx(-0.01)
+    assert aggregate(runs)["lio"].test_vs_reference is None
+    section = PresetStudy("cpu", Setting("d", []), "c", "m", aggregate(runs), None, runs)
+    text = markdown(Study({"cpu": section}))
+    assert "lio-batch against lio (one setting apart), paired by seed on test: -0.010" in text
 
 
 def test_structure_preset_reaches_the_runs_and_stops_after_localise(tmp_path):

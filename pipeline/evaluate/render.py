@@ -13,6 +13,7 @@ from pipeline.artifacts.engine import EngineInfo
 from pipeline.artifacts.export import ExportReport, GateResult
 from pipeline.artifacts.extent import IOU, MAPS, Extent
 from pipeline.artifacts.scores import BackendScore, Scores
+from pipeline.artifacts.study import Study
 from pipeline.config.train import TrainParams
 from pipeline.core.io import write_text
 from pipeline.core.markdown import table
@@ -264,17 +265,18 @@ def study_line(path: Path) -> str:
     if not path.exists():
         return "no study recorded (`lio study`)."
     parts = []
-    for preset, section in json.loads(path.read_text()).get("presets", {}).items():
-        chosen = (section.get("choice") or {}).get("best")
+    for preset, section in Study.read(path).presets.items():
+        chosen = section.choice.best if section.choice else None
         for name in dict.fromkeys(["lio", chosen]):
-            v = section.get("variants", {}).get(name)
-            if not v or v["test_vs_baseline"]["ci95"] is None:
+            v = section.variants.get(name) if name else None
+            d = v.test_vs_baseline if v is not None else None
+            if d is None or d.ci95 is None or d.mean is None:
                 continue
-            d = v["test_vs_baseline"]
+            lo, hi = d.ci95
             parts.append(
                 f"{preset} preset: {'LIO' if name == 'lio' else name}"
-                f"{' (its choice by validation)' if name == chosen else ''} vs baseline {d['mean']:+.3f} test top-1, "
-                f"95% CI [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] over {d['n']} paired seeds ({d['wins']} wins)"
+                f"{' (its choice by validation)' if name == chosen else ''} vs baseline {d.mean:+.3f} test top-1, "
+                f"95% CI [{lo:+.3f}, {hi:+.3f}] over {d.n} paired seeds ({d.wins} wins)"
             )
     return (
         "; ".join(parts) + " (reports/study.md)."

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from pipeline.artifacts.study import Study, StudyRun
 from pipeline.artifacts.training import TrainingSummary
 from pipeline.config.schema import apply_overrides
 from pipeline.core import paths
@@ -41,7 +42,7 @@ def queue(
         )
     done = pending()
     if recorded is not None:
-        done |= {r["name"] for p in load_study(recorded)["presets"].values() for r in p.get("runs", [])}
+        done |= {r.name for p in Study.read(recorded).presets.values() for r in p.runs}
     names = []
     target = [PRESETS[preset].target] if PRESETS[preset].target else []
     for name, overrides in grid(preset, seeds, other_seeds, variants, pretrained):
@@ -80,17 +81,6 @@ def show(preset: str) -> list:
     every commit of the repository: minutes per call once the study has committed a few dozen times)."""
     revs = baselines(preset)
     return json.loads(_dvc("exp", "show", "--json", *(a for r in revs for a in ("--rev", r)))) if revs else []
-
-
-def load_study(path: Path) -> dict:
-    """The recorded study, or an empty one; a file from before presets were sections is read as the cpu preset's."""
-    if not path.exists():
-        return {"presets": {}}
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise StudyError(f"{path}: not valid JSON ({e}); restore it with `git checkout {path}`") from e
-    return data if "presets" in data else {"presets": {data["preset"]: data}}
 
 
 def pretrain(work: Path, out: Path, params: Path = Path("params.yaml")) -> TrainingSummary | None:
@@ -149,8 +139,9 @@ def localisation(data: dict) -> dict:
     return extent.get("stages") or {} if model and extent.get("model_md5") == model else {}
 
 
-def records(shown, preset: str) -> list[dict]:
-    """One record per finished study run of `preset` (runs without test metrics are still going or failed)."""
+def records(shown, preset: str, machine: str | None = None) -> list[StudyRun]:
+    """One record per finished study run of `preset` (runs without test metrics are still going or
+    failed), stamped with `machine`, where they ran (experiments live only there)."""
     out = {}
     for name, data in experiments(shown):
         m = NAME.match(name)
@@ -161,14 +152,18 @@ def records(shown, preset: str) -> list[dict]:
         top1 = _metric(data, "dvclive/metrics.json", "test", "top1")
         if top1 is None:
             continue
-        out[name] = {
-            "name": name,
-            "variant": m["variant"],
-            "seed": int(m["seed"]),
-            "test_top1": top1,
-            "best_val_top1": _metric(data, "dvclive/metrics.json", "best", "val_top1"),
-            "best_epoch": _metric(data, "dvclive/metrics.json", "best", "epoch"),
-            "train_seconds": _metric(data, "dvclive/metrics.json", "train_seconds"),
-            "localisation": localisation(data),
-        }
-    return sorted(out.values(), key=lambda r: (list(VARIANTS).index(r["variant"]), r["seed"]))
+        params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
+        out[name] = StudyRun(
+            name=name,
+            variant=m["variant"],
+            seed=int(m["seed"]),
+            test_top1=top1,
+            best_val_top1=_metric(data, "dvclive/metrics.json", "best", "val_top1"),
+            best_epoch=_metric(data, "dvclive/metrics.json", "best", "epoch"),
+            train_seconds=_metric(data, "dvclive/metrics.json", "train_seconds"),
+            localisation=localisation(data),
+            train_top1_last=_metric(data, "dvclive/metrics.json", "train", "top1"),  # the last epoch's
+            epochs=(params.get("train") or {}).get("epochs"),
+            machine=machine,
+        )
+    return sorted(out.values(), key=lambda r: (list(VARIANTS).index(r.variant), r.seed))
