@@ -191,7 +191,7 @@ def _meta():
 
 def export_onnx(folder: Path) -> tuple[Path, torch.nn.Module]:
     from pipeline.backbone import build_backbone
-    from pipeline.deploy.export import export_fp32
+    from pipeline.deploy.convert import export_fp32
 
     torch.manual_seed(0)
     model = build_backbone("resnet50", CLASSES).eval()

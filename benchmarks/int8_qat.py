@@ -31,7 +31,7 @@ from pipeline.data.dataset import ManifestDataset, stack_images
 from pipeline.data.manifest import read_manifest
 from pipeline.data.transforms import ClassificationPresetTrain, eval_preset
 from pipeline.deploy import onnx_runtime, qat
-from pipeline.deploy.export import export_fp32, export_qdq
+from pipeline.deploy.convert import export_fp32, export_qdq
 from pipeline.deploy.quantize import export_int8_cpu
 from pipeline.deploy.runners import load_deployable
 

@@ -1,4 +1,5 @@
-"""`lio export`: params `export`, `seed`, `model.arch`; models/<arch>.pt -> models/onnx/, reports/export.json."""
+"""`lio export`: params `export`, `seed`, `model.arch`, `engine.max_batch` (the batch CPU speed is timed at);
+models/<arch>.pt -> models/onnx/, reports/export.json."""
 
 import click
 
@@ -19,6 +20,7 @@ def command(cfg):
         paths.EXPORT_REPORT,
         cfg.export,
         cfg.seed,
+        cfg.engine.max_batch,
         paths.FUSED,
     )
     for precision, v in result.variants.items():
@@ -26,7 +28,7 @@ def command(cfg):
         if v.gate is not None:
             g = v.gate
             lo, hi = g.agreement_ci95
-            kept = v.details.get("kept_in_fp32")
+            kept = v.kept_in_fp32
             line += (
                 f", gate {v.status} on {g.images} images: top1 {g.top1:.4f} = {g.top1_ratio:.4f} x FP32's "
                 f"(min {g.min_top1_ratio}), agreement {g.agreement:.4f} [{lo:.3f}, {hi:.3f}] (floor {g.min_agreement})"

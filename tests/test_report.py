@@ -149,7 +149,7 @@ def test_model_card_quotes_the_study_and_its_choice(tmp_path):
 def test_the_report_says_by_how_much_a_rejected_variant_missed_and_what_the_fallback_kept():
     from dataclasses import replace
 
-    from pipeline.artifacts.export import GateResult
+    from pipeline.artifacts.export import FallbackSpeed, GateResult, SelectionTry
     from pipeline.config.export import RULE
     from pipeline.evaluate.render import gate_lines
 
@@ -170,13 +170,10 @@ def test_the_report_says_by_how_much_a_rejected_variant_missed_and_what_the_fall
         test_agreement=0.98,
         max_abs_diff_vs_fp32=1.0,
     )
-    first = {"candidate": "", "kept_in_fp32": [], "images": 504, "agreement": 0.9623, "top1": 0.80, "top1_fp32": 0.83}
-    tries = [
-        {**first, "top1_drop": 0.03, "passed": False},
-        {**first, "kept_in_fp32": ["layer4.2.conv3", "fc"], "agreement": 0.99, "passed": True},
-    ]
-    details = {"selection": tries, "kept_in_fp32": ["layer4.2.conv3", "fc"]}
-    v = Variant("int8", "models/onnx/model.int8.onnx", "rejected", 0.83, gate=g, details=details)
+    first = SelectionTry("", [], 504, 0.9623, 0.80, 0.83, 0.03, False)
+    tries = [first, replace(first, kept_in_fp32=["layer4.2.conv3", "fc"], agreement=0.99, passed=True)]
+    kept = ["layer4.2.conv3", "fc"]
+    v = Variant("int8", "models/onnx/model.int8.onnx", "rejected", 0.83, gate=g, selection=tries, kept_in_fp32=kept)
     lines = gate_lines(ExportReport("x", {"int8": v}))
     assert lines[0].startswith(f"Rule: {RULE}; agreement with FP32 is a floor") and "MLPerf" in lines[0]
     assert (
@@ -192,13 +189,12 @@ def test_the_report_says_by_how_much_a_rejected_variant_missed_and_what_the_fall
         f"in FP32 (layer4.2.conv3, fc); {chose}." in lines
     )
     good = replace(g, passed=True, agreement=0.998, top1=0.8359, top1_ratio=1.0, top1_drop=0.0)
-    speed = {"every_layer_int8": 900.0, "shipped": 850.0}
-    v = replace(v, status="passed", gate=good, details={**details, "fallback_batch32_img_s": speed})
+    v = replace(v, status="passed", gate=good, fallback_speed=FallbackSpeed(900.0, 850.0, 32))
     assert (
         f"- int8_cpu passed with 2 layers kept in FP32 (layer4.2.conv3, fc); {chose}; on this CPU at batch 32 it "
         "runs 850 img/s against 900 with every layer in INT8." in gate_lines(ExportReport("x", {"int8_cpu": v}))
     )
-    v = replace(v, details={"selection": [{**tries[0], "agreement": 0.995, "passed": True}]})
+    v = replace(v, selection=[replace(first, agreement=0.995, passed=True)], kept_in_fp32=[], fallback_speed=None)
     assert gate_lines(ExportReport("x", {"int8": v}))[-1].startswith(
         "- int8 passed with every Conv and the classifier in INT8; chosen before the gate on 504 selection images"
     )

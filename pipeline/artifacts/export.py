@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pipeline.artifacts.base import Artifact
 
@@ -34,9 +34,86 @@ Status = Literal["reference", "passed", "rejected"]
 
 
 @dataclass(frozen=True)
+class Parity:
+    """Two runs of the same model on the same images: same top-1, logits within a tolerance."""
+
+    images: int
+    same_top1: bool
+    max_abs_diff: float
+    largest_logit: float
+    passed: bool
+
+
+@dataclass(frozen=True)
+class FakeQuantParity:
+    """An exported QDQ graph against the fake-quantized model it came from."""
+
+    images: int
+    same_top1: float  # share of images with the same top-1
+    relative_diff: float
+    max_abs_diff: float
+    largest_logit: float
+
+
+@dataclass(frozen=True)
+class SelectionTry:
+    """One candidate against FP32 on the selection images (never a gate image), held to its gate."""
+
+    candidate: str  # e.g. "QDQ/MinMax, 2 layers in FP32"
+    kept_in_fp32: list[str]
+    images: int
+    agreement: float
+    top1: float
+    top1_fp32: float
+    top1_drop: float
+    passed: bool
+    reason: str | None = None  # why it falls short whatever it scores (a QAT run that did not converge)
+
+
+@dataclass(frozen=True)
+class CandidateSpeed:
+    """One way a variant can be made, timed on this machine's CPU when there was a choice."""
+
+    label: str
+    format: str | None
+    calibration: str | None
+    img_s: float
+    batch: int
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    layer: str
+    error_removed: float  # share of the INT8 logit error that keeping this layer in FP32 removes
+
+
+@dataclass(frozen=True)
+class FallbackSpeed:
+    """What the layers kept in FP32 cost in speed, on this CPU, at `batch`."""
+
+    every_layer_int8: float
+    shipped: float
+    batch: int
+
+
+@dataclass(frozen=True)
+class QatSummary:
+    """The quantization-aware fine-tuning, as `pipeline.deploy.qat` logged it."""
+
+    epochs: int
+    steps: int
+    loss: list[float]
+    agreement_before: float
+    agreement_after: float
+    relative_error_before: float
+    relative_error_after: float
+    converged: bool
+
+
+@dataclass(frozen=True)
 class Variant:
-    """One ONNX variant: its file (deleted when rejected), verdict and numbers. `details` holds what
-    only the report prints (int8_cpu's candidates, the INT8 repair, FP32's parity)."""
+    """One ONNX variant: its file (deleted when rejected), verdict and numbers, and how it was made:
+    the candidates timed, the selection tries, the layers kept in FP32 and why."""
 
     precision: str
     file: str
@@ -44,7 +121,21 @@ class Variant:
     test_top1: float
     provider: str = ""
     gate: GateResult | None = None
-    details: dict[str, Any] = field(default_factory=dict)
+    parity_vs_pytorch: Parity | None = None  # fp32 only
+    gate_top1: float | None = None  # fp32 only: its top-1 on the gate images
+    calibration_images: int | None = None
+    format: str | None = None  # int8_cpu: QDQ | QOperator
+    calibration: str | None = None  # int8_cpu: MinMax | Entropy | ...
+    qat: QatSummary | None = None
+    parity_vs_fake_quant: FakeQuantParity | None = None
+    failed: dict[str, str] = field(default_factory=dict)  # candidate -> why ONNX Runtime could not make it
+    candidates: list[CandidateSpeed] = field(default_factory=list)
+    selection: list[SelectionTry] = field(default_factory=list)
+    sensitivity: list[Sensitivity] = field(default_factory=list)
+    kept_in_fp32: list[str] = field(default_factory=list)
+    inputs_in_fp32: list[str] = field(default_factory=list)
+    fallback_speed: FallbackSpeed | None = None
+    rejected_because: str | None = None
 
     @property
     def deployable(self) -> bool:
@@ -52,11 +143,18 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class FusedCheck:
+    file: str
+    input: str
+    parity_vs_fp32: Parity
+
+
+@dataclass(frozen=True)
 class ExportReport(Artifact):
     STAGE: ClassVar[str] = "export"
     decided_on: str  # which split and which FP32 reference the gates were decided on
     variants: dict[str, Variant]  # precision -> result, in export order
-    fused_preprocess: dict[str, Any] | None = None
+    fused_preprocess: FusedCheck | None = None
 
     def deployable(self, precision: str) -> bool:
         """Exported and not rejected: FP32 (the reference) or a variant that passed its gate."""

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+from pipeline.config.engine import EngineConfig
 from pipeline.config.model import ModelConfig
 from pipeline.config.schema import Params, need
 from pipeline.core.arch import PRECISIONS
@@ -120,3 +121,4 @@ class ExportParams(Params):
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)  # max_batch: the batch CPU speed is timed at

@@ -11,20 +11,14 @@ in one pass of forward calls: 54 for a ResNet-50, a few seconds on 128 small ima
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from pipeline.artifacts.export import Sensitivity
 from pipeline.deploy import qat
-
-
-@dataclass(frozen=True)
-class LayerSensitivity:
-    layer: str  # the torchvision module name, e.g. "layer4.2.conv3", "fc"
-    error_removed: float  # the share of the all-INT8 logit error that keeping this layer in FP32 removes
 
 
 def quantized_layers(model: nn.Module) -> list[str]:
@@ -46,7 +40,7 @@ def _quantizers(student: nn.Module, layer: str) -> list[Any]:
 
 
 @torch.no_grad()
-def rank_layers(model: nn.Module, calibration: torch.Tensor, images: torch.Tensor) -> list[LayerSensitivity]:
+def rank_layers(model: nn.Module, calibration: torch.Tensor, images: torch.Tensor) -> list[Sensitivity]:
     """Every quantized layer by how much of the INT8 error keeping it in FP32 removes, largest first
     (ties in network order)."""
     model = model.eval()
@@ -63,7 +57,7 @@ def rank_layers(model: nn.Module, calibration: torch.Tensor, images: torch.Tenso
         switched = _quantizers(student, layer)
         for q in switched:
             q.disable()
-        ranked.append(LayerSensitivity(layer, (full - error()) / full if full > 0 else 0.0))
+        ranked.append(Sensitivity(layer, (full - error()) / full if full > 0 else 0.0))
         for q in switched:
             q.enable()
     return sorted(ranked, key=lambda s: -s.error_removed)

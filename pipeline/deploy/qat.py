@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from pipeline.artifacts.export import FakeQuantParity, QatSummary
 from pipeline.config.export import QATConfig
 from pipeline.core.arch import STAGES
 
@@ -146,8 +147,8 @@ class Distillation:
         finite = all(math.isfinite(v) for v in self.loss)
         return finite and self.relative_error_after <= 1.1 * self.relative_error_before
 
-    def summary(self) -> dict:
-        return {**self.__dict__, "converged": self.converged}
+    def summary(self) -> QatSummary:
+        return QatSummary(**self.__dict__, converged=self.converged)
 
 
 def _compare(student: nn.Module, teacher: nn.Module, images: torch.Tensor) -> tuple[float, float]:
@@ -233,7 +234,7 @@ def train_student(model: nn.Module, train_set, calibration: torch.Tensor, cfg: Q
     return Student(fold(student), log)
 
 
-def parity(student: nn.Module, run, images: np.ndarray) -> dict:
+def parity(student: nn.Module, run, images: np.ndarray) -> FakeQuantParity:
     """The exported graph (`run`: numpy -> logits) against the fake-quantized model it came from: the
     share with the same top-1, the relative logit difference and the largest one (values on a step's
     edge round either way in integer and float arithmetic; nothing else should differ)."""
@@ -241,13 +242,13 @@ def parity(student: nn.Module, run, images: np.ndarray) -> dict:
         expected = student.eval()(torch.from_numpy(images)).numpy()
     got = np.asarray(run(images))
     scale = float(np.abs(expected).max())
-    return {
-        "images": len(images),
-        "same_top1": float((got.argmax(1) == expected.argmax(1)).mean()),
-        "relative_diff": float(np.linalg.norm(got - expected) / np.linalg.norm(expected)),
-        "max_abs_diff": float(np.abs(got - expected).max()),
-        "largest_logit": scale,
-    }
+    return FakeQuantParity(
+        images=len(images),
+        same_top1=float((got.argmax(1) == expected.argmax(1)).mean()),
+        relative_diff=float(np.linalg.norm(got - expected) / np.linalg.norm(expected)),
+        max_abs_diff=float(np.abs(got - expected).max()),
+        largest_logit=scale,
+    )
 
 
 def plain(student: nn.Module) -> nn.Module:

@@ -1,10 +1,16 @@
-"""The deployable artifacts' metadata: what every backend needs beside the weights."""
+"""The backends the deployed model runs on here, as Polygraphy's runners are: one callable each
+(float32 NCHW numpy -> logits numpy) with its name, file and device; and the deployable's loader."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from pipeline.artifacts.deployable import Deployable
@@ -32,6 +38,26 @@ def load_deployable(weights: Path) -> tuple[torch.nn.Module, Deployable]:
             "rerun `dvc repro strip` or pass the .json that belongs to this file"
         ) from e
     return model.eval(), meta
+
+
+@dataclass
+class Backend:
+    """One way of running the deployed model here: a name for the tables, a numpy -> numpy call,
+    the file it runs, the device or provider that really runs it, and how to wait for it."""
+
+    name: str
+    run: Callable[[np.ndarray], np.ndarray]
+    file: Path
+    device: str
+    sync: Callable[[], Any] = lambda: None
+
+
+def onnx_backend(name: str, path: Path, device: str = "cpu") -> Backend:
+    """An ONNX file on ONNX Runtime's best provider for `device` here."""
+    from pipeline.deploy import onnx_runtime
+
+    sess = onnx_runtime.session(path, device)
+    return Backend(name, partial(onnx_runtime.run, sess), Path(path), onnx_runtime.provider(sess))
 
 
 def torch_runner(model: torch.nn.Module, device: str = "cpu"):

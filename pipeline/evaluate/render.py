@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pipeline.artifacts.deployable import Deployable
 from pipeline.artifacts.engine import EngineInfo
-from pipeline.artifacts.export import ExportReport, GateResult
+from pipeline.artifacts.export import ExportReport, GateResult, Variant
 from pipeline.artifacts.extent import IOU, MAPS, Extent
 from pipeline.artifacts.scores import BackendScore, Scores
 from pipeline.artifacts.study import Study
@@ -181,6 +181,17 @@ def model_card(
     return "\n".join(lines)
 
 
+GATE_COLUMNS = [
+    ("variant", "variant", ""),
+    ("status", "status", ""),
+    ("images", "images", ""),
+    ("ratio", "top-1 / FP32's = ratio", ""),
+    ("drop", "top-1 drop [95% CI]", ""),
+    ("agreement", "agreement with FP32 [95% CI]", ""),
+    ("test_top1", "test top-1", ".4f"),
+]
+
+
 def gate_lines(export: ExportReport) -> list[str]:
     """Every gate with its rule, image count and intervals; for a rejected variant, by how much it
     missed; for an INT8 one, what it kept in FP32 (and what that cost in speed here) and how every
@@ -192,54 +203,59 @@ def gate_lines(export: ExportReport) -> list[str]:
             continue
         rule = g.rule
         rows.append(
-            f"| {p} | {v.status} | {g.images} | {g.top1:.4f} / {g.top1_fp32:.4f} = {g.top1_ratio:.4f} "
-            f"(min {g.min_top1_ratio}) | {g.top1_drop:+.4f} {_pair(g.top1_drop_ci95, '+.4f')} | "
-            f"{g.agreement:.4f} {_pair(g.agreement_ci95, '.3f')} (floor {g.min_agreement}) | {g.test_top1:.4f} |"
+            {
+                "variant": p,
+                "status": v.status,
+                "images": g.images,
+                "ratio": f"{g.top1:.4f} / {g.top1_fp32:.4f} = {g.top1_ratio:.4f} (min {g.min_top1_ratio})",
+                "drop": f"{g.top1_drop:+.4f} {_pair(g.top1_drop_ci95, '+.4f')}",
+                "agreement": f"{g.agreement:.4f} {_pair(g.agreement_ci95, '.3f')} (floor {g.min_agreement})",
+                "test_top1": g.test_top1,
+            }
         )
-        selection = v.details.get("selection") or []
-        kept_layers = v.details.get("kept_in_fp32", [])
-        kept = f"{len(kept_layers)} layer{'s' * (len(kept_layers) != 1)} kept in FP32 ({', '.join(kept_layers)})"
-        chose = ""
-        if selection:
-            first = selection[0]
-            flips = round((1 - first["agreement"]) * first["images"])
-            chose = (
-                f"; chosen before the gate on {first['images']} selection images, where every layer in INT8 had "
-                f"top-1 {first['top1']:.4f} against FP32's {first['top1_fp32']:.4f} and agreed on "
-                f"{first['agreement']:.4f} ({flips} changed class); {len(selection)} selection tr"
-                + ("ies" if len(selection) > 1 else "y")
-            )
-        speed = v.details.get("fallback_batch32_img_s")
-        cost = (
-            f"; on this CPU at batch 32 it runs {speed['shipped']:.0f} img/s against {speed['every_layer_int8']:.0f} "
-            "with every layer in INT8"
-            if speed
-            else ""
+        if note := _gate_note(p, v, g):
+            notes.append(note)
+    head = [f"Rule: {rule}; agreement with FP32 is a floor against broken quantization, not the accuracy rule.", ""]
+    return head + table(rows, GATE_COLUMNS).splitlines() + ([""] + notes if notes else [])
+
+
+def _gate_note(p: str, v: Variant, g: GateResult) -> str | None:
+    kept_layers = v.kept_in_fp32
+    kept = f"{len(kept_layers)} layer{'s' * (len(kept_layers) != 1)} kept in FP32 ({', '.join(kept_layers)})"
+    chose = ""
+    if v.selection:
+        first = v.selection[0]
+        flips = round((1 - first.agreement) * first.images)
+        chose = (
+            f"; chosen before the gate on {first.images} selection images, where every layer in INT8 had "
+            f"top-1 {first.top1:.4f} against FP32's {first.top1_fp32:.4f} and agreed on "
+            f"{first.agreement:.4f} ({flips} changed class); {len(v.selection)} selection tr"
+            + ("ies" if len(v.selection) > 1 else "y")
         )
-        if not g.passed:
-            short = []
-            if g.top1_ratio < g.min_top1_ratio:
-                short.append(f"top-1 ratio {g.min_top1_ratio - g.top1_ratio:.4f} under its minimum")
-            if g.agreement < g.min_agreement:
-                short.append(f"agreement {g.min_agreement - g.agreement:.4f} under its floor")
-            why = " and ".join(short) or v.details.get("rejected_because", "its selection")
-            notes.append(
-                f"- {p} missed by {why} ({_flips(g)} changed class)"
-                + (f", with {kept}" if kept_layers else "")
-                + f"{chose}."
-            )
-        elif kept_layers:
-            notes.append(f"- {p} passed with {kept}{chose}{cost}.")
-        elif selection:
-            notes.append(f"- {p} passed with every Conv and the classifier in INT8{chose}.")
-    head = [
-        f"Rule: {rule}; agreement with FP32 is a floor against broken quantization, not the accuracy rule.",
-        "",
-        "| variant | status | images | top-1 / FP32's = ratio | top-1 drop [95% CI] | agreement with FP32 [95% CI] "
-        "| test top-1 |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    return head + rows + ([""] + notes if notes else [])
+    speed = v.fallback_speed
+    cost = (
+        f"; on this CPU at batch {speed.batch} it runs {speed.shipped:.0f} img/s against "
+        f"{speed.every_layer_int8:.0f} with every layer in INT8"
+        if speed
+        else ""
+    )
+    if not g.passed:
+        short = []
+        if g.top1_ratio < g.min_top1_ratio:
+            short.append(f"top-1 ratio {g.min_top1_ratio - g.top1_ratio:.4f} under its minimum")
+        if g.agreement < g.min_agreement:
+            short.append(f"agreement {g.min_agreement - g.agreement:.4f} under its floor")
+        why = " and ".join(short) or v.rejected_because or "its selection"
+        return (
+            f"- {p} missed by {why} ({_flips(g)} changed class)"
+            + (f", with {kept}" if kept_layers else "")
+            + f"{chose}."
+        )
+    if kept_layers:
+        return f"- {p} passed with {kept}{chose}{cost}."
+    if v.selection:
+        return f"- {p} passed with every Conv and the classifier in INT8{chose}."
+    return None
 
 
 def _flips(g: GateResult) -> str:

@@ -5,11 +5,8 @@ batch), and the per-class results of the one that ships. Everything lands in rep
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -25,9 +22,8 @@ from pipeline.core.timing import latency, throughput
 from pipeline.data.dataset import batches, logits_over
 from pipeline.data.manifest import read_manifest
 from pipeline.data.transforms import eval_preset
-from pipeline.deploy import onnx_runtime
 from pipeline.deploy.engine import EngineError, EngineRunner
-from pipeline.deploy.runners import load_deployable, torch_runner
+from pipeline.deploy.runners import Backend, load_deployable, onnx_backend, torch_runner
 
 
 @dataclass(frozen=True)
@@ -45,18 +41,6 @@ class ScoreFiles:
     latency: Path
     per_class: Path
     confusion: Path
-
-
-@dataclass
-class Backend:
-    """One way of running the deployed model here: a name for the tables, a numpy -> numpy call,
-    the file it runs, the device or provider that really runs it, and how to wait for it."""
-
-    name: str
-    run: Callable[[np.ndarray], np.ndarray]
-    file: Path
-    device: str
-    sync: Callable[[], Any] = lambda: None
 
 
 def backends(
@@ -82,10 +66,7 @@ def backends(
                 f"{path} not found (not in export.precisions, or `lio export` not run)"
             )
             continue
-        sess = onnx_runtime.session(path, "cuda" if cuda else "cpu")
-        found.append(
-            Backend(f"onnxruntime-{precision}", partial(onnx_runtime.run, sess), path, onnx_runtime.provider(sess))
-        )
+        found.append(onnx_backend(f"onnxruntime-{precision}", path, "cuda" if cuda else "cpu"))
     if engine is not None and engine.built and engine.gpu is not None:
         try:
             runner = EngineRunner(files.engine, files.engine_info)
