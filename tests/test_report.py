@@ -61,8 +61,12 @@ def test_wilson_interval_by_hand():
     assert wilson(450, 500)[1] - wilson(450, 500)[0] < wilson(45, 50)[1] - wilson(45, 50)[0]
 
 
-def _scores(rows: list[BackendScore], batch: int = 32) -> Scores:
-    return Scores(len(rows), 1, 30, batch, rows, {}, "onnxruntime-fp32", [], [])
+def _scores(rows: list[BackendScore], batch: int = 32, export=None, engine=None) -> Scores:
+    """Scores with the recommendations pipeline/deploy/choice.py makes of these rows."""
+    from pipeline.deploy.choice import recommend
+
+    advice = recommend(rows, export, engine) if export is not None else []
+    return Scores(len(rows), 1, 30, batch, rows, {}, "onnxruntime-fp32", [], [], advice)
 
 
 def _row(backend, throughput, p50=1.0, top1=0.9, device="CPUExecutionProvider") -> BackendScore:
@@ -90,14 +94,14 @@ def test_recommendations_pick_the_fastest_variant_that_passed_and_name_the_measu
         "validation",
         {p: _variant(p, s) for p, s in (("fp32", "reference"), ("fp16", "rejected"), ("int8_cpu", "passed"))},
     )
-    advice = recommendations(_scores(table, batch=8), export, _engine(False))
+    advice = recommendations(_scores(table, 8, export, _engine(False)))
     assert advice["CPU (ONNX Runtime)"].startswith(
         "`models/onnx/model.int8_cpu.onnx`: 400 img/s at batch 8 (4.00x FP32)"
     )
     assert "p50 0.50 ms at batch 1 (0.50x FP32)" in advice["CPU (ONNX Runtime)"]
     assert "`models/onnx/model.fp16.onnx` (fp16, its gate rejected)" in advice["GPU (TensorRT)"]
     assert "not built here: no TensorRT" in advice["GPU (TensorRT)"]
-    assert recommendations(_scores([]), ExportReport("validation", {}), _engine(True)) == {
+    assert recommendations(_scores([], 32, ExportReport("validation", {}), _engine(True))) == {
         "GPU (TensorRT)": "`models/engine/model.engine` (fp16, TensorRT 10.12, H200, compute capability 9.0)"
     }
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from pipeline.artifacts.base import Artifact
@@ -53,3 +53,33 @@ class Scores(Artifact):
     deployed: str
     per_class: list[ClassScore]
     confusions: list[Confusion]
+    recommendations: list[Recommendation] = field(default_factory=list)  # per target: what to deploy
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What the recommended backend measured here, beside FP32 on the same provider."""
+
+    backend: str
+    throughput: float
+    throughput_vs_fp32: float
+    p50_ms: float
+    p50_vs_fp32: float
+    top1: float
+    top1_ci95: tuple[float, ...]
+    top1_fp32: float
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """What to deploy on one target (pipeline/deploy/choice.py decides; the report only formats)."""
+
+    target: str  # "CPU (ONNX Runtime)" | "GPU (TensorRT)"
+    file: str
+    precision: str
+    built: bool  # the file exists and ran here (a GPU engine may have to be built on the target)
+    measured: Measured | None = None  # the CPU numbers it was chosen on
+    engine: str | None = None  # GPU: "TensorRT 10.x, H100, compute capability 9.0"
+    gate: str | None = None  # GPU, not built: the ONNX variant's gate status
+    reason: str | None = None  # GPU, not built: why not here
+    fallback: str | None = None  # GPU: why another precision than engine.precision

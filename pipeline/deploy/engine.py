@@ -19,6 +19,7 @@ from pipeline.core import paths
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import atomic_path, sha256
 from pipeline.deploy import onnx_runtime
+from pipeline.deploy.choice import engine_precision
 
 
 class EngineError(PipelineError, RuntimeError):
@@ -47,8 +48,6 @@ def gpu_info() -> dict[str, str]:
 
 #: engine.hardware_compatibility -> TensorRT's HardwareCompatibilityLevel member
 HARDWARE_LEVELS = {"ampere_plus": "AMPERE_PLUS", "same_compute_capability": "SAME_COMPUTE_CAPABILITY"}
-#: the more precise variant an engine falls back to when its precision was rejected by its gate
-FALLBACK = {"int8": "fp16", "fp16": "fp32"}
 
 
 def build(trt, onnx_path: Path, engine_path: Path, cache_path: Path, cfg: EngineConfig) -> dict:
@@ -169,25 +168,13 @@ class EngineRunner:
         return y.cpu().numpy()
 
 
-def choose_precision(wanted: str, export_report: ExportReport) -> tuple[str, str | None]:
-    """`wanted`, or the next more precise variant whose gate passed; and why it fell back."""
-    precision, notes = wanted, []
-    while not export_report.deployable(precision):
-        exported = precision in export_report.variants
-        notes.append(f"{precision} was {'rejected by its gate' if exported else 'not exported'}")
-        if precision not in FALLBACK:
-            raise EngineError(f"no ONNX variant passed its gate ({'; '.join(notes)}); see reports/export.json")
-        precision = FALLBACK[precision]
-    return precision, (f"{'; '.join(notes)}: built from {precision} instead" if notes else None)
-
-
 def build_engine(
     cfg: EngineConfig, onnx_files: dict[str, Path], export_report: Path, engine: Path, info_path: Path, cache: Path
 ) -> EngineInfo:
     """The engine stage: build from the `engine.precision` ONNX variant (or the next more precise
     one that passed its gate) where TensorRT and a GPU exist; elsewhere record why not
     (built: false), failing only if engine.required is true."""
-    precision, fallback = choose_precision(cfg.precision, ExportReport.load(export_report))
+    precision, fallback = engine_precision(cfg.precision, ExportReport.load(export_report))
     if fallback and cfg.required == "true":
         raise EngineError(
             f"engine.required is true and engine.precision {cfg.precision} cannot be deployed: {fallback}"

@@ -39,7 +39,7 @@ def render(files: RenderFiles) -> list[str]:
     meta = Deployable.load(files.metadata)
     export = ExportReport.load(files.export_report)
     engine = EngineInfo.load(files.engine_info) if files.engine_info.exists() else None
-    advice = recommendations(scores, export, engine)
+    advice = recommendations(scores)
     lines = report_lines(scores, extent, export, files.masks.name)
     lines += ["", "## What to deploy", "", *[f"- **{target}**: {text}" for target, text in advice.items()]]
     write_text(files.report, "\n".join(lines) + "\n")
@@ -60,44 +60,26 @@ def _backend_rows(scores: Scores) -> list[dict]:
     return [{**asdict(r), "top1_ci": _ci(r)} for r in scores.backends]
 
 
-def recommendations(scores: Scores, export: ExportReport, engine: EngineInfo | None) -> dict[str, str]:
-    """Per target, the artifact to deploy, from the numbers measured here: on a CPU the fastest
-    ONNX Runtime variant that passed its gate (at the measured batch); on a GPU the engine (or how to build it)."""
-    cpu = [
-        r
-        for r in scores.backends
-        if r.backend.startswith("onnxruntime-")
-        and r.device == "CPUExecutionProvider"
-        and export.deployable(r.backend.removeprefix("onnxruntime-"))
-    ]
+def recommendations(scores: Scores) -> dict[str, str]:
+    """Per target, the artifact to deploy (decided by pipeline/deploy/choice.py), in words."""
     out = {}
-    batch = scores.throughput_batch
-    if cpu:
-        fp32 = next((r for r in cpu if r.backend == "onnxruntime-fp32"), cpu[0])
-        best = max(cpu, key=lambda r: r.throughput)
-        variant = export.variants[best.backend.removeprefix("onnxruntime-")]
-        out["CPU (ONNX Runtime)"] = (
-            f"`{variant.file}`: {best.throughput:.0f} img/s at batch {batch} "
-            f"({best.throughput / fp32.throughput:.2f}x FP32), p50 {best.p50_ms:.2f} ms at batch 1 "
-            f"({best.p50_ms / fp32.p50_ms:.2f}x FP32), test top-1 {_ci(best)} (FP32 {fp32.top1:.4f}); "
-            "measured on this machine's CPU"
-        )
-    if engine is not None and engine.built and engine.gpu is not None:
-        out["GPU (TensorRT)"] = (
-            f"`models/engine/model.engine` ({engine.precision}, TensorRT {engine.tensorrt}, "
-            f"{engine.gpu.name}, compute capability {engine.gpu.compute_capability})"
-            + (f"; {engine.fallback}" if engine.fallback else "")
-        )
-    else:
-        precision = engine.precision if engine else "int8"
-        wanted = export.variants.get(precision)
-        out["GPU (TensorRT)"] = (
-            f"build the engine on the target GPU (`dvc repro engine` with TensorRT installed) from "
-            f"`{wanted.file if wanted else 'models/onnx/'}` ({precision}, its gate "
-            f"{wanted.status if wanted else 'not run'}); not built here: "
-            f"{engine.reason if engine else 'engine.json not found'}"
-            + (f"; {engine.fallback}" if engine and engine.fallback else "")
-        )
+    for r in scores.recommendations:
+        m = r.measured
+        if m is not None:
+            out[r.target] = (
+                f"`{r.file}`: {m.throughput:.0f} img/s at batch {scores.throughput_batch} "
+                f"({m.throughput_vs_fp32:.2f}x FP32), p50 {m.p50_ms:.2f} ms at batch 1 "
+                f"({m.p50_vs_fp32:.2f}x FP32), test top-1 {m.top1:.4f} {_pair(m.top1_ci95, '.3f')} "
+                f"(FP32 {m.top1_fp32:.4f}); measured on this machine's CPU"
+            )
+        elif r.built:
+            out[r.target] = f"`{r.file}` ({r.precision}, {r.engine})" + (f"; {r.fallback}" if r.fallback else "")
+        else:
+            out[r.target] = (
+                f"build the engine on the target GPU (`dvc repro engine` with TensorRT installed) from "
+                f"`{r.file}` ({r.precision}, its gate {r.gate}); not built here: {r.reason}"
+                + (f"; {r.fallback}" if r.fallback else "")
+            )
     return out
 
 

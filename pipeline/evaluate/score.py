@@ -22,6 +22,7 @@ from pipeline.core.timing import latency, throughput
 from pipeline.data.dataset import batches, logits_over
 from pipeline.data.manifest import read_manifest
 from pipeline.data.transforms import eval_preset
+from pipeline.deploy.choice import per_class_backend, recommend
 from pipeline.deploy.engine import EngineError, EngineRunner
 from pipeline.deploy.runners import Backend, load_deployable, onnx_backend, torch_runner
 
@@ -111,10 +112,7 @@ def score(files: ScoreFiles, batch: int, warmup: int, iters: int, throughput_ite
             )
         )
 
-    # per-class results and confusions come from the artifact that ships: the engine where it was
-    # built and runs, else ONNX Runtime FP32
-    engines = [name for name in scored if name.startswith("tensorrt-")]
-    deployed = engines[0] if engines else ("onnxruntime-fp32" if "onnxruntime-fp32" in scored else "pytorch")
+    deployed = per_class_backend(list(scored))  # per-class results come from what ships
     predicted = scored[deployed].argmax(1)
     result = Scores(
         test_images=len(test),
@@ -129,6 +127,7 @@ def score(files: ScoreFiles, batch: int, warmup: int, iters: int, throughput_ite
             for r in per_class(predicted, labels, classes)
         ],
         confusions=[Confusion(**c) for c in confusions(predicted, labels, classes)],
+        recommendations=recommend(table, export, engine) if export is not None else [],
     )
     result.save(files.scores)
     write_json(
