@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 
@@ -26,12 +27,19 @@ def with_params(view: type[Params] = Params):
         )
         @functools.wraps(fn)
         def wrapper(params_file: str, **kwargs):
-            try:
+            with one_line_errors():
                 return fn(load(params_file, view), **kwargs)
-            except PipelineError as e:
-                click.secho(f"error: {e}", fg="red", err=True)
-                sys.exit(1)
 
         return wrapper
 
     return decorate
+
+
+@contextlib.contextmanager
+def one_line_errors():
+    """The project's own errors as a one-line exit 1 (anything else is a bug and keeps its traceback)."""
+    try:
+        yield
+    except PipelineError as e:
+        click.secho(f"error: {e}", fg="red", err=True)
+        sys.exit(1)

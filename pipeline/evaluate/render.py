@@ -283,8 +283,8 @@ def study_line(path: Path) -> str:
     )
 
 
-def report_lines(scores: Scores, extent: Extent, export: ExportReport, masks_file: str) -> list[str]:
-    columns = [
+def backend_columns(scores: Scores) -> list[tuple[str, str, str]]:
+    return [
         ("backend", "backend", ""),
         ("device", "device / provider", ""),
         ("top1_ci", "top-1 [95% CI]", ""),
@@ -300,6 +300,10 @@ def report_lines(scores: Scores, extent: Extent, export: ExportReport, masks_fil
         ("throughput", f"img/s @ batch {scores.throughput_batch}", ".1f"),
         ("size_mb", "MiB", ".1f"),
     ]
+
+
+def report_lines(scores: Scores, extent: Extent, export: ExportReport, masks_file: str) -> list[str]:
+    columns = backend_columns(scores)
     lines = [
         "# LIO report",
         "",
@@ -343,25 +347,30 @@ def report_lines(scores: Scores, extent: Extent, export: ExportReport, masks_fil
             ),
             "",
         ]
-    if extent.stages:
-        rows = [{"stage": s, **d} for s, d in extent.stages.items()]
-        fmt = ".3f"
-        cols = [("stage", "stage", ""), ("N", "N", ".0f"), ("images", "images", "")]
-        cols += [(IOU + name, name, fmt) for name in MAPS if IOU + name in rows[0]]
-        cols += [("pointing", "pointing", fmt), ("pointing chance", "pointing chance", fmt)]
-        lines += [
-            "## Object extent",
-            "",
-            f"IoU with the true masks of each map thresholded at {extent.threshold} after min-max "
-            "normalisation, on the test images with masks. m' is OEL's predicted extent, M the pseudo mask; "
-            "the next columns are reference maps at the same N: all-ones, a centred disc with the mean "
-            f"object area of the training masks ({extent.train_mask_area:.3f} of the image), a seeded "
-            "random map, and the ceiling (the true mask pooled to N x N, the best any N x N map can score). "
-            "Pointing: share of images whose reference cell for SCL (argmax of m', or of M without OEL) "
-            "lies on the object, beside the share of object cells (a random cell's rate).",
-            "",
-            table(rows, cols),
-            "",
-            f"![extent]({masks_file})",
-        ]
-    return lines
+    return lines + extent_lines(extent, masks_file)
+
+
+def extent_lines(extent: Extent, masks_file: str) -> list[str]:
+    """The heads' maps against the true masks, beside reference maps at the same resolution."""
+    if not extent.stages:
+        return []
+    rows = [{"stage": s, **d} for s, d in extent.stages.items()]
+    fmt = ".3f"
+    cols = [("stage", "stage", ""), ("N", "N", ".0f"), ("images", "images", "")]
+    cols += [(IOU + name, name, fmt) for name in MAPS if IOU + name in rows[0]]
+    cols += [("pointing", "pointing", fmt), ("pointing chance", "pointing chance", fmt)]
+    return [
+        "## Object extent",
+        "",
+        f"IoU with the true masks of each map thresholded at {extent.threshold} after min-max "
+        "normalisation, on the test images with masks. m' is OEL's predicted extent, M the pseudo mask; "
+        "the next columns are reference maps at the same N: all-ones, a centred disc with the mean "
+        f"object area of the training masks ({extent.train_mask_area:.3f} of the image), a seeded "
+        "random map, and the ceiling (the true mask pooled to N x N, the best any N x N map can score). "
+        "Pointing: share of images whose reference cell for SCL (argmax of m', or of M without OEL) "
+        "lies on the object, beside the share of object cells (a random cell's rate).",
+        "",
+        table(rows, cols),
+        "",
+        f"![extent]({masks_file})",
+    ]

@@ -49,6 +49,12 @@ class Preset:
     variants: tuple[str, ...]
     target: str = ""  # the dvc.yaml stage a run goes up to ("": the whole pipeline)
 
+    def command(self, name: str) -> str:
+        """The whole study of preset `name`, as the README gives it."""
+        pretrain = "lio study pretrain && " if self.overrides.get("model.pretrained") == PRETRAINED_BACKBONE else ""
+        queue = f"lio study queue --preset {name} && dvc queue start --jobs 1"
+        return f"{pretrain}{queue} && lio study collect --preset {name}"
+
     def settings(self, pretrained: Path | None = None) -> list[str]:
         """The overrides as `-S key=value` texts (what study.json records; with `pretrained`, the
         backbone's path filled in, as `dvc exp run` gets them)."""

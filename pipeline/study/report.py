@@ -85,6 +85,22 @@ def markdown_section(preset: str, study: PresetStudy) -> list[str]:
                 f"{variant} against {v.reference} (one setting apart), paired by seed on test: "
                 f"{cell(d.mean, '+.3f')}, 95% CI {_ci(d)}, {d.wins}/{d.n} wins.",
             ]
+    lines += _convergence_lines(variants)
+    if study.choice is not None:
+        c = study.choice
+        ranked = sorted(c.val_top1_mean.items(), key=lambda kv: -kv[1])
+        lines += [
+            "",
+            f"Choice of the default (validation only, on the seeds every candidate ran: "
+            f"{', '.join(map(str, c.seeds))}): mean validation top-1 "
+            + ", ".join(f"{v} {m:.3f}" for v, m in ranked)
+            + f"; the best is **{c.best}**.",
+        ]
+    return lines + _localisation_lines(variants) + _runs_lines(study)
+
+
+def _convergence_lines(variants: dict[str, VariantSummary]) -> list[str]:
+    lines: list[str] = []
     converged = {name: v.convergence for name, v in variants.items() if v.convergence is not None}
     if converged:
         lines += [
@@ -110,16 +126,11 @@ def markdown_section(preset: str, study: PresetStudy) -> list[str]:
                 ],
             ),
         ]
-    if study.choice is not None:
-        c = study.choice
-        ranked = sorted(c.val_top1_mean.items(), key=lambda kv: -kv[1])
-        lines += [
-            "",
-            f"Choice of the default (validation only, on the seeds every candidate ran: "
-            f"{', '.join(map(str, c.seeds))}): mean validation top-1 "
-            + ", ".join(f"{v} {m:.3f}" for v, m in ranked)
-            + f"; the best is **{c.best}**.",
-        ]
+    return lines
+
+
+def _localisation_lines(variants: dict[str, VariantSummary]) -> list[str]:
+    lines: list[str] = []
     loc_rows = [
         {"variant": name, "stage": stage, **scores}
         for name, v in variants.items()
@@ -137,6 +148,11 @@ def markdown_section(preset: str, study: PresetStudy) -> list[str]:
                 + [(k, "IoU " + k.removeprefix(IOU) if k.startswith(IOU) else k, ".3f") for k in SCORES],
             ),
         ]
+    return lines
+
+
+def _runs_lines(study: PresetStudy) -> list[str]:
+    lines: list[str] = []
     lines += [
         "",
         "Runs:",
