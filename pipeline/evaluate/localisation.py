@@ -97,7 +97,7 @@ def mean_area(rows: list[Record], transform, limit: int = 512, seed: int = 0) ->
 @torch.no_grad()
 def evaluate_maps(
     model, rows: list[Record], transform, P: int, threshold: float, area: float, seed: int, batch_groups: int = 8
-) -> dict:
+) -> dict[str, dict[str, float]]:
     """Per stage: mean IoU of m', M and each reference, pointing accuracy and its chance.
 
     Test images are grouped by class in groups of P+1 (each image is an anchor once, its

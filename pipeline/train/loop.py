@@ -92,7 +92,22 @@ class Step:
     bf16: bool = False
 
 
-def train_one_epoch(state: TrainState, step_with: Step, loader, t: TrainConfig, show: bool) -> dict:
+@dataclass(frozen=True)
+class EpochStats:
+    """One training epoch: each loss term's mean over its images (loss, cls, oel, scl) and top-1."""
+
+    losses: dict[str, float]
+    top1: float
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    top1: float
+    top5: float
+    loss: float
+
+
+def train_one_epoch(state: TrainState, step_with: Step, loader, t: TrainConfig, show: bool) -> EpochStats:
     """One pass over the group batches (each image with P positives, `batch_layouts`); the mean
     losses and top-1. One host sync per step, after the optimizer step (the loss check)."""
     model, device, epoch = step_with.net, step_with.device, state.epoch
@@ -132,13 +147,11 @@ def train_one_epoch(state: TrainState, step_with: Step, loader, t: TrainConfig, 
         correct += int(values[-1])
         seen += len(labels)
         bar.set_postfix(loss=f"{values[0]:.3f}")
-    stats = {k: v / seen for k, v in sums.items()}
-    stats["top1"] = correct / seen
-    return stats
+    return EpochStats({k: v / seen for k, v in sums.items()}, correct / seen)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device, desc: str = "eval", show: bool = True) -> dict:
+def evaluate(model: nn.Module, loader, device, desc: str = "eval", show: bool = True) -> Evaluation:
     """Top-1, top-5 and loss of the classification path (the backbone alone), in fp32 as it ships:
     the best epoch is chosen on the numbers the deployed model gives."""
     model.eval()
@@ -151,7 +164,8 @@ def evaluate(model: nn.Module, loader, device, desc: str = "eval", show: bool = 
         outputs.append(logits.cpu().numpy())
         targets.append(labels.cpu().numpy())
     labels_all = np.concatenate(targets)
-    return {**accuracy(np.concatenate(outputs), labels_all), "loss": loss / len(labels_all)}
+    top = accuracy(np.concatenate(outputs), labels_all)
+    return Evaluation(top["top1"], top["top5"], loss / len(labels_all))
 
 
 # ---------------------------------------------------------------- main
@@ -200,7 +214,7 @@ def train(
         sampler.set_epoch(state.epoch)
         stats = train_one_epoch(state, step_with, loader, cfg.train, main)
         val = evaluate(state.scored, eval_loader(sets.val), device, "val", main)
-        state.observe(val["top1"])
+        state.observe(val.top1)
         if live is not None:  # rank 0 logs and writes the checkpoint; every rank holds the same weights
             log_epoch(live, state, stats, val, cfg.train.epochs)
             save_checkpoint(checkpoint, state, stamp, settings)
@@ -261,16 +275,17 @@ def open_live(live_dir: Path, start: int):
     return live
 
 
-def log_epoch(live, state: TrainState, stats: dict, val: dict, epochs: int) -> None:
-    for k, v in stats.items():
+def log_epoch(live, state: TrainState, stats: EpochStats, val: Evaluation, epochs: int) -> None:
+    for k, v in stats.losses.items():
         live.log_metric(f"train/{k}", v)
-    live.log_metric("val/top1", val["top1"])
-    live.log_metric("val/loss", val["loss"])
+    live.log_metric("train/top1", stats.top1)
+    live.log_metric("val/top1", val.top1)
+    live.log_metric("val/loss", val.loss)
     live.log_metric("lr", state.optimizer.param_groups[0]["lr"])
     live.next_step()
     print(
-        f"epoch {state.epoch}/{epochs}: loss {stats['loss']:.4f} train top1 {stats['top1']:.3f} "
-        f"val top1 {val['top1']:.3f}"
+        f"epoch {state.epoch}/{epochs}: loss {stats.losses['loss']:.4f} train top1 {stats.top1:.3f} "
+        f"val top1 {val.top1:.3f}"
     )
 
 
@@ -281,7 +296,7 @@ def finish(cfg, state: TrainState, sets: TrainingSets, test_loader, device, seco
     test = evaluate(state.scored, test_loader, device, "test", True)
     summary = TrainingSummary(
         best=Best(epoch=state.best.epoch, val_top1=state.best.val_top1),
-        test=TestScore(top1=test["top1"], top5=test["top5"]),
+        test=TestScore(top1=test.top1, top5=test.top5),
         chance=1 / len(sets.classes),
         train_seconds=seconds,
         images={"train": len(sets.train), "val": len(sets.val), "test": len(sets.test)},
