@@ -355,3 +355,19 @@ def test_structure_preset_reaches_the_runs_and_stops_after_localise(tmp_path):
     assert PRESETS["structure"].target == "localise"
     stages = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]
     assert "data.synthetic" in stages["prepare"]["params"]  # every knob reruns prepare
+
+
+def test_convergence_and_the_seeds_a_resolution_needs():
+    """Convergence: best validation epoch at or before 80% of the schedule (24 of 30), and the last
+    epoch's training top-1; the paired seeds that make a 95% t-interval +-0.01 at a spread of 0.02:
+    t(0.975, 17) x 0.02 / sqrt(18) = 0.00995, while 17 seeds give 0.0103."""
+    from pipeline.study.aggregate import convergence, seeds_for
+
+    def run(seed, best, last):
+        return StudyRun(f"study-structure-lio-s{seed}", "lio", seed, 0.8, 0.8, best, 1.0, {}, last, 30)
+
+    c = convergence([run(0, 20, 0.97), run(1, 25, 0.99), run(2, 24, 0.96), StudyRun("old", "lio", 3, 0.8, 0.8, 9, 1.0)])
+    assert c is not None and (c.runs, c.best_before_last_fifth) == (3, 2)
+    assert c.train_top1_last_mean == pytest.approx(0.9733, abs=1e-4) and c.train_top1_last_min == 0.96
+    assert convergence([StudyRun("old", "lio", 3, 0.8, 0.8, 9, 1.0)]) is None  # recorded before the fields
+    assert seeds_for(0.01, 0.02) == 18 and seeds_for(0.01, 0.001) == 2  # two: the fewest with an interval

@@ -87,14 +87,14 @@ MUTATIONS = {
     ),
     "fallback-although-selection-accepted": (
         "pipeline/deploy/export.py",
-        'if not tries[-1]["passed"] and recipe.keep_fp32 is not None',
-        "if recipe.keep_fp32 is not None",
+        "if not tries[-1].passed and recipe.keep_fp32",
+        "if recipe.keep_fp32",
         ["tests/test_qat.py", "tests/test_export.py"],
     ),
     "fallback-skipped": (
         "pipeline/deploy/export.py",
-        'if not tries[-1]["passed"] and recipe.keep_fp32 is not None',
-        "if False and recipe.keep_fp32 is not None",
+        "if not tries[-1].passed and recipe.keep_fp32",
+        "if False and recipe.keep_fp32",
         ["tests/test_export.py"],
     ),
     "fallback-not-the-fewest": (
@@ -123,12 +123,12 @@ MUTATIONS = {
     ),
     "unconverged-qat-ships": (
         "pipeline/deploy/export.py",
-        "        if reason:  # a fine-tuning",
-        "        if False:  # a fine-tuning",
+        "if reason:  # a fine-tuning",
+        "if False:  # a fine-tuning",
         ["tests/test_qat.py"],
     ),
     "modelopt-rewrites-the-fp32-file": (
-        "pipeline/deploy/export.py",
+        "pipeline/deploy/convert.py",
         "            onnx_path=str(source),",
         "            onnx_path=str(fp32),",
         ["tests/test_export.py"],
@@ -138,6 +138,36 @@ MUTATIONS = {
         "        generator.manual_seed(int(draw))\n",
         "",
         ["tests/test_data.py"],
+    ),
+    "distractors-touch-the-object": (
+        "pipeline/data/synthetic.py",
+        "> 2 * reach + 2 for",
+        "> 0 for",
+        ["tests/test_data.py"],
+    ),
+    "siblings-move-every-part": (
+        "pipeline/data/synthetic.py",
+        "pts[rng.integers(len(PARTS))] += rng.uniform(-SIBLING_STEP, SIBLING_STEP, size=2)",
+        "pts += rng.uniform(-SIBLING_STEP, SIBLING_STEP, size=pts.shape)",
+        ["tests/test_data.py"],
+    ),
+    "cpu-choice-the-slowest": (
+        "pipeline/deploy/choice.py",
+        "best = max(cpu, key=lambda r: r.throughput)",
+        "best = min(cpu, key=lambda r: r.throughput)",
+        ["tests/test_report.py"],
+    ),
+    "gate-without-validation": (
+        "pipeline/data/heldout.py",
+        'gate = split["val"] + split["gate"]',
+        'gate = split["gate"] or split["val"][:1]',
+        ["tests/test_export.py"],
+    ),
+    "study-convergence-counts-late-epochs": (
+        "pipeline/study/aggregate.py",
+        "r.best_epoch <= 0.8 * r.epochs",
+        "r.best_epoch <= r.epochs",
+        ["tests/test_study.py"],
     ),
     "device-flip-never": (
         "pipeline/data/device_augment.py",
