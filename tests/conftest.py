@@ -100,6 +100,7 @@ def _export_workspace(root: Path, tiny_prepared: Path) -> None:
     from pipeline.artifacts.deployable import Deployable
     from pipeline.backbone import build_backbone
     from pipeline.config.schema import to_dict
+    from pipeline.config.train import TrainParams
     from pipeline.data.transforms import preprocessing
     from pipeline.weights import save_torch
     from stages import export
@@ -109,7 +110,8 @@ def _export_workspace(root: Path, tiny_prepared: Path) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
     torch.manual_seed(0)
     model = build_backbone("resnet18", 3)
-    meta = Deployable("resnet18", 3, ["a", "b", "c"], preprocessing(cfg.data.transforms), training=to_dict(cfg))
+    training = cfg.view(TrainParams)
+    meta = Deployable("resnet18", 3, ["a", "b", "c"], preprocessing(cfg.data.transforms), training=training)
     save_torch(model.state_dict(), root / "models/resnet18.pt")
     meta.save(root / "models/resnet18.json")
     cwd = os.getcwd()
