@@ -236,7 +236,9 @@ def tensorrt(folder: Path) -> dict:
     cfg = EngineConfig(precision="fp32", min_batch=1, opt_batch=8, max_batch=16)
     built = build(trt, path, folder / "model.engine", folder / "timing.cache", cfg)
     meta = _meta()
-    info = EngineInfo(True, "fp32", "fp32", Profile(1, 8, 16), str(path), meta.classes, meta.preprocess, **built)
+    info = EngineInfo(
+        True, "fp32", "fp32", Profile(1, 8, 16), str(path), meta.classes, meta.preprocess, **built.fields()
+    )
     info.save(folder / "engine.json")
     runner = EngineRunner(folder / "model.engine", folder / "engine.json")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

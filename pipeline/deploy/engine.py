@@ -8,6 +8,8 @@ TensorRT 10.12+ and 11.x. TensorRT needs an NVIDIA GPU: where it or the GPU is m
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +52,23 @@ def gpu_info() -> dict[str, str]:
 HARDWARE_LEVELS = {"ampere_plus": "AMPERE_PLUS", "same_compute_capability": "SAME_COMPUTE_CAPABILITY"}
 
 
-def build(trt, onnx_path: Path, engine_path: Path, cache_path: Path, cfg: EngineConfig) -> dict:
+@dataclass(frozen=True)
+class Built:
+    """What a build adds to engine.json."""
+
+    tensorrt: str
+    gpu: Gpu
+    input: Tensor
+    output: Tensor
+    onnx_sha256: str
+    engine: str
+
+    def fields(self) -> dict:
+        """As EngineInfo's keyword arguments (shallow: the values stay typed)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def build(trt, onnx_path: Path, engine_path: Path, cache_path: Path, cfg: EngineConfig) -> Built:
     """Parse, configure (profile, workspace, optimisation level, timing cache, compatibility), build, save."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -88,14 +106,14 @@ def build(trt, onnx_path: Path, engine_path: Path, cache_path: Path, cfg: Engine
         tmp.write_bytes(bytes(serialized))
     with atomic_path(cache_path) as tmp:
         tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
-    return {
-        "tensorrt": trt.__version__,
-        "gpu": Gpu(**gpu_info()),
-        "input": Tensor(inp.name, list(inp.shape)),
-        "output": Tensor(out.name, list(out.shape)),
-        "onnx_sha256": sha256(onnx_path),
-        "engine": str(engine_path),
-    }
+    return Built(
+        tensorrt=trt.__version__,
+        gpu=Gpu(**gpu_info()),
+        input=Tensor(inp.name, list(inp.shape)),
+        output=Tensor(out.name, list(out.shape)),
+        onnx_sha256=sha256(onnx_path),
+        engine=str(engine_path),
+    )
 
 
 def _version(text: str | None) -> tuple[int, ...]:
@@ -187,7 +205,7 @@ def build_engine(
     trt, reason = (None, "engine.required is false") if cfg.required == "false" else tensorrt_or_reason()
     if trt is None and cfg.required == "true":
         raise EngineError(f"engine.required is true but the engine cannot be built here: {reason}")
-    built = build(trt, onnx_path, engine, cache, cfg) if trt is not None else {"reason": reason}
+    built = build(trt, onnx_path, engine, cache, cfg).fields() if trt is not None else {"reason": reason}
     info = EngineInfo(
         built=trt is not None,
         precision=precision,
