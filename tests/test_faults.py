@@ -28,7 +28,7 @@ from pipeline.data.dataset import ImageError, load_image
 from pipeline.data.prepare import prepare
 from pipeline.deploy.runners import load_deployable
 from pipeline.evaluate.score import backends
-from pipeline.lio.checkpoint import load_trained
+from pipeline.lio.checkpoint import TrainedModel
 from pipeline.train.checkpoint import TrainState, resume, truncate_live_plots
 from pipeline.train.loop import train
 from pipeline.weights import save_torch
@@ -99,7 +99,7 @@ def test_truncated_trained_and_deployable_models(tmp_path, exported):
     save_torch({"state_dict": {}, "model": {}}, trained)
     truncate(trained, 100)
     with pytest.raises(ArtifactError, match=f"{trained}: cannot be read.*dvc repro train"):
-        load_trained(trained)
+        TrainedModel.load(trained)
     weights = tmp_path / "resnet18.pt"
     shutil.copy(exported / "models/resnet18.pt", weights)
     shutil.copy(exported / "models/resnet18.json", tmp_path / "resnet18.json")

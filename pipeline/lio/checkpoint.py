@@ -94,9 +94,3 @@ class TrainedModel:
 
 def _first(e: Exception) -> str:
     return " ".join(line.strip() for line in str(e).splitlines()[:3])[:600]
-
-
-def load_trained(path: Path) -> tuple[LIOModel, TrainedModel]:
-    """The trained LIOModel (eval mode, its weights checked against the architecture) and its file."""
-    trained, model = TrainedModel.load(path)
-    return model, trained

@@ -93,7 +93,7 @@ def pretrain(work: Path, out: Path, params: Path = Path("params.yaml")) -> Train
     from pipeline.config.params import load_config
     from pipeline.config.train import TrainParams
     from pipeline.data.prepare import prepare
-    from pipeline.lio.checkpoint import load_trained
+    from pipeline.lio.checkpoint import TrainedModel
     from pipeline.train.loop import train
     from pipeline.weights import save_torch
 
@@ -103,7 +103,7 @@ def pretrain(work: Path, out: Path, params: Path = Path("params.yaml")) -> Train
     cfg = load_config(work / "params.yaml")
     prepare(cfg.view(PrepareParams), work / "prepared")
     summary = train(cfg.view(TrainParams), work / "prepared", work / "model.pt", work / "checkpoints", work / "dvclive")
-    model, _ = load_trained(work / "model.pt")
+    _, model = TrainedModel.load(work / "model.pt")
     save_torch(model.backbone.state_dict(), out)
     return summary
 
