@@ -24,6 +24,7 @@ from train import measure  # benchmarks/train.py: the same step, as its table me
 
 from pipeline.config.data import PrepareParams, TransformConfig
 from pipeline.config.params import load_config
+from pipeline.core import markdown
 from pipeline.data.dataset import ManifestDataset
 from pipeline.data.device_augment import DeviceAugment, DeviceImages, DeviceLoader
 from pipeline.data.manifest import read_manifest
@@ -104,12 +105,11 @@ def main() -> None:
         f"\n{where}; {tf.crop} px (resized to {tf.resize}), batch {batch}, {workers} workers, "
         f"{len(ds)} training images, {torch.get_num_threads()} torch threads\n"
     )
-    print("| what | images/s | vs eager LIO step |")
-    print("|---|---|---|")
-    print(f"| data.augment: workers | {workers_rate:.0f} | {workers_rate / steps['eager']:.2f}x |")
-    print(f"| data.augment: device | {device_rate:.0f} | {device_rate / steps['eager']:.2f}x |")
-    for mode, r in steps.items():
-        print(f"| LIO multi-stage step, {mode} | {r:.0f} | {r / steps['eager']:.2f}x |")
+    rates = {"data.augment: workers": workers_rate, "data.augment: device": device_rate}
+    rates |= {f"LIO multi-stage step, {mode}": r for mode, r in steps.items()}
+    lines = [{"what": k, "rate": r, "ratio": f"{r / steps['eager']:.2f}x"} for k, r in rates.items()]
+    columns = [("what", "what", ""), ("rate", "images/s", ".0f"), ("ratio", "vs eager LIO step", "")]
+    print(markdown.table(lines, columns))
     print()
     for what, seconds in results.items():
         print(f"{what}: {seconds:.1f} s")

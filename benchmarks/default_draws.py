@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for a Python without the install
+from pipeline.core import markdown  # noqa: E402
 from pipeline.core.machine import cpu  # noqa: E402  (standard library only)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,21 +90,25 @@ def draw(params: Path, seed: int, overrides: list[tuple[str, object]], keep: Pat
         }
 
 
+COLUMNS = [
+    ("seed", "seed", ""),
+    ("train_top1_last", "train top-1, last epoch", ".3f"),
+    ("best", "best val top-1 (epoch)", ""),
+    ("test_top1", "test top-1", ".3f"),
+    ("train_seconds", "train seconds", ".0f"),
+    ("precision", "precision", ""),
+]
+
+
 def table(rows: list[dict]) -> str:
-    lines = [
-        "| seed | train top-1, last epoch | best val top-1 (epoch) | test top-1 | train seconds | precision |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['seed']} | {r['train_top1_last']:.3f} | {r['best_val']:.3f} ({r['best_epoch']}/{r['epochs']}) | "
-            f"{r['test_top1']:.3f} | {r['train_seconds']:.0f} | {r['precision']} |"
-        )
+    shown = [{**r, "best": f"{r['best_val']:.3f} ({r['best_epoch']}/{r['epochs']})"} for r in rows]
     if len(rows) > 1:
         for name, key in (("mean", statistics.mean), ("spread (max - min)", lambda v: max(v) - min(v))):
-            cells = [key([r[k] for r in rows]) for k in ("train_top1_last", "best_val", "test_top1", "train_seconds")]
-            lines.append(f"| {name} | {cells[0]:.3f} | {cells[1]:.3f} | {cells[2]:.3f} | {cells[3]:.0f} | |")
-    return "\n".join(lines)
+            cells = {
+                k: key([r[k] for r in rows]) for k in ("train_top1_last", "best_val", "test_top1", "train_seconds")
+            }
+            shown.append({**cells, "seed": name, "best": f"{cells['best_val']:.3f}", "precision": ""})
+    return markdown.table(shown, COLUMNS)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from pipeline.core import paths
+from pipeline.core import markdown, paths
 from pipeline.core.machine import cpu  # noqa: E402  (standard library only)
 from pipeline.core.metrics import accuracy, wilson
 from pipeline.data.dataset import stack_images
@@ -88,20 +88,34 @@ def main() -> None:
     name, flags = cpu()
     print(f"\nCPU: {name}; INT8 instructions: {', '.join(flags) or 'none'}; ONNX Runtime {ort.__version__}; ")
     print(f"{len(labels)} test and {len(images['gate'])} gate images at {meta.preprocess.crop} px.\n")
-    print(
-        "| variant | test top-1 | gate agreement with FP32 | p50 ms @ batch 1 | vs FP32 | img/s @ batch 32 | vs FP32 |"
-    )
-    print("|---|---|---|---|---|---|---|")
     ref = logits["fp32"]["gate"].argmax(1)
     speed = {k: (1e3 * float(np.median(lat)), 32 / float(np.median(thr))) for k, (lat, thr) in times.items()}
+    lines: list[dict] = []
     for k in files:
         same = int((logits[k]["gate"].argmax(1) == ref).sum())
         lo, hi = wilson(same, len(ref))
         p50, img_s = speed[k]
-        print(
-            f"| {k} | {accuracy(logits[k]['test'], labels)['top1']:.4f} | {same / len(ref):.4f} [{lo:.3f}, {hi:.3f}] | "
-            f"{p50:.2f} | {p50 / speed['fp32'][0]:.2f}x | {img_s:.1f} | {img_s / speed['fp32'][1]:.2f}x |"
+        lines.append(
+            {
+                "variant": k,
+                "top1": accuracy(logits[k]["test"], labels)["top1"],
+                "agreement": f"{same / len(ref):.4f} [{lo:.3f}, {hi:.3f}]",
+                "p50": p50,
+                "p50_ratio": f"{p50 / speed['fp32'][0]:.2f}x",
+                "img_s": img_s,
+                "img_s_ratio": f"{img_s / speed['fp32'][1]:.2f}x",
+            }
         )
+    columns = [
+        ("variant", "variant", ""),
+        ("top1", "test top-1", ".4f"),
+        ("agreement", "gate agreement with FP32", ""),
+        ("p50", "p50 ms @ batch 1", ".2f"),
+        ("p50_ratio", "vs FP32", ""),
+        ("img_s", "img/s @ batch 32", ".1f"),
+        ("img_s_ratio", "vs FP32", ""),
+    ]
+    print(markdown.table(lines, columns))
     vnni = any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
     target = 3.0 if vnni else 1.5
     shipped = speed.get("int8_cpu (shipped)")

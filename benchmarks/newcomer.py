@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for a Python without the install
-from pipeline.core.machine import cpu  # noqa: E402  (standard library only)
+from pipeline.core import markdown  # noqa: E402  (standard library only, as on a fresh machine)
+from pipeline.core.machine import cpu  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGE = re.compile(r"Running stage '([\w-]+)'")
@@ -86,11 +87,12 @@ def main() -> None:
         print(f"CPU: {name} ({os.cpu_count()} cores; {', '.join(flags)}); commit {head(clone)}\n", flush=True)
         first, lines, _ = timed(setup, clone)
         # command 1's table first: a failing command 2 must not lose it
-        print("| part | seconds | of command 1 |\n|---|---|---|")
+        columns = [("part", "part", ""), ("seconds", "seconds", ".0f"), ("share", "of command 1", ".0%")]
+        print(markdown.head(columns))
         for part, seconds in [*split_by_stage(first, lines), ("**command 1: install + dvc repro**", first)]:
-            print(f"| {part} | {seconds:.0f} | {seconds / first:.0%} |", flush=True)
+            print(markdown.line({"part": part, "seconds": seconds, "share": seconds / first}, columns), flush=True)
         second, _, summary = timed(tests, clone)
-        print(f"| **command 2: tests** | {second:.0f} | - |")
+        print(markdown.line({"part": "**command 2: tests**", "seconds": second, "share": "-"}, columns))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

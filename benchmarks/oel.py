@@ -29,6 +29,7 @@ import time
 
 import torch
 
+from pipeline.core import markdown
 from pipeline.lio.oel import pair_index, pseudo_mask
 from pipeline.lio.sampler import group_positives
 
@@ -95,8 +96,16 @@ def precision_table(device: str, batch: int = 64) -> None:
     """fp32 / TF32 / bf16-rounded features: time of forward + backward and M's error."""
     pr = pair_index(group_positives(batch // (P + 1), P)).to(torch.device(device))
     print(f"{torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}, batch {batch}, P={P}\n")
-    print("| stage | N | C | mode | fwd+bwd ms | max error / contrast | argmax unchanged |")
-    print("|---|---|---|---|---|---|---|")
+    columns = [
+        ("stage", "stage", ""),
+        ("n", "N", ""),
+        ("c", "C", ""),
+        ("mode", "mode", ""),
+        ("ms", "fwd+bwd ms", ".2f"),
+        ("error", "max error / contrast", ".1e"),
+        ("same", "argmax unchanged", ".0%"),
+    ]
+    print(markdown.head(columns))
     for stage, n, c in PAPER_STAGES:
         g = torch.Generator(device=device).manual_seed(0)
         feats = torch.randn(batch, c, n, n, device=device, generator=g).relu()  # post-ReLU, as a stage map
@@ -118,7 +127,8 @@ def precision_table(device: str, batch: int = 64) -> None:
                 times.append(time.perf_counter() - start)
             error = ((m.detach().double() - reference).flatten(1).abs().amax(1) / contrast).max().item()
             same = (m.detach().flatten(1).argmax(1) == reference.flatten(1).argmax(1)).float().mean().item()
-            print(f"| {stage} | {n} | {c} | {mode} | {min(times) * 1e3:.2f} | {error:.1e} | {same:.0%} |")
+            row = {"stage": stage, "n": n, "c": c, "mode": mode, "ms": min(times) * 1e3, "error": error, "same": same}
+            print(markdown.line(row, columns))
         torch.set_float32_matmul_precision("highest")
 
 
@@ -165,15 +175,32 @@ def main() -> None:
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     what = "forward + backward (grad=True vs naive autograd)" if args.backward else "forward"
     print(f"\n{device}, B={B}, P={P}, float32, {what}. Ratios are chunked / naive (lower is better).\n")
-    print("| N | C | chunked ms | naive ms | time ratio | chunked peak MiB | naive peak MiB | memory ratio |")
-    print("|---|---|---|---|---|---|---|---|")
+    columns = [
+        ("n", "N", ""),
+        ("c", "C", ""),
+        ("a_ms", "chunked ms", ".1f"),
+        ("b_ms", "naive ms", ".1f"),
+        ("time", "time ratio", ".2f"),
+        ("a_mib", "chunked peak MiB", ".1f"),
+        ("b_mib", "naive peak MiB", ".1f"),
+        ("memory", "memory ratio", ".3f"),
+    ]
+    table = []
     for n, c, got in rows:
         a, b = got["chunked"], got["naive"]
-        print(
-            f"| {n} | {c} | {a['seconds'] * 1e3:.1f} | {b['seconds'] * 1e3:.1f} | {a['seconds'] / b['seconds']:.2f} | "
-            f"{a['peak_bytes'] / 2**20:.1f} | {b['peak_bytes'] / 2**20:.1f} | "
-            f"{a['peak_bytes'] / max(b['peak_bytes'], 1):.3f} |"
+        table.append(
+            {
+                "n": n,
+                "c": c,
+                "a_ms": a["seconds"] * 1e3,
+                "b_ms": b["seconds"] * 1e3,
+                "time": a["seconds"] / b["seconds"],
+                "a_mib": a["peak_bytes"] / 2**20,
+                "b_mib": b["peak_bytes"] / 2**20,
+                "memory": a["peak_bytes"] / max(b["peak_bytes"], 1),
+            }
         )
+    print(markdown.table(table, columns))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from pipeline.lio import LIOModel, group_positives, pair_index
 from pipeline.train.compile import CompiledStep
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for a Python without the install
+from pipeline.core import markdown  # noqa: E402
 from pipeline.core.machine import cpu  # noqa: E402  (standard library only)
 
 CASES = {"plain": [], "LIO layer4": ["layer4"], "LIO multi-stage": ["layer2", "layer3", "layer4"]}
@@ -124,16 +125,30 @@ def main() -> None:
     where = torch.cuda.get_device_name() if device == "cuda" else f"{cpu()[0]}, {torch.get_num_threads()} threads"
     print(f"ResNet-50 training step, batch {batch} ({batch // 4} groups of P+1=4), {size} px, pool {pool}, {where}\n")
     first = modes[0]
-    print(f"| model | step | step ms | images/s | vs {first}, same model | vs plain, same step | peak MiB |")
-    print("|---|---|---|---|---|---|---|")
+    rows = []
     for (name, mode), r in results.items():
         plain = results.get(("plain", mode))
-        vs_plain = f"{r['seconds'] / plain['seconds']:.2f}x" if plain else "-"
-        print(
-            f"| {name} | {mode} | {r['seconds'] * 1e3:.1f} | {batch / r['seconds']:.1f} | "
-            f"{results[name, first]['seconds'] / r['seconds']:.2f}x faster | {vs_plain} | "
-            f"{r['peak_bytes'] / 2**20:.0f} |"
+        rows.append(
+            {
+                "model": name,
+                "step": mode,
+                "ms": r["seconds"] * 1e3,
+                "img_s": batch / r["seconds"],
+                "vs_first": f"{results[name, first]['seconds'] / r['seconds']:.2f}x faster",
+                "vs_plain": f"{r['seconds'] / plain['seconds']:.2f}x" if plain else "-",
+                "mib": r["peak_bytes"] / 2**20,
+            }
         )
+    columns = [
+        ("model", "model", ""),
+        ("step", "step", ""),
+        ("ms", "step ms", ".1f"),
+        ("img_s", "images/s", ".1f"),
+        ("vs_first", f"vs {first}, same model", ""),
+        ("vs_plain", "vs plain, same step", ""),
+        ("mib", "peak MiB", ".0f"),
+    ]
+    print(markdown.table(rows, columns))
 
 
 if __name__ == "__main__":

@@ -16,9 +16,16 @@ def cell(value: Any, fmt: str = "") -> str:
     return format(value, fmt) if fmt and not isinstance(value, str) else str(value)
 
 
+def head(columns: Sequence[Column]) -> str:
+    """The header and rule lines (a table printed a row at a time, as it is measured, starts here)."""
+    return "| " + " | ".join(h for _, h, _ in columns) + " |\n|" + "|".join("---" for _ in columns) + "|"
+
+
+def line(row: Mapping[str, Any], columns: Sequence[Column]) -> str:
+    """One body line; a key the row lacks reads "n/a"."""
+    return "| " + " | ".join(cell(row.get(k), f) for k, _, f in columns) + " |"
+
+
 def table(rows: Iterable[Mapping[str, Any]], columns: Sequence[Column]) -> str:
-    """Rows of mappings -> a Markdown table; `columns` are (key, header, format spec); a key a row
-    lacks reads "n/a"."""
-    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(cell(r.get(k), f) for k, _, f in columns) + " |" for r in rows]
-    return "\n".join(lines)
+    """Rows of mappings -> a Markdown table; `columns` are (key, header, format spec)."""
+    return "\n".join([head(columns), *(line(r, columns) for r in rows)])
