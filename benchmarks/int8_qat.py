@@ -25,7 +25,7 @@ import torch
 
 from pipeline.config.export import QATConfig
 from pipeline.config.params import load_config
-from pipeline.core import paths
+from pipeline.core import markdown, paths
 from pipeline.core.machine import cpu  # noqa: E402  (standard library only)
 from pipeline.data.dataset import ManifestDataset, stack_images
 from pipeline.data.manifest import read_manifest
@@ -38,10 +38,23 @@ from pipeline.deploy.runners import load_deployable
 SETTING = ("QOperator", "MinMax")
 
 
-def compare(logits: np.ndarray, reference: np.ndarray) -> str:
+COLUMNS = [
+    ("name", "every layer INT8", ""),
+    ("seconds", "fine-tuning s", ".0f"),
+    ("student", "student: agreement (flips)", ""),
+    ("student_error", "rel. logit error", ".4f"),
+    ("qdq", "QDQ graph in ONNX Runtime", ""),
+    ("qdq_error", "rel. error", ".4f"),
+    ("cpu", "ONNX Runtime's CPU quantization", ""),
+    ("cpu_error", "rel. error", ".4f"),
+]
+
+
+def compare(logits: np.ndarray, reference: np.ndarray) -> tuple[str, float]:
+    """(agreement with the reference and the images that changed class, relative logit error)."""
     flips = int((logits.argmax(1) != reference.argmax(1)).sum())
     error = float(np.linalg.norm(logits - reference) / np.linalg.norm(reference))
-    return f"{1 - flips / len(reference):.4f} ({flips}) | {error:.4f}"
+    return f"{1 - flips / len(reference):.4f} ({flips})", error
 
 
 def main() -> None:
@@ -68,7 +81,8 @@ def main() -> None:
     with torch.no_grad():
         reference = model.eval()(images).numpy()
 
-    lines = []
+    lines: list[dict] = []
+    floor: dict = {}
     settings = [(0, 1e-6)] + [(int(e), float(lr)) for e, lr in (s.split(":") for s in args.settings.split(","))]
     with tempfile.TemporaryDirectory() as tmp:
         for epochs, lr in settings:
@@ -83,25 +97,25 @@ def main() -> None:
             export_fp32(qat.plain(student.model), plain, meta.preprocess.crop, 18, meta)
             cpu_file = export_int8_cpu(plain, Path(tmp) / f"cpu-{epochs}-{lr}", calibration.numpy(), meta, (SETTING,))
             name = "post-training (calibration only)" if epochs == 0 else f"{epochs} epochs at lr {lr:g}"
-            lines.append(
-                f"| {name} | {seconds:.0f} | {compare(fake, reference)} | "
-                f"{compare(onnx_runtime.run(onnx_runtime.session(qdq), images.numpy()), reference)} | "
-                f"{compare(onnx_runtime.run(onnx_runtime.session(cpu_file[SETTING]), images.numpy()), reference)} |"
-            )
+            row = {"name": name, "seconds": seconds}
+            for key, logits in (
+                ("student", fake),
+                ("qdq", onnx_runtime.run(onnx_runtime.session(qdq), images.numpy())),
+                ("cpu", onnx_runtime.run(onnx_runtime.session(cpu_file[SETTING]), images.numpy())),
+            ):
+                row[key], row[f"{key}_error"] = compare(logits, reference)
+            lines.append(row)
             if epochs == 0:
                 with torch.no_grad():
                     moved = student.model(images + 1e-6 * torch.randn_like(images)).numpy()
-                floor = f"| noise floor: that student, input moved by 1e-6, vs itself | — | {compare(moved, fake)} |"
-            print(lines[-1], flush=True)
+                agree, error = compare(moved, fake)
+                floor = {"name": "noise floor: that student, input moved by 1e-6, vs itself", "seconds": "—"}
+                floor |= {"student": agree, "student_error": error}
+            print(markdown.line(lines[-1], COLUMNS), flush=True)
 
     name, flags = cpu()
     print(f"\nCPU: {name}; INT8 instructions: {', '.join(flags) or 'none'}; {len(selection)} selection images.\n")
-    print(
-        "| every layer INT8 | fine-tuning s | student: agreement (flips) | rel. logit error "
-        "| QDQ graph in ONNX Runtime | rel. error | ONNX Runtime's CPU quantization | rel. error |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
-    print("\n".join(lines + [floor]))
+    print(markdown.table([*lines, floor], COLUMNS))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from pipeline.core import markdown  # noqa: E402  (standard library only)
 
 #: name -> (file, text, replacement, the tests most likely to catch it)
 MUTATIONS = {
@@ -196,7 +198,9 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown mutation(s) {unknown}; choose from {', '.join(MUTATIONS)}")
     survived = []
-    print("| mutation | file | tests run | result | seconds |\n|---|---|---|---|---|", flush=True)
+    columns = [("name", "mutation", ""), ("path", "file", ""), ("where", "tests run", ""), ("result", "result", "")]
+    columns.append(("seconds", "seconds", ".0f"))
+    print(markdown.head(columns), flush=True)
     for name in args.names or list(MUTATIONS):
         path, text, replacement, tests = MUTATIONS[name]
         with tempfile.TemporaryDirectory() as tmp:
@@ -204,7 +208,8 @@ def main() -> int:
             scratch_copy(copy)
             source = (copy / path).read_text()
             if source.count(text) != 1:
-                print(f"| {name} | {path} | - | the text to mutate is not there once: update tools/mutate.py | - |")
+                result = "the text to mutate is not there once: update tools/mutate.py"
+                print(markdown.line({"name": name, "path": path, "where": "-", "result": result}, columns))
                 survived.append(name)
                 continue
             (copy / path).write_text(source.replace(text, replacement))
@@ -220,7 +225,8 @@ def main() -> int:
         if not killed:
             survived.append(name)
         where = "the fast suite" if args.full else ", ".join(tests)
-        print(f"| {name} | {path} | {where} | {result} | {seconds:.0f} |", flush=True)
+        row = {"name": name, "path": path, "where": where, "result": result, "seconds": seconds}
+        print(markdown.line(row, columns), flush=True)
     total = len(args.names or MUTATIONS)
     print(f"\n{len(survived)} of {total} mutations survived" + (f": {survived}" if survived else ""))
     return 1 if survived else 0
