@@ -458,3 +458,23 @@ def test_held_out_images_change_nothing_before_them(tmp_path, split):
     held = [r for r in rows[20] if r[2] == split]
     assert len(held) == 60 and summary[split] == 60 and [r for r in rows[20] if r[2] != split] == rows[0]
     assert all(len([r for r in held if r[1] == c]) == 20 for c in range(3))
+
+
+def test_held_out_images_gate_select_and_calibrate_apart(tiny_prepared):
+    """The export's image sets: the gate is every labelled image training never saw (validation plus
+    the held-out gate stream), selection never touches it, calibration comes from training, and the
+    description says what was used."""
+    from pipeline.data.heldout import HeldOut
+
+    rows, _ = read_manifest(tiny_prepared)
+    by = {s: [r.path for r in rows if r.split == s] for s in ("train", "val", "gate", "select", "test")}
+    held = HeldOut.of(rows, calib_images=8, seed=0)
+    assert sorted(r.path for r in held.gate) == sorted(by["val"] + by["gate"]) and by["val"] and by["gate"]
+    assert not {r.path for r in held.select} & {r.path for r in held.gate}
+    assert {r.path for r in held.calibration} <= set(by["train"]) and len(held.calibration) == 8
+    assert (
+        held.gate_source
+        == f"the validation split ({len(by['val'])} images) with {len(by['gate'])} held-out gate images"
+    )
+    assert [r.path for r in held.test] == by["test"]
+    assert HeldOut.of(rows, 8, 0) == held and HeldOut.of(rows, 8, 1).calibration != held.calibration  # seeded

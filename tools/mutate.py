@@ -163,7 +163,7 @@ MUTATIONS = {
         "pipeline/data/heldout.py",
         'gate = split["val"] + split["gate"]',
         'gate = split["gate"] or split["val"][:1]',
-        ["tests/test_export.py"],
+        ["tests/test_data.py", "tests/test_export.py"],
     ),
     "study-convergence-counts-late-epochs": (
         "pipeline/study/aggregate.py",
