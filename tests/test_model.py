@@ -77,7 +77,10 @@ def test_target_grad_decides_whether_l_oel_reaches_the_features_through_m(target
     target = (sim.amax(dim=3) / c).mean(1).view(b, n, n)
     target = target if target_grad else target.detach()
     torch.nn.functional.mse_loss(model.oel["layer2"](f), target).backward()
-    torch.testing.assert_close(got, model.backbone.conv1.weight.grad, rtol=1e-4, atol=1e-7)
+    want = model.backbone.conv1.weight.grad
+    # float32 through two paths and a ResNet stem: an absolute 1e-7 failed on 2 of 9,408 weights on an
+    # AMX Xeon (1.6e-7); the bound scales with the gradient (about 0.3 here; the two modes differ by 0.18)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
 
 
 @pytest.mark.slow
