@@ -87,6 +87,11 @@ def test_queue_skips_recorded_runs(tmp_path):
     finally:
         os.chdir(cwd)
     assert names == ["study-cpu-baseline-s1", "study-cpu-lio-s1"]
+    # a commit after queueing (as a session commits the study's results): the queue still holds them,
+    # although `dvc exp show` now lists only the new commit's experiments (seen: every run queued twice)
+    (repo / "notes.txt").write_text("a commit after queueing\n")
+    subprocess.run(["git", "add", "notes.txt"], cwd=repo, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "more"], cwd=repo, check=True)
     os.chdir(repo)
     try:  # still queued: queueing again adds nothing
         assert queue("cpu", 2, 0, ["baseline", "lio"], recorded=Path("study.json")) == []

@@ -61,10 +61,14 @@ def _dvc(*args: str) -> str:
 
 
 def pending() -> set[str]:
-    """Names of the experiments DVC holds as queued or running."""
-    import dvc.api
+    """Names of the experiments DVC's queue holds as queued or running, whatever commit they were
+    queued from (`dvc exp show` lists only the current commit's: after a commit, a study queued
+    before it was queued again, every run twice)."""
+    from dvc.repo import Repo
 
-    return {r["Experiment"] for r in dvc.api.exp_show() if r.get("State") in ("Queued", "Running") and r["Experiment"]}
+    with Repo() as repo:
+        queue = repo.experiments.celery_queue
+        return {e.name for e in [*queue.iter_queued(), *queue.iter_active()] if e.name}
 
 
 def baselines(preset: str) -> list[str]:
