@@ -119,7 +119,16 @@ def reference_variant(fp32: Backend, parity: Parity, judge: Judge) -> Variant:
     )
 
 
-def recipe_inputs(model, meta: Deployable, fp32: Path, sets: ImageSets, cfg: ExportConfig, seed, rows, work: Path):
+def recipe_inputs(
+    model: nn.Module,
+    meta: Deployable,
+    fp32: Path,
+    sets: ImageSets,
+    cfg: ExportConfig,
+    seed: int,
+    rows: list[Record],
+    work: Path,
+) -> Inputs:
     """The recipes' shared inputs; the QAT student and the layer ranking are made on first use, once."""
 
     @cache

@@ -3,8 +3,8 @@ study, always through `TrainedModel`, by attribute.
 
 It keeps the weights with everything they were trained with (as Lightning's save_hyperparameters
 does): the classes, the preprocessing, the typed settings of every section the train stage reads,
-and the run's summary. On disk it is a plain dict of tensors and builtins, so `torch.load(...,
-weights_only=True)` reads it.
+and the run's summary. On disk it is a plain dict of tensors and builtins, so
+`torch.load(path, weights_only=True)` (pipeline/weights.py) reads it.
 """
 
 from __future__ import annotations
