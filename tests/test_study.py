@@ -376,3 +376,34 @@ def test_convergence_and_the_seeds_a_resolution_needs():
     assert c.train_top1_last_mean == pytest.approx(0.9733, abs=1e-4) and c.train_top1_last_min == 0.96
     assert convergence([StudyRun("old", "lio", 3, 0.8, 0.8, 9, 1.0)]) is None  # recorded before the fields
     assert seeds_for(0.01, 0.02) == 18 and seeds_for(0.01, 0.001) == 2  # two: the fewest with an interval
+
+
+def test_last_fifth_gain_reads_the_runs_own_validation_curve(tmp_path, monkeypatch):
+    """The validation curve comes from the run's commit (dvclive's plot is in git); the last fifth's
+    gain is its best over the best of the first four fifths, and a late best by one image shows as
+    a small gain, not as a run that failed to converge."""
+    import subprocess
+
+    from pipeline.study.aggregate import convergence, last_fifth_gain
+    from pipeline.study.runs import val_curve
+
+    monkeypatch.chdir(tmp_path)
+    curve = [0.5 + 0.01 * e for e in range(24)] + [0.74, 0.75, 0.74, 0.74, 0.74, 0.74]
+    tsv = tmp_path / "dvclive/plots/metrics/val/top1.tsv"
+    tsv.parent.mkdir(parents=True)
+    tsv.write_text("step\ttop1\n" + "".join(f"{e}\t{v}\n" for e, v in enumerate(curve)))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "run"], check=True)
+    rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert val_curve(rev) == pytest.approx(curve) and val_curve(None) is None and val_curve("0" * 40) is None
+    assert last_fifth_gain(curve) == pytest.approx(0.02)  # 0.75 against epoch 24's 0.73
+    assert last_fifth_gain([0.5] * 8 + [0.4, 0.5]) == 0.0  # a peak before the last fifth, matched after it
+
+    def run(seed, best, curve):
+        return StudyRun(f"study-structure-lio-s{seed}", "lio", seed, 0.8, 0.8, best, 1.0, {}, 0.97, 30, None, curve)
+
+    c = convergence([run(0, 26, curve), run(1, 24, curve[:24] + [0.7] * 6), run(2, 20, None)])
+    assert (c.runs, c.best_before_last_fifth, c.curves) == (3, 2, 2)
+    assert c.last_fifth_gain_mean == pytest.approx(0.01) and c.last_fifth_gain_max == pytest.approx(0.02)

@@ -23,6 +23,7 @@ class StudyRun:
     train_top1_last: float | None = None  # the last epoch's training top-1 (runs before this field: None)
     epochs: int | None = None
     machine: str | None = None  # the CPU it ran on
+    val_curve: list[float] | None = None  # validation top-1 of every epoch (runs before this field: None)
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,17 @@ class Paired:
 @dataclass(frozen=True)
 class Convergence:
     """Whether a variant's runs converged: best validation epoch before the last fifth of the
-    schedule, and training top-1 at the last epoch."""
+    schedule, training top-1 at the last epoch, and what the last fifth added to validation top-1
+    (a best epoch that is late by one validation image is not a run still learning)."""
 
     runs: int
     best_before_last_fifth: int
     train_top1_last_mean: float
     train_top1_last_min: float
+    # what validation top-1 gained in the last fifth over the best before it (runs with a val_curve)
+    curves: int = 0
+    last_fifth_gain_mean: float | None = None
+    last_fifth_gain_max: float | None = None
 
 
 @dataclass(frozen=True)

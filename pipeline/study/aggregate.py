@@ -38,14 +38,30 @@ def seeds_for(half_width: float, std: float, n: int = 2) -> int:
     return n
 
 
+def last_fifth_gain(curve: list[float]) -> float:
+    """Validation top-1 the last fifth of the epochs added over the best before it (0: none)."""
+    cut = max(1, round(0.8 * len(curve)))
+    return max(curve) - max(curve[:cut])
+
+
 def convergence(runs: list[StudyRun]) -> Convergence | None:
-    """Best validation epoch before the last fifth of the schedule, and the last epoch's training top-1."""
+    """Best validation epoch before the last fifth of the schedule, the last epoch's training top-1,
+    and the validation the last fifth added (runs whose curve is recorded)."""
     known = [r for r in runs if r.epochs and r.best_epoch and r.train_top1_last is not None]
     if not known:
         return None
     last = [r.train_top1_last for r in known if r.train_top1_last is not None]
     early = sum(r.best_epoch <= 0.8 * r.epochs for r in known if r.best_epoch and r.epochs)
-    return Convergence(len(known), early, statistics.fmean(last), min(last))
+    gains = [last_fifth_gain(r.val_curve) for r in known if r.val_curve]
+    return Convergence(
+        len(known),
+        early,
+        statistics.fmean(last),
+        min(last),
+        len(gains),
+        statistics.fmean(gains) if gains else None,
+        max(gains) if gains else None,
+    )
 
 
 def _localisation(runs: list[StudyRun]) -> dict[str, dict[str, float | None]]:

@@ -105,8 +105,10 @@ def _convergence_lines(variants: dict[str, VariantSummary]) -> list[str]:
     if converged:
         lines += [
             "",
-            "Convergence: runs whose best validation epoch falls before the last fifth of the schedule, and the "
-            "training top-1 of the last epoch:",
+            "Convergence: runs whose best validation epoch falls before the last fifth of the schedule, the "
+            "training top-1 of the last epoch, and what the last fifth added to validation top-1 over the best "
+            "epoch before it (runs whose per-epoch curve was recorded; one validation image is "
+            "1/(validation images) of top-1):",
             "",
             table(
                 [
@@ -115,6 +117,9 @@ def _convergence_lines(variants: dict[str, VariantSummary]) -> list[str]:
                         "early": f"{c.best_before_last_fifth}/{c.runs}",
                         "mean": c.train_top1_last_mean,
                         "min": c.train_top1_last_min,
+                        "curves": c.curves,
+                        "gain": c.last_fifth_gain_mean,
+                        "gain_max": c.last_fifth_gain_max,
                     }
                     for name, c in converged.items()
                 ],
@@ -123,6 +128,9 @@ def _convergence_lines(variants: dict[str, VariantSummary]) -> list[str]:
                     ("early", "best epoch before the last fifth", ""),
                     ("mean", "last-epoch train top-1, mean", ".3f"),
                     ("min", "min", ".3f"),
+                    ("curves", "runs with a curve", ""),
+                    ("gain", "val gained in the last fifth, mean", "+.3f"),
+                    ("gain_max", "max", "+.3f"),
                 ],
             ),
         ]

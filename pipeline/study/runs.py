@@ -8,6 +8,8 @@ if reports/extent.json was computed from that run's models/lio.pt (tied by the f
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import subprocess
@@ -112,13 +114,13 @@ def pretrain(work: Path, out: Path, params: Path = Path("params.yaml")) -> Train
     return summary
 
 
-def experiments(shown) -> Iterator[tuple[str, dict]]:
-    """(name, data) of every named experiment in `dvc exp show --json`, whatever the nesting.
+def experiments(shown) -> Iterator[tuple[str, str | None, dict]]:
+    """(name, commit, data) of every named experiment in `dvc exp show --json`, whatever the nesting.
     Failed runs are left out: their files are the queued snapshot's, another run's results."""
     if isinstance(shown, dict):
         data = shown.get("data")
         if isinstance(data, dict) and shown.get("name") and "params" in data and not shown.get("error"):
-            yield shown["name"], data
+            yield shown["name"], shown.get("rev") or data.get("rev"), data
         for v in shown.values():
             yield from experiments(v)
     elif isinstance(shown, list):
@@ -143,11 +145,21 @@ def localisation(data: dict) -> dict:
     return extent.get("stages") or {} if model and extent.get("model_md5") == model else {}
 
 
+def val_curve(rev: str | None) -> list[float] | None:
+    """Validation top-1 of every epoch, read from the run's commit (dvclive's plot is kept in git)."""
+    if not rev:
+        return None
+    shown = subprocess.run(["git", "show", f"{rev}:{paths.VAL_CURVE}"], capture_output=True, text=True)
+    if shown.returncode:
+        return None
+    return [float(row["top1"]) for row in csv.DictReader(io.StringIO(shown.stdout), delimiter="\t")] or None
+
+
 def records(shown, preset: str, machine: str | None = None) -> list[StudyRun]:
     """One record per finished study run of `preset` (runs without test metrics are still going or
     failed), stamped with `machine`, where they ran (experiments live only there)."""
     out = {}
-    for name, data in experiments(shown):
+    for name, rev, data in experiments(shown):
         m = NAME.match(name)
         if not m or m["preset"] != preset or m["variant"] not in VARIANTS:
             continue
@@ -169,5 +181,6 @@ def records(shown, preset: str, machine: str | None = None) -> list[StudyRun]:
             train_top1_last=_metric(data, "dvclive/metrics.json", "train", "top1"),  # the last epoch's
             epochs=(params.get("train") or {}).get("epochs"),
             machine=machine,
+            val_curve=val_curve(rev),
         )
     return sorted(out.values(), key=lambda r: (list(VARIANTS).index(r.variant), r.seed))
