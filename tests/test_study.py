@@ -201,6 +201,7 @@ def test_verdict_names_the_side_of_zero():
 
     assert "above zero" in verdict(v([0.01, 0.05])) and "below zero" in verdict(v([-0.05, -0.01]))
     assert "no interval" in verdict(v(None))
+    assert "paper's size" in verdict(v([-0.01, 0.017])) and "paper's size" not in verdict(v([-0.01, 0.019]))
 
 
 def test_collect_keeps_recorded_runs(tmp_path):
@@ -242,6 +243,7 @@ def test_default_and_readme_follow_the_recorded_study():
         return "[" + ", ".join(f"{x:+.3f}".replace("-", "−") for x in ci) + "]"
 
     quoted = [("cpu", v) for v in study["cpu"]["variants"] if v != "baseline"] + [("transfer", "lio")]
+    quoted += [("structure", v) for v in study["structure"]["variants"] if v != "baseline"]
     for preset, variant in quoted:
         ci = study[preset]["variants"][variant]["test_vs_baseline"]["ci95"]
         assert interval(ci) in readme, (preset, variant, interval(ci))
@@ -407,3 +409,22 @@ def test_last_fifth_gain_reads_the_runs_own_validation_curve(tmp_path, monkeypat
     c = convergence([run(0, 26, curve), run(1, 24, curve[:24] + [0.7] * 6), run(2, 20, None)])
     assert (c.runs, c.best_before_last_fifth, c.curves) == (3, 2, 2)
     assert c.last_fifth_gain_mean == pytest.approx(0.01) and c.last_fifth_gain_max == pytest.approx(0.02)
+
+
+def test_structure_study_queues_the_seeds_its_resolution_goal_needs(monkeypatch):
+    """`lio study queue` without --seeds takes the preset's: for structure, the 18 paired seeds that
+    make a 95% interval +-0.01 at a spread of 0.02, for all four variants (72 runs); flags still win.
+    The library's queue is replaced here only to read what the command passes it (it runs for real
+    in test_queue_skips_recorded_runs)."""
+    from click.testing import CliRunner
+
+    import stages.study as cli
+    from pipeline.study.aggregate import seeds_for
+
+    seen = {}
+    monkeypatch.setattr(cli, "queue", lambda preset, seeds, other, variants: seen.update(p=preset, s=seeds, o=other) or [])
+    assert CliRunner().invoke(cli.command, ["queue"]).exit_code == 0
+    assert seen == {"p": "structure", "s": 18, "o": 18} and seeds_for(0.01, 0.02) == 18
+    assert len(grid("structure", 18, 18)) == 72
+    assert CliRunner().invoke(cli.command, ["queue", "--preset", "cpu", "--seeds", "2"]).exit_code == 0
+    assert seen == {"p": "cpu", "s": 2, "o": 3}
