@@ -17,7 +17,6 @@ PREPARED = Path("data/prepared")
 TRAINED = Path("models/lio.pt")
 CHECKPOINTS = Path("checkpoints")
 LIVE = Path("dvclive")
-VAL_CURVE = LIVE / "plots/metrics/val/top1.tsv"  # one row per epoch
 # strip
 PARITY = Path("reports/parity.json")
 # export: the one table of ONNX variants (precision -> file)

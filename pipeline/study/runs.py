@@ -24,6 +24,8 @@ from pipeline.core import paths
 from pipeline.core.io import write_text
 from pipeline.study.presets import PRESETS, PRETRAIN, PRETRAINED, VARIANTS, StudyError, grid
 
+#: dvclive's plot of validation top-1, one row per epoch (kept in git, so in each experiment's commit)
+VAL_CURVE = paths.LIVE / "plots/metrics/val/top1.tsv"
 NAME = re.compile(r"^study-(?P<preset>[a-z0-9]+)-(?P<variant>[a-z0-9.-]+)-s(?P<seed>\d+)$")
 
 
@@ -149,7 +151,7 @@ def val_curve(rev: str | None) -> list[float] | None:
     """Validation top-1 of every epoch, read from the run's commit (dvclive's plot is kept in git)."""
     if not rev:
         return None
-    shown = subprocess.run(["git", "show", f"{rev}:{paths.VAL_CURVE}"], capture_output=True, text=True)
+    shown = subprocess.run(["git", "show", f"{rev}:{VAL_CURVE}"], capture_output=True, text=True)
     if shown.returncode:
         return None
     return [float(row["top1"]) for row in csv.DictReader(io.StringIO(shown.stdout), delimiter="\t")] or None
