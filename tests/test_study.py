@@ -422,7 +422,7 @@ def test_structure_study_queues_the_seeds_its_resolution_goal_needs(monkeypatch)
     from pipeline.study.aggregate import seeds_for
 
     seen = {}
-    monkeypatch.setattr(cli, "queue", lambda preset, seeds, other, variants: seen.update(p=preset, s=seeds, o=other) or [])
+    monkeypatch.setattr(cli, "queue", lambda preset, seeds, other, _: seen.update(p=preset, s=seeds, o=other) or [])
     assert CliRunner().invoke(cli.command, ["queue"]).exit_code == 0
     assert seen == {"p": "structure", "s": 18, "o": 18} and seeds_for(0.01, 0.02) == 18
     assert len(grid("structure", 18, 18)) == 72

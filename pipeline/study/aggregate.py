@@ -134,5 +134,7 @@ def verdict(v: VariantSummary) -> str:
     if ci[1] < 0:
         return "the interval lies below zero: worse than the baseline"
     if ci[1] < PAPER_GAIN:
-        return f"the interval includes zero and lies below +{PAPER_GAIN}: no difference shown, no gain of the paper's size"
+        return (
+            f"the interval includes zero and lies below +{PAPER_GAIN}: no difference shown, no gain of the paper's size"
+        )
     return "the interval includes zero: no difference shown"
