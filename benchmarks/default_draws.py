@@ -29,6 +29,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for a Python without the install
 from pipeline.core import markdown  # noqa: E402
 from pipeline.core.machine import cpu  # noqa: E402  (standard library only)
+from pipeline.study.runs import VAL_CURVE, read_curve  # noqa: E402  (the study reads the same plot)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,11 +46,6 @@ def params_for(params: Path, seed: int, overrides: list[tuple[str, object]]) -> 
 
     data = yaml.safe_load(params.read_text())
     return apply_overrides(data, {"seed": seed, **dict(overrides)})
-
-
-def val_curve(live: Path) -> list[float]:
-    rows = (live / "plots/metrics/val/top1.tsv").read_text().splitlines()[1:]
-    return [float(r.split("\t")[1]) for r in rows]
 
 
 def draw(params: Path, seed: int, overrides: list[tuple[str, object]], keep: Path | None) -> dict:
@@ -74,7 +70,7 @@ def draw(params: Path, seed: int, overrides: list[tuple[str, object]], keep: Pat
             log.append(proc.stdout)
         seconds = time.perf_counter() - start
         metrics = json.loads((work / "dvclive/metrics.json").read_text())
-        curve = val_curve(work / "dvclive")
+        curve = read_curve((work / VAL_CURVE).read_text())
         precision = next((line for line in log[1].splitlines() if line.startswith("train.amp")), "?")
         return {
             "seed": seed,

@@ -147,14 +147,17 @@ def localisation(data: dict) -> dict:
     return extent.get("stages") or {} if model and extent.get("model_md5") == model else {}
 
 
+def read_curve(tsv: str) -> list[float]:
+    """dvclive's plot of validation top-1 (step, top1 per line) -> the value of every epoch."""
+    return [float(row["top1"]) for row in csv.DictReader(io.StringIO(tsv), delimiter="\t")]
+
+
 def val_curve(rev: str | None) -> list[float] | None:
     """Validation top-1 of every epoch, read from the run's commit (dvclive's plot is kept in git)."""
     if not rev:
         return None
     shown = subprocess.run(["git", "show", f"{rev}:{VAL_CURVE}"], capture_output=True, text=True)
-    if shown.returncode:
-        return None
-    return [float(row["top1"]) for row in csv.DictReader(io.StringIO(shown.stdout), delimiter="\t")] or None
+    return None if shown.returncode else read_curve(shown.stdout) or None
 
 
 def records(shown, preset: str, machine: str | None = None) -> list[StudyRun]:
