@@ -11,12 +11,14 @@ COMMANDS = (
     "train",
     "strip",
     "export",
+    "runtime",
     "engine",
     "triton",
     "score",
     "localise",
     "report",
     "predict",
+    "serve",
     "study",
 )
 

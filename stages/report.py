@@ -17,6 +17,7 @@ def command(cfg):
         scores=paths.SCORES,
         extent=paths.EXTENT,
         export_report=paths.EXPORT_REPORT,
+        runtime=paths.RUNTIME,
         engine_info=paths.ENGINE_INFO,
         metadata=paths.metadata(paths.deployable(cfg.model.arch)),
         study=paths.STUDY,

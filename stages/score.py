@@ -18,6 +18,7 @@ def score_files(arch: str, root: Path = Path(".")) -> ScoreFiles:
         weights=root / paths.deployable(arch),
         onnx={precision: root / path for precision, path in paths.ONNX.items()},
         export_report=root / paths.EXPORT_REPORT,
+        runtime=root / paths.RUNTIME,
         engine=root / paths.ENGINE,
         engine_info=root / paths.ENGINE_INFO,
         scores=root / paths.SCORES,

@@ -116,6 +116,7 @@ def test_dvc_repro_then_experiment(tmp_path):
         "models/onnx/model.int8.onnx",
         "models/onnx/model.int8_cpu.onnx",
         "models/engine/engine.json",
+        "reports/runtime.json",
         "models/MODEL_CARD.md",
         "reports/report.md",
         "reports/masks.png",
@@ -138,7 +139,10 @@ def test_dvc_repro_then_experiment(tmp_path):
         assert all(0 <= v <= 1 for k, v in stage.items() if k != "N" and k != "images")
     report = (repo / "reports/report.md").read_text()
     assert "| layer2 | 4 |" in report and "ceiling" in report and "## Per class" in report
-    assert "## What to deploy" in report and "**CPU (ONNX Runtime)**" in report
+    assert "## What to deploy" in report and "**CPU**" in report and "## CPU runtimes" in report
+    runtime = json.loads((repo / "reports/runtime.json").read_text())
+    assert runtime["chosen"] in {c["name"] for c in runtime["candidates"] if c["status"] in ("reference", "passed")}
+    assert (repo / "models/triton_cpu/files.json").exists() and (repo / "models/triton/lio/config.pbtxt").exists()
     card = (repo / "models/MODEL_CARD.md").read_text()
     assert "Model card: resnet18 trained with Look-into-Object" in card and "| int8_cpu | passed |" in card
     confusion = json.loads((repo / "reports/confusion.json").read_text())

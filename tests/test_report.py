@@ -5,7 +5,8 @@ import pytest
 
 from pipeline.artifacts.deployable import Preprocess
 from pipeline.artifacts.engine import EngineInfo, Gpu, Profile
-from pipeline.artifacts.export import ExportReport, Variant
+from pipeline.artifacts.export import ExportReport, Layers, Variant
+from pipeline.artifacts.runtime import CpuCandidate, RuntimeChoice
 from pipeline.artifacts.scores import BackendScore, Scores
 from pipeline.core.markdown import table
 from pipeline.core.metrics import accuracy, confusions, per_class, wilson
@@ -61,11 +62,11 @@ def test_wilson_interval_by_hand():
     assert wilson(450, 500)[1] - wilson(450, 500)[0] < wilson(45, 50)[1] - wilson(45, 50)[0]
 
 
-def _scores(rows: list[BackendScore], batch: int = 32, export=None, engine=None) -> Scores:
+def _scores(rows: list[BackendScore], batch: int = 32, export=None, engine=None, runtime=None) -> Scores:
     """Scores with the recommendations pipeline/deploy/choice.py makes of these rows."""
     from pipeline.deploy.choice import recommend
 
-    advice = recommend(rows, export, engine) if export is not None else []
+    advice = recommend(rows, export, engine, runtime) if export is not None else []
     return Scores(len(rows), 1, 30, batch, rows, {}, "onnxruntime-fp32", [], [], advice)
 
 
@@ -87,18 +88,29 @@ def _engine(built: bool) -> EngineInfo:
     )
 
 
-def test_recommendations_pick_the_fastest_variant_that_passed_and_name_the_measured_batch():
-    table = [_row("onnxruntime-fp32", 100), _row("onnxruntime-int8_cpu", 400, 0.5), _row("onnxruntime-fp16", 900)]
-    table.append(_row("onnxruntime-fp16", 5000, device="CUDAExecutionProvider"))  # not a CPU row
+def _cpu(name: str, precision: str, status: str, img_s: float, p50: float) -> CpuCandidate:
+    runtime = name.split("-")[0]
+    graph = "models/onnx/model.onnx" if precision == "fp32" else f"models/onnx/model.{precision}.onnx"
+    return CpuCandidate(name, runtime, precision, graph, None, status, "CPU", None, p50, img_s)  # type: ignore[arg-type]
+
+
+def test_recommendations_follow_the_runtime_choice_and_name_the_measured_batch():
+    from pipeline.serve.choose import pick
+
+    table = [_row("onnxruntime-fp32", 100), _row("onnxruntime-int8_cpu", 400, 0.5)]
     export = ExportReport(
         "validation",
         {p: _variant(p, s) for p, s in (("fp32", "reference"), ("fp16", "rejected"), ("int8_cpu", "passed"))},
     )
-    advice = recommendations(_scores(table, 8, export, _engine(False)))
-    assert advice["CPU (ONNX Runtime)"].startswith(
-        "`models/onnx/model.int8_cpu.onnx`: 400 img/s at batch 8 (4.00x FP32)"
-    )
-    assert "p50 0.50 ms at batch 1 (0.50x FP32)" in advice["CPU (ONNX Runtime)"]
+    candidates = [
+        _cpu("onnxruntime-fp32", "fp32", "reference", 100, 1.0),
+        _cpu("onnxruntime-int8_cpu", "int8_cpu", "passed", 400, 0.5),
+        _cpu("openvino-int8", "int8", "rejected", 900, 0.2),  # faster, but its gate failed
+    ]
+    runtime = RuntimeChoice("Xeon", ["amx_int8"], 2, 1, 8, candidates, *pick(candidates, 8))
+    advice = recommendations(_scores(table, 8, export, _engine(False), runtime))
+    assert advice["CPU"].startswith("`models/onnx/model.int8_cpu.onnx`: 400 img/s at batch 8 (4.00x FP32)")
+    assert "p50 0.50 ms at batch 1 (0.50x FP32)" in advice["CPU"] and "(Xeon)" in advice["CPU"]
     assert "`models/onnx/model.fp16.onnx` (fp16, its gate rejected)" in advice["GPU (TensorRT)"]
     assert "not built here: no TensorRT" in advice["GPU (TensorRT)"]
     assert recommendations(_scores([], 32, ExportReport("validation", {}), _engine(True))) == {
@@ -185,7 +197,7 @@ def test_the_report_says_by_how_much_a_rejected_variant_missed_and_what_the_fall
         "0.9765 [0.959, 0.987] (floor 0.95) | 0.8300 |" in lines
     )
     chose = (
-        "chosen before the gate on 504 selection images, where every layer in INT8 had top-1 0.8000 against FP32's "
+        "chosen before the gate on 504 selection images, where the graph as first made had top-1 0.8000 against FP32's "
         "0.8300 and agreed on 0.9623 (19 changed class); 2 selection tries"
     )
     assert (
@@ -196,9 +208,11 @@ def test_the_report_says_by_how_much_a_rejected_variant_missed_and_what_the_fall
     v = replace(v, status="passed", gate=good, fallback_speed=FallbackSpeed(900.0, 850.0, 32))
     assert (
         f"- int8_cpu passed with 2 layers kept in FP32 (layer4.2.conv3, fc); {chose}; on this CPU at batch 32 it "
-        "runs 850 img/s against 900 with every layer in INT8." in gate_lines(ExportReport("x", {"int8_cpu": v}))
+        "runs 850 img/s against 900 as first made." in gate_lines(ExportReport("x", {"int8_cpu": v}))
     )
     v = replace(v, selection=[replace(first, agreement=0.995, passed=True)], kept_in_fp32=[], fallback_speed=None)
+    v = replace(v, layers=Layers(53, 54, ["node_linear (Gemm)"]))  # what the graph's nodes say (layer_precision)
     assert gate_lines(ExportReport("x", {"int8": v}))[-1].startswith(
-        "- int8 passed with every Conv and the classifier in INT8; chosen before the gate on 504 selection images"
+        "- int8 passed with 53 of 54 Conv and Gemm layers in INT8, in floating point: node_linear (Gemm); chosen "
+        "before the gate on 504 selection images"
     )

@@ -15,7 +15,7 @@ import pytest
 from google.protobuf import text_format
 
 from pipeline.artifacts.engine import EngineInfo
-from pipeline.deploy.triton import FUSED_MODEL, INT8_MODEL, ONNX_MODEL, TRT_MODEL, build_repository, write_repository
+from pipeline.serve.triton import FUSED_MODEL, INT8_MODEL, ONNX_MODEL, TRT_MODEL, build_repository, write_repository
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 DT = model_config_pb2.DataType

@@ -111,6 +111,25 @@ class QatSummary:
 
 
 @dataclass(frozen=True)
+class Layers:
+    """Which Conv and Gemm layers of a graph compute in INT8, read from its nodes
+    (`pipeline.deploy.quantize.layer_precision`): the report's sentence about a variant comes from here."""
+
+    int8: int
+    total: int
+    in_float: list[str]  # "node_linear (Gemm)": the layers that stay in floating point
+
+    def describe(self) -> str:
+        if not self.int8:
+            return "no layer in INT8"
+        if not self.in_float:
+            return f"all {self.total} Conv and Gemm layers in INT8"
+        return (
+            f"{self.int8} of {self.total} Conv and Gemm layers in INT8, in floating point: {', '.join(self.in_float)}"
+        )
+
+
+@dataclass(frozen=True)
 class Variant:
     """One ONNX variant: its file (deleted when rejected), verdict and numbers, and how it was made:
     the candidates timed, the selection tries, the layers kept in FP32 and why."""
@@ -136,6 +155,7 @@ class Variant:
     inputs_in_fp32: list[str] = field(default_factory=list)
     fallback_speed: FallbackSpeed | None = None
     rejected_because: str | None = None
+    layers: Layers | None = None  # INT8 variants: what the shipped graph's nodes compute in INT8
 
     @property
     def deployable(self) -> bool:

@@ -58,7 +58,7 @@ class Scores(Artifact):
 
 @dataclass(frozen=True)
 class Measured:
-    """What the recommended backend measured here, beside FP32 on the same provider."""
+    """What the recommended backend measured here, beside ONNX Runtime FP32 on the same CPU."""
 
     backend: str
     throughput: float
@@ -74,7 +74,7 @@ class Measured:
 class Recommendation:
     """What to deploy on one target (pipeline/deploy/choice.py decides; the report only formats)."""
 
-    target: str  # "CPU (ONNX Runtime)" | "GPU (TensorRT)"
+    target: str  # "CPU" | "GPU (TensorRT)"
     file: str
     precision: str
     built: bool  # the file exists and ran here (a GPU engine may have to be built on the target)
@@ -83,3 +83,4 @@ class Recommendation:
     gate: str | None = None  # GPU, not built: the ONNX variant's gate status
     reason: str | None = None  # GPU, not built: why not here
     fallback: str | None = None  # GPU: why another precision than engine.precision
+    runtime: str | None = None  # CPU: the runtime and arithmetic that ran it, and the CPU it was chosen on

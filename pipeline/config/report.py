@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 from pipeline.config.engine import EngineConfig
+from pipeline.config.export import ExportConfig
 from pipeline.config.model import ModelConfig
 from pipeline.config.schema import Params, need
 
@@ -39,6 +40,17 @@ class ScoreParams(Params):
     """The score stage: the deployable (`model.arch`), timing (`report`), the batch the engine is built for."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+
+@dataclass
+class RuntimeParams(Params):
+    """The runtime stage: the gates and their images (`seed`, `export`), the throughput batch
+    (`engine.max_batch`) and the timing (`report`)."""
+
+    seed: int = 0
+    export: ExportConfig = field(default_factory=ExportConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 

@@ -37,6 +37,7 @@ class TrainConfig:
     channels_last: bool = True  # on CUDA
     compile: Literal["auto", "true", "false"] = "auto"  # torch.compile the training step; auto: on CUDA
     eval_batch_size: int = 64
+    checkpoint_every: int = 1  # epochs between checkpoints (and after the last); resuming redoes at most this many - 1
 
     def check(self, where: str) -> None:
         need(
@@ -83,6 +84,12 @@ class TrainConfig:
             where,
             "train.eval_batch_size",
             f"must be >= 1, got {self.eval_batch_size}; e.g. 64",
+        )
+        need(
+            self.checkpoint_every >= 1,
+            where,
+            "train.checkpoint_every",
+            f"must be >= 1, got {self.checkpoint_every}; e.g. 4 (epochs between checkpoints)",
         )
         need(0 <= self.ema_decay < 1, where, "train.ema_decay", "must be in [0, 1); 0 disables the EMA")
         need(

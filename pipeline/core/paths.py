@@ -30,7 +30,10 @@ ENGINE = ENGINE_DIR / "model.engine"
 ENGINE_INFO = ENGINE_DIR / "engine.json"
 TIMING_CACHE_DIR = Path("models/timing-cache")  # persists between builds
 TIMING_CACHE = TIMING_CACHE_DIR / "timing.cache"
-TRITON = Path("models/triton")  # a Triton model repository (ONNX always, TensorRT when built)
+TRITON = Path("models/triton")  # a Triton model repository for NGC's container (native backends)
+TRITON_CPU = Path("models/triton_cpu")  # the repository `lio serve` runs on the bundled server (Python backend)
+# runtime: the CPU runtime, chosen among candidates gated and timed on this machine
+RUNTIME = Path("reports/runtime.json")
 # score: every backend scored and timed
 SCORES = Path("reports/scores.json")  # the renderer's input
 METRICS = Path("reports/metrics.json")  # DVC metrics: test top-1 and every backend's numbers

@@ -66,15 +66,23 @@ def load_image(path: str | Path, crop_bottom: int = 0) -> Tensor:
         raw = Path(path).read_bytes()
     except FileNotFoundError as e:
         raise ImageError(f"{path}: no such image") from e
+    image = decode_bytes(raw, str(path))
+    return image[:, : image.shape[1] - crop_bottom] if crop_bottom else image
+
+
+def decode_bytes(raw: bytes, where: str) -> Tensor:
+    """An encoded image (PNG, JPEG, ...) -> uint8 [3, H, W] RGB; ImageError naming `where` (a file, a
+    request) when it is empty, truncated or not an image."""
+    if not raw:
+        raise ImageError(f"{where}: cannot decode image (empty: 0 bytes)")
     problem = png_data_problem(raw)
     if problem:
-        raise ImageError(f"{path}: cannot decode image ({problem})")
+        raise ImageError(f"{where}: cannot decode image ({problem})")
     try:
-        image = decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        return decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except (RuntimeError, ValueError) as e:
         reason = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
-        raise ImageError(f"{path}: cannot decode image ({reason})") from e
-    return image[:, : image.shape[1] - crop_bottom] if crop_bottom else image
+        raise ImageError(f"{where}: cannot decode image ({reason})") from e
 
 
 def load_mask(path: str | Path) -> Tensor:

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from pipeline.artifacts.engine import EngineInfo
 from pipeline.artifacts.export import ExportReport
+from pipeline.artifacts.runtime import RuntimeChoice
 from pipeline.artifacts.scores import BackendScore, Measured, Recommendation
 from pipeline.core.errors import PipelineError
 
 #: the more precise variant an engine falls back to when its precision was rejected by its gate
 FALLBACK = {"int8": "fp16", "fp16": "fp32"}
-CPU, GPU = "CPU (ONNX Runtime)", "GPU (TensorRT)"
+CPU, GPU = "CPU", "GPU (TensorRT)"
 
 
 class ChoiceError(PipelineError, RuntimeError):
@@ -36,32 +37,33 @@ def per_class_backend(backends: list[str]) -> str:
     return engines[0] if engines else ("onnxruntime-fp32" if "onnxruntime-fp32" in backends else "pytorch")
 
 
-def recommend(backends: list[BackendScore], export: ExportReport, engine: EngineInfo | None) -> list[Recommendation]:
-    """On a CPU, the fastest ONNX Runtime variant that passed its gate (at the measured batch); on a
-    GPU, the engine, or the variant to build it from on the target."""
-    out = []
-    cpu = [
-        r
-        for r in backends
-        if r.backend.startswith("onnxruntime-")
-        and r.device == "CPUExecutionProvider"
-        and export.deployable(r.backend.removeprefix("onnxruntime-"))
-    ]
-    if cpu:
-        fp32 = next((r for r in cpu if r.backend == "onnxruntime-fp32"), cpu[0])
-        best = max(cpu, key=lambda r: r.throughput)
-        precision = best.backend.removeprefix("onnxruntime-")
-        measured = Measured(
-            best.backend,
-            best.throughput,
-            best.throughput / fp32.throughput,
-            best.p50_ms,
-            best.p50_ms / fp32.p50_ms,
-            best.top1,
-            best.top1_ci95,
-            fp32.top1,
-        )
-        out.append(Recommendation(CPU, export.variants[precision].file, precision, True, measured))
+def cpu_recommendation(backends: list[BackendScore], runtime: RuntimeChoice) -> Recommendation:
+    """On a CPU, what reports/runtime.json chose (the fastest candidate that passed its gate, measured
+    on that CPU), with its test top-1 from the score table."""
+    shipped, fp32 = runtime.shipped, runtime.candidate("onnxruntime-fp32")
+    scored = {r.backend: r for r in backends}
+    row, reference = scored.get(shipped.name), scored.get(fp32.name)
+    assert shipped.throughput and shipped.p50_ms and fp32.throughput and fp32.p50_ms, "a usable candidate was timed"
+    measured = Measured(
+        shipped.name,
+        shipped.throughput,
+        shipped.throughput / fp32.throughput,
+        shipped.p50_ms,
+        shipped.p50_ms / fp32.p50_ms,
+        row.top1 if row else float("nan"),
+        row.top1_ci95 if row else (float("nan"), float("nan")),
+        reference.top1 if reference else float("nan"),
+    )
+    return Recommendation(
+        CPU, shipped.graph, shipped.precision, True, measured, runtime=f"{shipped.device} ({runtime.cpu})"
+    )
+
+
+def recommend(
+    backends: list[BackendScore], export: ExportReport, engine: EngineInfo | None, runtime: RuntimeChoice | None
+) -> list[Recommendation]:
+    """On a CPU, the runtime stage's choice; on a GPU, the engine, or the variant to build it from on the target."""
+    out = [cpu_recommendation(backends, runtime)] if runtime is not None else []
     if engine is not None and engine.built and engine.gpu is not None:
         gpu = f"TensorRT {engine.tensorrt}, {engine.gpu.name}, compute capability {engine.gpu.compute_capability}"
         out.append(

@@ -47,7 +47,7 @@ from pipeline.deploy.convert import export_fp32, export_fused
 from pipeline.deploy.int8_fallback import fewest, rank_layers
 from pipeline.deploy.judge import ExportError, Judge, check_gate_images, check_parity
 from pipeline.deploy.preprocess import resize_and_crop
-from pipeline.deploy.quantize import layer_nodes
+from pipeline.deploy.quantize import layer_nodes, layer_precision
 from pipeline.deploy.recipes import RECIPES, Candidate, Inputs, Recipe
 from pipeline.deploy.runners import Backend, load_deployable, onnx_backend, torch_runner
 
@@ -211,6 +211,7 @@ class Made:
             reason = tries[-1].reason if tries else None
             if reason:  # a fine-tuning that did not converge ships nothing, whatever the gate says
                 verdict = replace(verdict, passed=False)
+            layers = layer_precision(onnx.load(str(chosen.path))) if recipe.calibrated else None
             if verdict.passed:
                 os.replace(chosen.path, out)
         ranked = inputs.ranking() if inputs.ranking and len(tries) > 1 else []
@@ -238,6 +239,7 @@ class Made:
             inputs_in_fp32=list(chosen.inputs_in_fp32),
             fallback_speed=fallback,
             rejected_because=reason,
+            layers=layers,
         )
 
     def fallback(self, failed: Candidate, precision: str, scratch: Path, tries: list[SelectionTry]) -> Candidate:

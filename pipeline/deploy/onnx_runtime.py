@@ -7,7 +7,6 @@ silently falls back to the CPU; so the provider reported is `session.get_provide
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,20 +15,18 @@ import onnxruntime as ort
 
 from pipeline.artifacts.deployable import Deployable
 from pipeline.core.errors import ArtifactError
+from pipeline.core.machine import threads
 
 META_KEY = "lio"
 
 
 def session(path: str | Path | bytes, device: str = "cpu") -> ort.InferenceSession:
     """A session on the CPU, or on CUDA when asked and present (checked after creation);
-    `path` may be a serialized model. OMP_NUM_THREADS, where set, caps its threads as it caps torch's
-    (ONNX Runtime's own default is one per core)."""
+    `path` may be a serialized model. Its threads: `pipeline.core.machine.threads`, as every CPU runtime's."""
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    threads = os.environ.get("OMP_NUM_THREADS", "")
-    if threads.isdigit() and int(threads) > 0:
-        options.intra_op_num_threads = int(threads)
+    options.intra_op_num_threads = threads()
     try:
         return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options, providers=providers)
     except Exception as e:  # ORT raises several private exception types for bad files

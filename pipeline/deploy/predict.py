@@ -60,11 +60,22 @@ def image_paths(inputs: list[Path]) -> list[Path]:
 
 
 def predict(
-    model_path: Path, inputs: list[Path], k: int = 5, strict: bool = False, max_pixels: int = MAX_PIXELS
+    model_path: Path,
+    inputs: list[Path],
+    k: int = 5,
+    strict: bool = False,
+    max_pixels: int = MAX_PIXELS,
+    runner=None,
 ) -> list[dict]:
     """Top-k classes per image; an unreadable image, or one claiming more than `max_pixels`, gets
-    {"image", "error"} instead (or, with `strict`, stops everything with its ImageError)."""
-    run, meta = load_predictor(model_path)
+    {"image", "error"} instead (or, with `strict`, stops everything with its ImageError). `runner`: an
+    ONNX file's (numpy -> logits) on a runtime chosen by the caller (default: by the file's suffix)."""
+    if runner is not None:
+        from pipeline.deploy.onnx_runtime import read_meta
+
+        run, meta = runner, read_meta(model_path)
+    else:
+        run, meta = load_predictor(model_path)
     results: list[dict[str, Any]] = []
     for path in image_paths(inputs):
         try:

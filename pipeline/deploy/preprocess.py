@@ -9,6 +9,7 @@ antialiased, torchvision's rounding), centre-crop `crop`, scale to [0, 1], norma
 
 from __future__ import annotations
 
+import io
 import re
 import warnings
 from pathlib import Path
@@ -19,7 +20,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from pipeline.artifacts.deployable import Preprocess
-from pipeline.data.dataset import ImageError, load_image
+from pipeline.data.dataset import ImageError, decode_bytes, load_image
 from pipeline.data.transforms import eval_preset
 
 #: The most pixels an image file may claim before it is decoded: PIL's own default
@@ -27,14 +28,18 @@ from pipeline.data.transforms import eval_preset
 #: so a few hundred KB of PNG can claim 30000 x 30000 and cost GBs once decoded and converted.
 MAX_PIXELS = 89_478_485
 
+#: what `preprocess` takes: a file, its encoded bytes, an H x W x 3 uint8 RGB array, a uint8 [3, H, W] tensor
+ImageInput = str | Path | bytes | np.ndarray | torch.Tensor
 
-def check_pixels(path: str | Path, max_pixels: int = MAX_PIXELS) -> None:
-    """Refuse a file whose header claims more than `max_pixels`, reading only the header.
-    Files PIL cannot identify are left to the decoder (and its one-line error)."""
+
+def check_pixels(image: str | Path | bytes, max_pixels: int = MAX_PIXELS, where: str | None = None) -> None:
+    """Refuse an image (a file, or its encoded bytes) whose header claims more than `max_pixels`, reading
+    only the header. What PIL cannot identify is left to the decoder (and its one-line error)."""
+    where = where or str(image)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            with Image.open(path) as im:
+            with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as im:
                 width, height = im.size
             claimed, size = width * height, f"{width} x {height} = {width * height:,}"
         except Image.DecompressionBombError as e:  # PIL's own limit (twice its default) stops open() first
@@ -45,15 +50,18 @@ def check_pixels(path: str | Path, max_pixels: int = MAX_PIXELS) -> None:
             return
     if claimed > max_pixels:
         raise ImageError(
-            f"{path}: claims {size} pixels, over the limit of {max_pixels:,}; refused before decoding "
+            f"{where}: claims {size} pixels, over the limit of {max_pixels:,}; refused before decoding "
             "(raise it with --max-pixels, or resize the image)"
         )
 
 
-def _uint8(image: str | Path | np.ndarray | torch.Tensor, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+def _uint8(image: ImageInput, max_pixels: int = MAX_PIXELS, where: str = "image") -> torch.Tensor:
     if isinstance(image, (str, Path)):
         check_pixels(image, max_pixels)
         return load_image(image)
+    if isinstance(image, bytes):  # an encoded file's bytes, as a server receives them
+        check_pixels(image, max_pixels, where)
+        return decode_bytes(image, where)
     if isinstance(image, np.ndarray):  # H x W x 3 uint8, as PIL and OpenCV (after BGR -> RGB) give it
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an H x W x 3 uint8 RGB array, got {image.dtype} {image.shape}")
@@ -62,15 +70,16 @@ def _uint8(image: str | Path | np.ndarray | torch.Tensor, max_pixels: int = MAX_
 
 
 def preprocess(
-    image: str | Path | np.ndarray | torch.Tensor, spec: Preprocess | dict, max_pixels: int = MAX_PIXELS
+    image: ImageInput, spec: Preprocess | dict, max_pixels: int = MAX_PIXELS, where: str = "image"
 ) -> np.ndarray:
-    """One image (a file, an H x W x 3 uint8 RGB array or a uint8 [3, H, W] tensor) -> the model's
-    float32 [1, 3, crop, crop] input. `spec` is the deployable's `preprocess` entry. A file that
-    claims more than `max_pixels` is refused (ImageError) before it is decoded."""
-    return eval_preset(spec)(_uint8(image, max_pixels))[None].numpy()
+    """One image (a file, its encoded bytes, an H x W x 3 uint8 RGB array or a uint8 [3, H, W] tensor) ->
+    the model's float32 [1, 3, crop, crop] input. `spec` is the deployable's `preprocess` entry. A file
+    or bytes that claim more than `max_pixels` are refused (ImageError, naming the file or `where`)
+    before they are decoded."""
+    return eval_preset(spec)(_uint8(image, max_pixels, where))[None].numpy()
 
 
-def resize_and_crop(image: str | Path | np.ndarray | torch.Tensor, spec: Preprocess | dict) -> np.ndarray:
+def resize_and_crop(image: ImageInput, spec: Preprocess | dict) -> np.ndarray:
     """What a client does for the fused-preprocessing model (export.fuse_preprocess): the same
     resize and crop, no scaling: uint8 [1, crop, crop, 3] (NHWC)."""
     spec = Preprocess.of(spec)

@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from pipeline.artifacts.deployable import Deployable
+from pipeline.artifacts.export import Layers
 from pipeline.deploy import onnx_runtime
 
 #: int8_cpu candidates: ONNX Runtime (format, calibration method); the fastest that passes its gate is kept.
@@ -46,6 +47,27 @@ def layer_nodes(model: onnx.ModelProto) -> dict[str, str]:
         if node.op_type in ("Conv", "Gemm") and len(scopes) > 1:
             found[_layer_of(scopes[-2])] = node.name
     return found
+
+
+#: ONNX Runtime's QOperator kernels: a layer made of one of these computes in INT8
+_INT8_OPS = ("QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger")
+
+
+def layer_precision(model: onnx.ModelProto) -> Layers:
+    """Which Conv and Gemm layers compute in INT8, from the nodes: a QOperator kernel, or (QDQ, as
+    TensorRT and OpenVINO read it) a Conv or Gemm whose weight comes out of a DequantizeLinear."""
+    made_by = {o: n for n in model.graph.node for o in n.output}
+    int8, in_float = 0, []
+    for node in model.graph.node:
+        if node.op_type in _INT8_OPS:
+            int8 += 1
+        elif node.op_type in ("Conv", "Gemm", "MatMul"):
+            source = made_by.get(node.input[1]) if len(node.input) > 1 else None
+            if source is not None and source.op_type == "DequantizeLinear":
+                int8 += 1
+            else:
+                in_float.append(f"{node.name} ({node.op_type})")
+    return Layers(int8, int8 + len(in_float), in_float)
 
 
 #: nodes that pass an INT8 tensor on unchanged in meaning: walking back through them finds a tensor's source

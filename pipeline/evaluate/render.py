@@ -12,12 +12,14 @@ from pipeline.artifacts.deployable import Deployable
 from pipeline.artifacts.engine import EngineInfo
 from pipeline.artifacts.export import ExportReport, GateResult, Variant
 from pipeline.artifacts.extent import IOU, MAPS, Extent
+from pipeline.artifacts.runtime import RuntimeChoice
 from pipeline.artifacts.scores import BackendScore, Scores
 from pipeline.artifacts.study import Study
 from pipeline.config.train import TrainParams
 from pipeline.core.io import write_text
 from pipeline.core.markdown import table
 from pipeline.core.timing import P99_CALLS
+from pipeline.evaluate.runtimes import runtime_lines
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,7 @@ class RenderFiles:
     scores: Path
     extent: Path
     export_report: Path
+    runtime: Path  # reports/runtime.json
     engine_info: Path
     metadata: Path  # models/<arch>.json
     study: Path
@@ -41,6 +44,8 @@ def render(files: RenderFiles) -> list[str]:
     engine = EngineInfo.load(files.engine_info) if files.engine_info.exists() else None
     advice = recommendations(scores)
     lines = report_lines(scores, extent, export, files.masks.name)
+    if files.runtime.exists():
+        lines += ["", *runtime_lines(RuntimeChoice.load(files.runtime))]
     lines += ["", "## What to deploy", "", *[f"- **{target}**: {text}" for target, text in advice.items()]]
     write_text(files.report, "\n".join(lines) + "\n")
     write_text(files.model_card, model_card(meta, scores, export, engine, advice, study_line(files.study)))
@@ -70,7 +75,7 @@ def recommendations(scores: Scores) -> dict[str, str]:
                 f"`{r.file}`: {m.throughput:.0f} img/s at batch {scores.throughput_batch} "
                 f"({m.throughput_vs_fp32:.2f}x FP32), p50 {m.p50_ms:.2f} ms at batch 1 "
                 f"({m.p50_vs_fp32:.2f}x FP32), test top-1 {m.top1:.4f} {_pair(m.top1_ci95, '.3f')} "
-                f"(FP32 {m.top1_fp32:.4f}); measured on this machine's CPU"
+                f"(FP32 {m.top1_fp32:.4f}); runs on {r.runtime}, the fastest candidate that passed its gate there"
             )
         elif r.built:
             out[r.target] = f"`{r.file}` ({r.precision}, {r.engine})" + (f"; {r.fallback}" if r.fallback else "")
@@ -209,7 +214,7 @@ def _gate_note(p: str, v: Variant, g: GateResult) -> str | None:
         first = v.selection[0]
         flips = round((1 - first.agreement) * first.images)
         chose = (
-            f"; chosen before the gate on {first.images} selection images, where every layer in INT8 had "
+            f"; chosen before the gate on {first.images} selection images, where the graph as first made had "
             f"top-1 {first.top1:.4f} against FP32's {first.top1_fp32:.4f} and agreed on "
             f"{first.agreement:.4f} ({flips} changed class); {len(v.selection)} selection tr"
             + ("ies" if len(v.selection) > 1 else "y")
@@ -217,7 +222,7 @@ def _gate_note(p: str, v: Variant, g: GateResult) -> str | None:
     speed = v.fallback_speed
     cost = (
         f"; on this CPU at batch {speed.batch} it runs {speed.shipped:.0f} img/s against "
-        f"{speed.every_layer_int8:.0f} with every layer in INT8"
+        f"{speed.every_layer_int8:.0f} as first made"
         if speed
         else ""
     )
@@ -236,7 +241,7 @@ def _gate_note(p: str, v: Variant, g: GateResult) -> str | None:
     if kept_layers:
         return f"- {p} passed with {kept}{chose}{cost}."
     if v.selection:
-        return f"- {p} passed with every Conv and the classifier in INT8{chose}."
+        return f"- {p} passed with {v.layers.describe() if v.layers else 'its layers as exported'}{chose}."
     return None
 
 

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from pipeline.artifacts.engine import EngineInfo
 from pipeline.artifacts.export import ExportReport
+from pipeline.artifacts.runtime import RuntimeChoice
 from pipeline.artifacts.scores import BackendScore, ClassScore, Confusion, Scores
 from pipeline.core.io import write_json
 from pipeline.core.metrics import accuracy, agreement, confusions, per_class, wilson
@@ -25,6 +26,8 @@ from pipeline.data.transforms import eval_preset
 from pipeline.deploy.choice import per_class_backend, recommend
 from pipeline.deploy.engine import EngineError, EngineRunner
 from pipeline.deploy.runners import Backend, load_deployable, onnx_backend, torch_runner
+from pipeline.serve.candidates import candidate
+from pipeline.serve.runtimes import RuntimeUnavailable
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class ScoreFiles:
     weights: Path  # the stripped plain model (its .json beside it)
     onnx: dict[str, Path]
     export_report: Path
+    runtime: Path  # reports/runtime.json: the CPU runtime chosen here
     engine: Path
     engine_info: Path
     scores: Path
@@ -45,9 +49,15 @@ class ScoreFiles:
 
 
 def backends(
-    model: torch.nn.Module, files: ScoreFiles, cuda: bool, export: ExportReport | None, engine: EngineInfo | None
+    model: torch.nn.Module,
+    files: ScoreFiles,
+    cuda: bool,
+    export: ExportReport | None,
+    engine: EngineInfo | None,
+    runtime: RuntimeChoice | None = None,
 ) -> tuple[list[Backend], dict[str, str]]:
-    """Everything that runs here; and what was skipped, with why."""
+    """Everything that runs here (the chosen CPU runtime included, when it is not ONNX Runtime); and
+    what was skipped, with why."""
     found = [Backend("pytorch", torch_runner(model, "cpu"), files.weights, "cpu")]
     skipped: dict[str, str] = {}
     if cuda:
@@ -68,6 +78,12 @@ def backends(
             )
             continue
         found.append(onnx_backend(f"onnxruntime-{precision}", path, "cuda" if cuda else "cpu"))
+    if runtime is not None and runtime.shipped.runtime != "onnxruntime":
+        shipped = runtime.shipped
+        try:
+            found.append(candidate(shipped.name).open(Path(shipped.graph)))
+        except RuntimeUnavailable as e:
+            skipped[shipped.name] = str(e)
     if engine is not None and engine.built and engine.gpu is not None:
         try:
             runner = EngineRunner(files.engine, files.engine_info)
@@ -89,7 +105,8 @@ def score(files: ScoreFiles, batch: int, warmup: int, iters: int, throughput_ite
     labels = np.array([r.label for r in test])
     export = ExportReport.load(files.export_report) if files.export_report.exists() else None
     engine = EngineInfo.load(files.engine_info) if files.engine_info.exists() else None
-    found, skipped = backends(model, files, torch.cuda.is_available(), export, engine)
+    runtime = RuntimeChoice.load(files.runtime) if files.runtime.exists() else None
+    found, skipped = backends(model, files, torch.cuda.is_available(), export, engine, runtime)
     sample = next(batches(test, preset, batch)).numpy()
     big = np.resize(sample, (batch, *sample.shape[1:]))  # the engine's largest batch, for throughput
     print(f"scoring {', '.join(b.name for b in found)} on {len(test)} test images")
@@ -127,7 +144,7 @@ def score(files: ScoreFiles, batch: int, warmup: int, iters: int, throughput_ite
             for r in per_class(predicted, labels, classes)
         ],
         confusions=[Confusion(**c) for c in confusions(predicted, labels, classes)],
-        recommendations=recommend(table, export, engine) if export is not None else [],
+        recommendations=recommend(table, export, engine, runtime) if export is not None else [],
     )
     result.save(files.scores)
     write_json(

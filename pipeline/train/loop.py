@@ -3,9 +3,10 @@ references/classification/train.py.
 
 Runs on a CPU for the embedded default and on GPUs at speed (bf16 autocast, channels_last,
 DistributedDataParallel under torchrun). Model selection uses the validation split only;
-the test split is evaluated once, at the end. A checkpoint is written atomically after
-every epoch, and an unfinished run with the same settings resumes from it exactly: every
-epoch reseeds all randomness from (seed, epoch), so resuming gives the same weights.
+the test split is evaluated once, at the end. A checkpoint is written atomically every
+`train.checkpoint_every` epochs and after the last, and an unfinished run with the same
+settings resumes from it exactly: every epoch reseeds all randomness from (seed, epoch), so
+resuming gives the same weights.
 """
 
 from __future__ import annotations
@@ -217,7 +218,8 @@ def train(
         state.observe(val.top1)
         if live is not None:  # rank 0 logs and writes the checkpoint; every rank holds the same weights
             log_epoch(live, state, stats, val, cfg.train.epochs)
-            save_checkpoint(checkpoint, state, stamp, settings)
+            if state.epoch % cfg.train.checkpoint_every == 0 or state.epoch == cfg.train.epochs:
+                save_checkpoint(checkpoint, state, stamp, settings)
     identical = replicas_identical(state.model) if world > 1 else None
     if identical is False:  # every rank sees it, so every rank stops: a model from diverged replicas is not a model
         dist.destroy_process_group()

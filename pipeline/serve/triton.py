@@ -1,13 +1,18 @@
-"""A Triton Inference Server model repository from the exported artifacts.
+"""The Triton model repository for NGC's container (models/triton), from the exported artifacts.
 
-`tritonserver --model-repository=models/triton` loads it as it is:
+`tritonserver --model-repository=models/triton` in NGC's Triton container loads it as it is:
 
 - `lio_onnx`: the FP32 ONNX model on the `onnxruntime_onnx` platform, CPU instances, so the
   repository also serves on a CPU-only Triton;
 - `lio_onnx_int8`: the gated `int8_cpu` model (ONNX Runtime's INT8 kernels), CPU instances, when it
   passed its gate: the report's recommendation for a CPU server;
 - `lio_tensorrt`: the TensorRT engine as a `tensorrt_plan`, GPU instances, when it was built
-  (Triton's TensorRT backend must be of the TensorRT version in engine.json).
+  (Triton's TensorRT backend must be of the TensorRT version in engine.json);
+- `lio_openvino`: the graph of the OpenVINO candidate reports/runtime.json chose or passed (OpenVINO
+  backend, CPU instances, the machine's threads);
+- `lio` and `lio_preprocess`: encoded image bytes in, labelled probabilities out, in front of the
+  native model of the CPU runtime reports/runtime.json chose (pipeline/serve/repository.py; the
+  Python backend needs this project and numpy < 2 in its environment, docs/deploy.md).
 
 Every `config.pbtxt` is filled from the artifacts' own metadata: tensor names, dtypes and
 dims from the ONNX graph (or engine.json), `max_batch_size` and dynamic batching from the
@@ -24,12 +29,16 @@ from pathlib import Path
 import onnx
 
 from pipeline.artifacts.engine import EngineInfo
+from pipeline.artifacts.runtime import CpuCandidate, RuntimeChoice
 from pipeline.core.errors import ArtifactError
 from pipeline.core.io import atomic_dir, write_json
+from pipeline.core.machine import threads
 from pipeline.core.paths import require
 from pipeline.deploy.onnx_runtime import read_meta
+from pipeline.serve.repository import ENSEMBLE, IMAGE, LOGITS, PREPROCESS, write_front
 
 ONNX_MODEL, INT8_MODEL, TRT_MODEL, FUSED_MODEL = "lio_onnx", "lio_onnx_int8", "lio_tensorrt", "lio_onnx_uint8"
+OPENVINO_MODEL = "lio_openvino"
 #: ONNX TensorProto element types -> Triton data types
 TRITON_TYPES: dict[int, str] = {
     onnx.TensorProto.FLOAT: "TYPE_FP32",
@@ -85,13 +94,14 @@ def build_repository(
     engine_path: Path,
     fused: Path | None = None,
     int8_cpu: Path | None = None,
+    runtime: RuntimeChoice | None = None,
 ) -> dict:
     """The triton stage: the repository from models/onnx and models/engine (a rejected variant left no
-    file, so a file that exists passed its gate)."""
+    file, so a file that exists passed its gate), and the CPU runtime chosen here."""
     info = EngineInfo.load(engine_info_path)
     fused = fused if fused is not None and fused.exists() else None
     int8_cpu = int8_cpu if int8_cpu is not None and int8_cpu.exists() else None
-    return write_repository(out, require(onnx_path, "export"), info, engine_path, fused, int8_cpu)
+    return write_repository(out, require(onnx_path, "export"), info, engine_path, fused, int8_cpu, runtime)
 
 
 def plan_needs(info: EngineInfo) -> str:
@@ -118,6 +128,7 @@ def write_repository(
     engine_path: Path,
     fused: Path | None = None,
     int8_cpu: Path | None = None,
+    runtime: RuntimeChoice | None = None,
 ) -> dict:
     """Writes the repository folder `out` whole (swapped in atomically); returns a summary."""
     model = onnx.load(str(onnx_path), load_external_data=False)
@@ -155,6 +166,16 @@ def write_repository(
             )
             (folder / "labels.txt").write_text(labels)
             served.append(TRT_MODEL)
+        openvino = openvino_candidate(runtime)
+        if openvino is not None:
+            write_openvino(tmp / OPENVINO_MODEL, openvino, hi, preferred, labels)
+            served.append(OPENVINO_MODEL)
+        if runtime is not None:
+            front = {"openvino": OPENVINO_MODEL, "onnxruntime-int8_cpu": INT8_MODEL}
+            shipped = runtime.shipped
+            classifier = front.get(shipped.runtime, front.get(shipped.name, ONNX_MODEL))
+            write_front(tmp, classifier, (inputs[0][0], outputs[0][0]), meta.preprocess, hi, meta.classes)
+            served += [ENSEMBLE, PREPROCESS]
         client = {
             "models": served,
             "input": {"name": inputs[0][0], "datatype": "FP32", "shape": ["batch", *inputs[0][2]]},
@@ -168,6 +189,9 @@ def write_repository(
                 "lay out as NCHW float32, batch first",
             ],
             "client_function": "pipeline.deploy.preprocess.preprocess (the pipeline's own, bit for bit)",
+            "bytes_input": None
+            if runtime is None
+            else {"model": ENSEMBLE, "input": IMAGE, "datatype": "BYTES", "output": LOGITS, "top_k": "class_count"},
             "fused_input": None
             if fused is None
             else {
@@ -182,3 +206,31 @@ def write_repository(
         }
         write_json(tmp / "preprocess.json", client)
     return client
+
+
+def openvino_candidate(runtime: RuntimeChoice | None) -> CpuCandidate | None:
+    """The OpenVINO candidate to serve natively: the chosen one, else the fastest that passed."""
+    if runtime is None:
+        return None
+    passed = [c for c in runtime.candidates if c.runtime == "openvino" and c.usable]
+    if runtime.shipped in passed:
+        return runtime.shipped
+    return max(passed, key=lambda c: c.throughput or 0.0, default=None)
+
+
+def write_openvino(folder: Path, c: CpuCandidate, max_batch: int, preferred: list[int], labels: str) -> None:
+    """OpenVINO backend on the candidate's ONNX graph, CPU instances, the machine's threads and its hint."""
+    graph = onnx.load(c.graph, load_external_data=False).graph
+    ins, outs = [tensor_spec(v) for v in graph.input], [tensor_spec(v) for v in graph.output]
+    (folder / "1").mkdir(parents=True)
+    shutil.copyfile(c.graph, folder / "1" / "model.onnx")
+    settings = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": str(threads())}
+    if c.hint:
+        settings["INFERENCE_PRECISION_HINT"] = c.hint
+    text = config_text(OPENVINO_MODEL, "", max_batch, preferred, ins, outs, "KIND_CPU", "model.onnx")
+    text = text.replace('platform: ""', 'backend: "openvino"')
+    parameters = ",\n".join(
+        f'  {{\n    key: "{k}"\n    value: {{ string_value: "{v}" }}\n  }}' for k, v in settings.items()
+    )
+    (folder / "config.pbtxt").write_text(text + f"parameters [\n{parameters}\n]\n")
+    (folder / "labels.txt").write_text(labels)
