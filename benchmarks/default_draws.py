@@ -8,8 +8,8 @@ Each seed runs `prepare` and `train` from this checkout's params.yaml (seed repl
 applied as `dvc exp run -S` would) in its own scratch folder, so the checkout's data, models and
 DVC cache are untouched. The seed changes the generated data, the initialisation and the
 augmentation draws. Prints one row per seed (last-epoch train top-1, best validation top-1 and its
-epoch, test top-1, training seconds, the precision it trained in) and the mean and spread, with the
-CPU's name. Keep the machine quiet: the seconds are wall-clock.
+epoch, test top-1, training seconds, the precision it trained in) and their mean, minimum and spread,
+with the CPU's name. Keep the machine quiet: the seconds are wall-clock.
 """
 
 from __future__ import annotations
@@ -99,7 +99,8 @@ COLUMNS = [
 def table(rows: list[dict]) -> str:
     shown = [{**r, "best": f"{r['best_val']:.3f} ({r['best_epoch']}/{r['epochs']})"} for r in rows]
     if len(rows) > 1:
-        for name, key in (("mean", statistics.mean), ("spread (max - min)", lambda v: max(v) - min(v))):
+        summaries = (("mean", statistics.mean), ("minimum", min), ("spread (max - min)", lambda v: max(v) - min(v)))
+        for name, key in summaries:
             cells = {
                 k: key([r[k] for r in rows]) for k in ("train_top1_last", "best_val", "test_top1", "train_seconds")
             }

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from pipeline.artifacts.runtime import LoadLevel, ServingLoad  # noqa: E402
 from pipeline.core import markdown, paths  # noqa: E402
-from pipeline.core.io import write_json  # noqa: E402
 from pipeline.core.machine import cpu, threads  # noqa: E402
 
 LEVELS = (1, 2, 4, 8, 16)
@@ -180,7 +180,8 @@ def main() -> None:
     print(f"\nin process, {name}, batch 8: {local:.0f} img/s\n")
     print(markdown.table([{**r, "vs": f"{r['req_s'] / local:.2f}x"} for r in rows], COLUMNS))
     if args.json:
-        write_json(args.json, {"cpu": machine, "candidate": name, "in_process_batch8": local, "rows": rows})
+        levels = [LoadLevel(**r) for r in rows]
+        ServingLoad(f"{machine} ({', '.join(flags)})", name, local, levels).save(args.json)
 
 
 def soak(server, url: str, raw: list[bytes], expected: np.ndarray, args) -> None:

@@ -18,6 +18,7 @@ def command(cfg):
         extent=paths.EXTENT,
         export_report=paths.EXPORT_REPORT,
         runtime=paths.RUNTIME,
+        serving=paths.SERVING,
         engine_info=paths.ENGINE_INFO,
         metadata=paths.metadata(paths.deployable(cfg.model.arch)),
         study=paths.STUDY,

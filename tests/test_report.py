@@ -1,5 +1,7 @@
 """Report helpers: accuracy, per-class results, latency statistics, the Markdown table."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,8 @@ from pipeline.artifacts.scores import BackendScore, Scores
 from pipeline.core.markdown import table
 from pipeline.core.metrics import accuracy, confusions, per_class, wilson
 from pipeline.core.timing import latency, throughput
-from pipeline.evaluate.render import recommendations, study_line
+from pipeline.evaluate.card import study_line
+from pipeline.evaluate.render import recommendations
 
 
 def test_accuracy_top1_top5():
@@ -166,8 +169,8 @@ def test_the_report_says_by_how_much_a_rejected_variant_missed_and_what_the_fall
     from dataclasses import replace
 
     from pipeline.artifacts.export import FallbackSpeed, GateResult, SelectionTry
-    from pipeline.config.export import RULE
-    from pipeline.evaluate.render import gate_lines
+    from pipeline.config.export import RULE, Gate
+    from pipeline.evaluate.tables import gate_lines
 
     g = GateResult(
         passed=False,
@@ -185,6 +188,7 @@ def test_the_report_says_by_how_much_a_rejected_variant_missed_and_what_the_fall
         test_top1=0.83,
         test_agreement=0.98,
         max_abs_diff_vs_fp32=1.0,
+        shortfalls=Gate().shortfalls(0.80, 0.8359, 0.9765),  # as the judge records the one rule's answer
     )
     first = SelectionTry("", [], 504, 0.9623, 0.80, 0.83, 0.03, False)
     tries = [first, replace(first, kept_in_fp32=["layer4.2.conv3", "fc"], agreement=0.99, passed=True)]
@@ -216,3 +220,17 @@ def test_the_report_says_by_how_much_a_rejected_variant_missed_and_what_the_fall
         "- int8 passed with 53 of 54 Conv and Gemm layers in INT8, in floating point: node_linear (Gemm); chosen "
         "before the gate on 504 selection images"
     )
+
+
+def test_no_renderer_compares_a_number_to_a_threshold():
+    """Whether something passes is decided by `Gate.shortfalls` alone; pipeline/evaluate only formats its
+    answer. A comparison against a gate's `min_*` field or a `*_ratio` there would be a second rule."""
+    import ast
+
+    for path in Path("pipeline/evaluate").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                names = {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
+                names |= {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+                decided = [n for n in names if n.startswith("min_") or n.endswith("_ratio")]
+                assert not decided, f"{path}:{node.lineno} compares {decided}: ask Gate.shortfalls instead"

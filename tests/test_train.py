@@ -302,3 +302,54 @@ def test_the_draws_script_trains_each_seed_in_a_scratch_folder_and_prints_the_ta
     mean = sum(r["test_top1"] for r in rows) / 2
     assert f"| mean | {sum(r['train_top1_last'] for r in rows) / 2:.3f} |" in out and f"{mean:.3f}" in out
     assert "spread (max - min)" in out and sorted(p.name for p in Path(".").iterdir()) == before
+
+
+def test_the_draws_summary_rows_are_computed_from_the_seed_rows():
+    """The mean, minimum and spread under benchmarks/default_draws.py's table come from its rows."""
+    sys.path.insert(0, str(Path("benchmarks").resolve()))
+    import default_draws
+
+    rows = [
+        {"seed": s, "train_top1_last": t, "best_val": v, "best_epoch": 9, "epochs": 18, "test_top1": x}
+        | {"train_seconds": sec, "precision": "bf16"}
+        for s, t, v, x, sec in ((0, 0.96, 0.98, 0.97, 150.0), (7, 0.90, 0.93, 0.91, 170.0), (9, 0.99, 1.0, 0.99, 160.0))
+    ]
+    lines = default_draws.table(rows).splitlines()
+    assert lines[-3].startswith("| mean | 0.950 | 0.970 | 0.957 | 160 |")
+    assert lines[-2].startswith("| minimum | 0.900 | 0.930 | 0.910 | 150 |")
+    assert lines[-1].startswith("| spread (max - min) | 0.090 | 0.070 | 0.080 | 20 |")
+
+
+def test_the_default_recipe_reaches_the_optimizer_the_schedule_and_the_checkpoints(
+    tmp_path, tiny_prepared, monkeypatch
+):
+    """params.yaml's train section as shipped: its lr in every parameter group, its warm-up and epochs in
+    the schedule (cosine to zero at the last step), its label smoothing in the loss; and a checkpoint only
+    every `checkpoint_every` epochs and after the last."""
+    from pipeline.config.schema import build
+    from pipeline.train import loop
+    from pipeline.train.optim import build_optimizer
+
+    shipped = yaml.safe_load(Path("params.yaml").read_text())["train"]
+    t = build(TrainConfig, shipped, "params.yaml", "train")
+    assert (t.epochs, t.label_smoothing, t.checkpoint_every) == (18, 0.1, 4)
+    cfg = tiny_config(**{f"train.{k}": shipped[k] for k in ("lr", "label_smoothing", "warmup_epochs", "epochs")})
+    model = loop.build_model(cfg, 3)
+    assert model.label_smoothing == t.label_smoothing
+    groups = build_optimizer(cfg.train, model).param_groups
+    assert {g["lr"] for g in groups} == {t.lr * m for m in {1.0, t.head_lr_mult}}
+    steps = 10
+    factor = lr_lambda(cfg.train, steps)
+    warmup = int(t.warmup_epochs * steps)
+    assert factor(warmup - 1) == pytest.approx(1.0) and factor(0) == pytest.approx(1 / warmup)
+    assert factor(t.epochs * steps - 1) < 1e-3 < factor(t.epochs * steps // 2)
+
+    workspace(tmp_path, tiny_prepared, **{"train.epochs": 5, "train.checkpoint_every": 2})
+    saved = []
+    real = loop.save_checkpoint
+    monkeypatch.setattr(
+        loop, "save_checkpoint", lambda path, state, *a: (saved.append(state.epoch), real(path, state, *a))
+    )
+    cfg = tiny_config(**{"train.epochs": 5, "train.checkpoint_every": 2})
+    train(cfg, tmp_path / "data/prepared", tmp_path / "lio.pt", tmp_path / "checkpoints", tmp_path / "dvclive")
+    assert saved == [2, 4, 5]

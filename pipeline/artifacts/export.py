@@ -28,6 +28,7 @@ class GateResult:
     test_top1: float
     test_agreement: float
     max_abs_diff_vs_fp32: float
+    shortfalls: list[str] = field(default_factory=list)  # what it missed the rule by (`Gate.shortfalls`)
 
 
 Status = Literal["reference", "passed", "rejected"]

@@ -57,3 +57,32 @@ class RuntimeChoice(Artifact):
     def made_on(self, cpu: str, flags: list[str]) -> bool:
         """Whether this choice was measured on a CPU of this name and these instruction sets."""
         return self.cpu == cpu and sorted(self.flags) == sorted(flags)
+
+
+@dataclass(frozen=True)
+class LoadLevel:
+    """One concurrency level of benchmarks/serve.py: batch-1 requests, each answer checked."""
+
+    model: str  # "lio" (bytes in) | "lio_cpu" (tensor in)
+    concurrency: int
+    requests: int
+    answered: int
+    errors: int
+    lost: int
+    swapped: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    req_s: float
+    first_error: str | None = None
+
+
+@dataclass(frozen=True)
+class ServingLoad(Artifact):
+    """reports/serving.json: the bundled server under load, beside the same graph and runtime in process."""
+
+    STAGE: ClassVar[str] = "serve"  # written by benchmarks/serve.py, not a DVC stage
+    cpu: str
+    candidate: str
+    in_process_batch8: float  # img/s, the same graph and runtime, no server
+    rows: list[LoadLevel]

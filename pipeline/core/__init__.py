@@ -1,3 +1,3 @@
-"""The torch-free core every layer may use: errors, atomic files, artifact paths,
-metrics, timing, Markdown tables and the architecture constants (an import-linter contract in
-pyproject.toml keeps torch out)."""
+"""The torch-free core every layer may use (an import-linter contract in pyproject.toml keeps torch
+out): `errors`, `io` (atomic files), `paths` (every artifact's path), `metrics`, `timing`, `machine`
+(the CPU and its threads), `markdown` (tables) and `arch` (the architecture constants)."""

@@ -34,6 +34,7 @@ TRITON = Path("models/triton")  # a Triton model repository for NGC's container 
 TRITON_CPU = Path("models/triton_cpu")  # the repository `lio serve` runs on the bundled server (Python backend)
 # runtime: the CPU runtime, chosen among candidates gated and timed on this machine
 RUNTIME = Path("reports/runtime.json")
+SERVING = Path("reports/serving.json")  # benchmarks/serve.py: the bundled server under load (not a stage)
 # score: every backend scored and timed
 SCORES = Path("reports/scores.json")  # the renderer's input
 METRICS = Path("reports/metrics.json")  # DVC metrics: test top-1 and every backend's numbers

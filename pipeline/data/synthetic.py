@@ -221,12 +221,11 @@ def _write(job: tuple[Plan, Path, Path]) -> tuple[int, int, int, int] | None:
 def generate(root: Path, cfg: SyntheticConfig, seed: int, workers: int | None = None) -> None:
     """Write the dataset under `root` in the CUB-200-2011 layout.
 
-    The first round(images_per_class * test_fraction) images of each class are test images.
-    `extra_test_per_class` more test images per class come after all the others, from their
-    own random stream, so a larger test split leaves the training and validation images
-    unchanged; `extra_gate_per_class` images for the precision gates follow from a third stream
-    (split flag 2), so they change nothing before them either, and `extra_select_per_class` images that
-    choose the INT8 settings before the gate decides from a fourth (split flag 3). With `layout_seed` set, the arrangements come from that seed alone (the first
+    The first round(images_per_class * test_fraction) images of each class are test images. Each
+    extra set comes after all the others from its own random stream, so it changes nothing before it:
+    `extra_test_per_class` test images, `extra_gate_per_class` gate images (split flag 2) and
+    `extra_select_per_class` images that choose the INT8 settings (split flag 3). With `layout_seed`
+    set, the arrangements come from that seed alone (the first
     `skip_classes` of them are left out), so pre-training and study data can share one
     stream of arrangements and be disjoint by construction.
 
@@ -265,22 +264,23 @@ def generate(root: Path, cfg: SyntheticConfig, seed: int, workers: int | None = 
             yield plan(layouts[c - 1], cfg.image_size, stream, pose), root / "images" / rel, root / "segmentations" / rel
 
     boxes = _run(jobs(), len(order), workers)
+    write_lists(root, names, order, rels, boxes, cfg.image_size)
+
+
+def write_lists(root: Path, names: list[str], order: list, rels: list[str], boxes: list, size: int) -> None:
+    """CUB-200-2011's text files: images, classes, labels, splits, bounding boxes (the whole image when
+    a box is missing)."""
     images, labels, splits, bounds = [], [], [], []
     for k, ((c, _, flag), rel, box) in enumerate(zip(order, rels, boxes), start=1):
-        x0, y0, x1, y1 = box or (0, 0, cfg.image_size, cfg.image_size)
+        x0, y0, x1, y1 = box or (0, 0, size, size)
         images.append(f"{k} {rel}")
         labels.append(f"{k} {c}")
         splits.append(f"{k} {flag}")
         bounds.append(f"{k} {x0}.0 {y0}.0 {x1 - x0}.0 {y1 - y0}.0")
     classes = [f"{c} {name}" for c, name in enumerate(names, start=1)]
-    for fname, lines in [
-        ("images.txt", images),
-        ("classes.txt", classes),
-        ("image_class_labels.txt", labels),
-        ("train_test_split.txt", splits),
-        ("bounding_boxes.txt", bounds),
-    ]:
-        (root / fname).write_text("\n".join(lines) + "\n")
+    files = ("images", "classes", "image_class_labels", "train_test_split", "bounding_boxes")
+    for fname, lines in zip(files, (images, classes, labels, splits, bounds)):
+        (root / f"{fname}.txt").write_text("\n".join(lines) + "\n")
 
 
 def _run(jobs: Iterator[tuple[Plan, Path, Path]], total: int, workers: int | None) -> list:

@@ -85,8 +85,9 @@ class Judge:
         n, same = len(y), int((mine == ref).sum())
         lost, gained = int(((ref == y) & (mine != y)).sum()), int(((ref != y) & (mine == y)).sum())
         top1, top1_fp32 = float((mine == y).mean()), float((ref == y).mean())
+        short = gate.shortfalls(top1, top1_fp32, same / n)
         return GateResult(
-            passed=gate.accepts(top1, top1_fp32, same / n),
+            passed=not short,
             rule=RULE,
             min_top1_ratio=gate.min_top1_ratio,
             min_agreement=gate.min_agreement,
@@ -101,4 +102,5 @@ class Judge:
             test_top1=accuracy(logits["test"], self.sets.test.labels)["top1"],
             test_agreement=agreement(logits["test"], self.reference["test"]),
             max_abs_diff_vs_fp32=float(np.abs(logits["test"] - self.reference["test"]).max()),
+            shortfalls=short,
         )

@@ -1,2 +1,3 @@
-"""Evaluation of what ships and what LIO learned: the report (`report`) from accuracy (`metrics`),
-latency (`timing`), object extent (`localisation`) and its figure (`figures`)."""
+"""Evaluation of what ships and what LIO learned: every backend scored and timed (`score`), object
+extent (`extent`, `localisation`, `figures`), and the report and model card from JSON alone (`render`,
+`card`, `tables`, `runtimes`, `serving`)."""

@@ -147,14 +147,17 @@ def score(files: ScoreFiles, batch: int, warmup: int, iters: int, throughput_ite
         recommendations=recommend(table, export, engine, runtime) if export is not None else [],
     )
     result.save(files.scores)
+    write_dvc_files(files, result, [(classes[a], classes[p]) for a, p in zip(labels.tolist(), predicted.tolist())])
+    return result
+
+
+def write_dvc_files(files: ScoreFiles, result: Scores, pairs: list[tuple[str, str]]) -> None:
+    """DVC's metrics and plot files: every backend's numbers, latency, per class, (actual, predicted) per image."""
+    table = result.backends
     write_json(
         files.metrics,
-        {"test_top1": table[0].top1, "backends": {r.backend: asdict(r) for r in table}, "skipped": skipped},
+        {"test_top1": table[0].top1, "backends": {r.backend: asdict(r) for r in table}, "skipped": result.skipped},
     )
     write_json(files.latency, [{"backend": r.backend, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms} for r in table])
-    write_json(files.per_class, {"backend": deployed, "classes": [asdict(c) for c in result.per_class]})
-    write_json(
-        files.confusion,
-        [{"actual": classes[a], "predicted": classes[p]} for a, p in zip(labels.tolist(), predicted.tolist())],
-    )
-    return result
+    write_json(files.per_class, {"backend": result.deployed, "classes": [asdict(c) for c in result.per_class]})
+    write_json(files.confusion, [{"actual": a, "predicted": p} for a, p in pairs])

@@ -1,4 +1,6 @@
-"""Look-into-Object: training-only heads and losses (docs/method.md)."""
+"""Look-into-Object: training-only heads and losses (docs/method.md): `sampler` (groups of P+1),
+`oel` (object-extent learning and the pseudo mask), `scl` (spatial context learning), `model` (the
+heads on the backbone's stages) and `checkpoint` (models/lio.pt, `TrainedModel`)."""
 
 from pipeline.lio.model import LIOModel, LIOOutput
 from pipeline.lio.oel import OELHead, PairIndex, pair_index, pseudo_mask

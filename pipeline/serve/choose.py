@@ -79,14 +79,20 @@ def measure(
     except RuntimeUnavailable as e:
         return replace(record, reason=str(e))
     record = replace(record, device=backend.device)
-    if c.gate is None:
-        record = replace(record, status="reference")
-    else:
-        verdict = judge.gate(backend, c.gate)
-        record = replace(record, gate=verdict, status="passed" if verdict.passed else "rejected")
-        if not verdict.passed:
-            record = replace(record, reason=f"missed its gate (export.gates.{c.gate}) on {verdict.images} images")
-    p50_ms, img_s = speed(backend, x, timing)  # a rejected one too: the report shows what it would have cost
+    try:
+        if c.gate is None:
+            record = replace(record, status="reference")
+        else:
+            verdict = judge.gate(backend, c.gate)
+            record = replace(record, gate=verdict, status="passed" if verdict.passed else "rejected")
+            if not verdict.passed:
+                record = replace(record, reason=f"missed its gate (export.gates.{c.gate}) on {verdict.images} images")
+        p50_ms, img_s = speed(backend, x, timing)  # a rejected one too: the report shows what it would have cost
+    except (RuntimeError, ValueError) as e:  # a runtime that loads a graph and then fails on it
+        if c.gate is None:
+            raise
+        why = f"{c.runtime} failed running {path}: {str(e).strip().splitlines()[0][:200]}"
+        return replace(record, status="unavailable", gate=None, reason=why)
     return replace(record, p50_ms=p50_ms, throughput=img_s)
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import onnx
 
+from pipeline.artifacts.deployable import Deployable
 from pipeline.artifacts.engine import EngineInfo
 from pipeline.artifacts.runtime import CpuCandidate, RuntimeChoice
 from pipeline.core.errors import ArtifactError
@@ -130,82 +131,97 @@ def write_repository(
     int8_cpu: Path | None = None,
     runtime: RuntimeChoice | None = None,
 ) -> dict:
-    """Writes the repository folder `out` whole (swapped in atomically); returns a summary."""
-    model = onnx.load(str(onnx_path), load_external_data=False)
+    """Writes the repository folder `out` whole (swapped in atomically); returns its preprocess.json."""
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
     meta = read_meta(onnx_path)
-    opt, hi = engine_info.profile.opt, engine_info.profile.max
-    preferred = sorted({opt, hi})
+    batch = (engine_info.profile.max, sorted({engine_info.profile.opt, engine_info.profile.max}))
     labels = "\n".join(meta.classes) + "\n"
-    served = []
-    inputs = [tensor_spec(v) for v in model.graph.input]
-    outputs = [tensor_spec(v) for v in model.graph.output]
     with atomic_dir(out) as tmp:
         # the ONNX models, each on CPU instances, its config from its own graph; the fused one takes uint8 NHWC
         # (the server scales and normalises, the client only resizes)
-        for name, path in ((ONNX_MODEL, onnx_path), (INT8_MODEL, int8_cpu), (FUSED_MODEL, fused)):
-            if path is None:
-                continue
-            graph = onnx.load(str(path), load_external_data=False).graph
-            ins, outs = [tensor_spec(v) for v in graph.input], [tensor_spec(v) for v in graph.output]
-            folder = tmp / name
-            (folder / "1").mkdir(parents=True)
-            shutil.copyfile(path, folder / "1" / "model.onnx")
-            (folder / "config.pbtxt").write_text(
-                config_text(name, "onnxruntime_onnx", hi, preferred, ins, outs, "KIND_CPU", "model.onnx")
-            )
-            (folder / "labels.txt").write_text(labels)
-            served.append(name)
+        models = {ONNX_MODEL: onnx_path, INT8_MODEL: int8_cpu, FUSED_MODEL: fused}
+        served = [name for name, path in models.items() if path is not None]
+        for name in served:
+            write_onnx(tmp / name, name, models[name], batch, labels)  # type: ignore[arg-type]
         if engine_info.built and engine_info.input is not None and engine_info.output is not None:
-            folder = tmp / TRT_MODEL
-            (folder / "1").mkdir(parents=True)
-            shutil.copyfile(engine_path, folder / "1" / "model.plan")
-            trt_in = [(engine_info.input.name, "TYPE_FP32", engine_info.input.shape[1:])]
-            trt_out = [(engine_info.output.name, "TYPE_FP32", engine_info.output.shape[1:])]
-            (folder / "config.pbtxt").write_text(
-                config_text(TRT_MODEL, "tensorrt_plan", hi, preferred, trt_in, trt_out, "KIND_GPU", "model.plan")
-            )
-            (folder / "labels.txt").write_text(labels)
+            write_plan(tmp / TRT_MODEL, engine_info, engine_path, batch, labels)
             served.append(TRT_MODEL)
         openvino = openvino_candidate(runtime)
         if openvino is not None:
-            write_openvino(tmp / OPENVINO_MODEL, openvino, hi, preferred, labels)
+            write_openvino(tmp / OPENVINO_MODEL, openvino, *batch, labels)
             served.append(OPENVINO_MODEL)
-        if runtime is not None:
-            front = {"openvino": OPENVINO_MODEL, "onnxruntime-int8_cpu": INT8_MODEL}
+        if runtime is not None:  # bytes in, in front of the native model of the runtime chosen for the CPU
             shipped = runtime.shipped
-            classifier = front.get(shipped.runtime, front.get(shipped.name, ONNX_MODEL))
-            write_front(tmp, classifier, (inputs[0][0], outputs[0][0]), meta.preprocess, hi, meta.classes)
+            native = {"openvino": OPENVINO_MODEL}.get(shipped.runtime) or {"int8_cpu": INT8_MODEL}.get(
+                shipped.precision, ONNX_MODEL
+            )
+            tensors = (graph.input[0].name, graph.output[0].name)
+            write_front(tmp, native, tensors, meta.preprocess, batch[0], meta.classes)
             served += [ENSEMBLE, PREPROCESS]
-        client = {
-            "models": served,
-            "input": {"name": inputs[0][0], "datatype": "FP32", "shape": ["batch", *inputs[0][2]]},
-            "output": {"name": outputs[0][0], "classes": len(meta.classes)},
-            "preprocess": dataclasses.asdict(meta.preprocess),
-            "steps": [
-                "decode the image as RGB",
-                f"resize the shorter side to {meta.preprocess.resize} (bilinear, antialiased)",
-                f"centre-crop {meta.preprocess.crop} x {meta.preprocess.crop}",
-                "scale to [0, 1], subtract mean and divide by std per channel",
-                "lay out as NCHW float32, batch first",
-            ],
-            "client_function": "pipeline.deploy.preprocess.preprocess (the pipeline's own, bit for bit)",
-            "bytes_input": None
-            if runtime is None
-            else {"model": ENSEMBLE, "input": IMAGE, "datatype": "BYTES", "output": LOGITS, "top_k": "class_count"},
-            "fused_input": None
-            if fused is None
-            else {
-                "model": FUSED_MODEL,
-                "datatype": "UINT8",
-                "shape": ["batch", meta.preprocess.crop, meta.preprocess.crop, 3],
-                "client": "pipeline.deploy.preprocess.resize_and_crop (resize and crop only)",
-            },
-            "tensorrt": engine_info.tensorrt if engine_info.built else None,
-            "tensorrt_plan_needs": plan_needs(engine_info) if engine_info.built else None,
-            "tensorrt_not_served": None if engine_info.built else engine_info.reason,
-        }
+        client = client_json(served, graph, meta, engine_info, fused is not None, runtime is not None)
         write_json(tmp / "preprocess.json", client)
     return client
+
+
+def write_onnx(folder: Path, name: str, path: Path, batch: tuple[int, list[int]], labels: str) -> None:
+    graph = onnx.load(str(path), load_external_data=False).graph
+    ins, outs = [tensor_spec(v) for v in graph.input], [tensor_spec(v) for v in graph.output]
+    (folder / "1").mkdir(parents=True)
+    shutil.copyfile(path, folder / "1" / "model.onnx")
+    (folder / "config.pbtxt").write_text(
+        config_text(name, "onnxruntime_onnx", *batch, ins, outs, "KIND_CPU", "model.onnx")
+    )
+    (folder / "labels.txt").write_text(labels)
+
+
+def write_plan(folder: Path, info: EngineInfo, engine: Path, batch: tuple[int, list[int]], labels: str) -> None:
+    assert info.input is not None and info.output is not None
+    (folder / "1").mkdir(parents=True)
+    shutil.copyfile(engine, folder / "1" / "model.plan")
+    trt_in = [(info.input.name, "TYPE_FP32", info.input.shape[1:])]
+    trt_out = [(info.output.name, "TYPE_FP32", info.output.shape[1:])]
+    (folder / "config.pbtxt").write_text(
+        config_text(TRT_MODEL, "tensorrt_plan", *batch, trt_in, trt_out, "KIND_GPU", "model.plan")
+    )
+    (folder / "labels.txt").write_text(labels)
+
+
+def client_json(
+    served: list[str], graph: onnx.GraphProto, meta: Deployable, engine: EngineInfo, fused: bool, front: bool
+) -> dict:
+    """preprocess.json: what a client sends to each model, and what the plan needs."""
+    (name, _, dims), output = tensor_spec(graph.input[0]), graph.output[0].name
+    spec = meta.preprocess
+    return {
+        "models": served,
+        "input": {"name": name, "datatype": "FP32", "shape": ["batch", *dims]},
+        "output": {"name": output, "classes": len(meta.classes)},
+        "preprocess": dataclasses.asdict(spec),
+        "steps": [
+            "decode the image as RGB",
+            f"resize the shorter side to {spec.resize} (bilinear, antialiased)",
+            f"centre-crop {spec.crop} x {spec.crop}",
+            "scale to [0, 1], subtract mean and divide by std per channel",
+            "lay out as NCHW float32, batch first",
+        ],
+        "client_function": "pipeline.deploy.preprocess.preprocess (the pipeline's own, bit for bit)",
+        "bytes_input": (
+            {"model": ENSEMBLE, "input": IMAGE, "datatype": "BYTES", "output": LOGITS, "top_k": "class_count"}
+            if front
+            else None
+        ),
+        "fused_input": {
+            "model": FUSED_MODEL,
+            "datatype": "UINT8",
+            "shape": ["batch", spec.crop, spec.crop, 3],
+            "client": "pipeline.deploy.preprocess.resize_and_crop (resize and crop only)",
+        }
+        if fused
+        else None,
+        "tensorrt": engine.tensorrt if engine.built else None,
+        "tensorrt_plan_needs": plan_needs(engine) if engine.built else None,
+        "tensorrt_not_served": None if engine.built else engine.reason,
+    }
 
 
 def openvino_candidate(runtime: RuntimeChoice | None) -> CpuCandidate | None:

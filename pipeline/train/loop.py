@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -41,16 +42,10 @@ from pipeline.data.transforms import preprocessing
 from pipeline.lio import GroupBatchSampler, LIOModel, PairIndex, pair_index
 from pipeline.lio.checkpoint import TrainedModel
 from pipeline.lio.sampler import batch_positives
-from pipeline.train.checkpoint import (
-    TrainState,
-    fingerprint,
-    resume,
-    run_settings,
-    save_checkpoint,
-    truncate_live_plots,
-)
+from pipeline.train.checkpoint import TrainState, fingerprint, resume, run_settings, save_checkpoint
 from pipeline.train.compile import CompiledStep, unwrap, wants_compile
 from pipeline.train.distributed import init_distributed, replicas_identical, resolve_device
+from pipeline.train.live import log_epoch, open_live
 from pipeline.train.optim import build_optimizer, lr_lambda
 from pipeline.train.precision import autocast, resolve_amp
 
@@ -204,10 +199,7 @@ def train(
         net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     step_with = Step(net, device, batch_layouts(cfg.lio, device), bf16)
     live = open_live(live_dir, state.epoch) if main else None
-
-    def eval_loader(ds):
-        return DataLoader(ds, batch_size=cfg.train.eval_batch_size, num_workers=cfg.data.workers)
-
+    eval_loader = partial(DataLoader, batch_size=cfg.train.eval_batch_size, num_workers=cfg.data.workers)
     started = time.perf_counter()
     while state.epoch < cfg.train.epochs:
         torch.manual_seed(cfg.seed * 1000 + state.epoch)
@@ -220,13 +212,7 @@ def train(
             log_epoch(live, state, stats, val, cfg.train.epochs)
             if state.epoch % cfg.train.checkpoint_every == 0 or state.epoch == cfg.train.epochs:
                 save_checkpoint(checkpoint, state, stamp, settings)
-    identical = replicas_identical(state.model) if world > 1 else None
-    if identical is False:  # every rank sees it, so every rank stops: a model from diverged replicas is not a model
-        dist.destroy_process_group()
-        raise TrainingError(
-            f"the {world} DDP replicas hold different parameters after training (a non-deterministic or "
-            "rank-dependent step); nothing was written. Rerun, and report it if it repeats"
-        )
+    identical = check_replicas(state.model, world)
     if live is None:
         dist.destroy_process_group()
         return None
@@ -237,6 +223,19 @@ def train(
     if world > 1:
         dist.destroy_process_group()
     return summary
+
+
+def check_replicas(model: nn.Module, world: int) -> bool | None:
+    """Whether the DDP replicas ended with the same parameters (None: one process). Every rank sees a
+    difference, so every rank stops: a model from diverged replicas is not a model."""
+    identical = replicas_identical(model) if world > 1 else None
+    if identical is False:
+        dist.destroy_process_group()
+        raise TrainingError(
+            f"the {world} DDP replicas hold different parameters after training (a non-deterministic or "
+            "rank-dependent step); nothing was written. Rerun, and report it if it repeats"
+        )
+    return identical
 
 
 def training_loader(cfg: TrainParams, sets: TrainingSets, sampler, draws: SeededDraws, device: torch.device):
@@ -264,31 +263,6 @@ def initial_state(cfg: TrainParams, num_classes: int, device: torch.device, step
     if cfg.train.ema_decay > 0:
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
     return TrainState(model, optimizer, scheduler, ema)
-
-
-def open_live(live_dir: Path, start: int):
-    """dvclive, resumed at the checkpoint's epoch (not its own count: a run killed mid-save logged one more)."""
-    from dvclive import Live
-
-    if start:
-        truncate_live_plots(live_dir, start)
-    live = Live(str(live_dir), resume=start > 0, dvcyaml=None, save_dvc_exp=False)
-    live.step = start
-    return live
-
-
-def log_epoch(live, state: TrainState, stats: EpochStats, val: Evaluation, epochs: int) -> None:
-    for k, v in stats.losses.items():
-        live.log_metric(f"train/{k}", v)
-    live.log_metric("train/top1", stats.top1)
-    live.log_metric("val/top1", val.top1)
-    live.log_metric("val/loss", val.loss)
-    live.log_metric("lr", state.optimizer.param_groups[0]["lr"])
-    live.next_step()
-    print(
-        f"epoch {state.epoch}/{epochs}: loss {stats.losses['loss']:.4f} train top1 {stats.top1:.3f} "
-        f"val top1 {val.top1:.3f}"
-    )
 
 
 def finish(cfg, state: TrainState, sets: TrainingSets, test_loader, device, seconds, identical, out_model: Path):
