@@ -146,7 +146,7 @@ def strip_parity() -> dict:
     torch.manual_seed(0)
     trained = LIOModel("resnet50", CLASSES, pool=pool).eval()
     plain = build_backbone("resnet50", CLASSES).eval()
-    plain.load_state_dict(trained.deployable().state_dict(), strict=True)
+    plain.load_state_dict(trained.plain().state_dict(), strict=True)
     x = torch.randn(8, 3, size, size)
     with torch.no_grad():
         cpu_equal = torch.equal(trained(x), plain(x))

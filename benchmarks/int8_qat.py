@@ -61,7 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settings", default="2:2e-6,2:1e-5,2:1e-4", help="epochs:lr, comma-separated")
     args = parser.parse_args()
-    weights = paths.deployable(load_config("params.yaml").model.arch)
+    weights = paths.stripped(load_config("params.yaml").model.arch)
     if not weights.exists():
         raise SystemExit(f"{weights} is needed: run `dvc repro strip` first")
     torch.set_num_threads(min(2, torch.get_num_threads()))

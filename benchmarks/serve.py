@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.artifacts.runtime import LoadLevel, ServingLoad  # noqa: E402
 from pipeline.core import markdown, paths  # noqa: E402
 from pipeline.core.machine import cpu, threads  # noqa: E402
+from pipeline.evaluate.serving import COLUMNS  # noqa: E402  (the report's table, printed here first)
 
 LEVELS = (1, 2, 4, 8, 16)
 
@@ -201,21 +202,6 @@ def soak(server, url: str, raw: list[bytes], expected: np.ndarray, args) -> None
         f"{total['swapped']}; p99 {p99:.1f} ms; server memory {before:.0f} -> {after:.0f} MiB "
         f"({100 * (after / before - 1):+.1f}%)"
     )
-
-
-COLUMNS = [
-    ("model", "model", ""),
-    ("concurrency", "concurrency", ""),
-    ("requests", "requests", ""),
-    ("errors", "errors", ""),
-    ("lost", "lost", ""),
-    ("swapped", "swapped", ""),
-    ("p50_ms", "p50 ms", ".1f"),
-    ("p90_ms", "p90 ms", ".1f"),
-    ("p99_ms", "p99 ms", ".1f"),
-    ("req_s", "req/s", ".0f"),
-    ("vs", "vs in-process batch 8", ""),
-]
 
 
 def _line(r: dict, local: float) -> str:

@@ -199,7 +199,7 @@ def strip(trained: Path, prepared: Path, out: Path, parity_path: Path, test_imag
     test = [r for r in rows if r.split == "test"][:test_images]
     images = torch.stack([preset(load_image(r.path, r.crop_bottom)) for r in test])
     arch, k = record.arch, record.num_classes
-    checks, stripped = prove_parity(model, model.deployable(), lambda: build_backbone(arch, k), images, spec.crop)
+    checks, stripped = prove_parity(model, model.plain(), lambda: build_backbone(arch, k), images, spec.crop)
     result = parity_result(checks)
     write_json(parity_path, result)
     if not result["passed"]:
@@ -210,7 +210,7 @@ def strip(trained: Path, prepared: Path, out: Path, parity_path: Path, test_imag
         num_classes=k,
         classes=record.classes,
         preprocess=spec,
-        training=record.settings,
+        training=record.training,
         summary=record.summary,
     )
     save_torch(stripped, out)

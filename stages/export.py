@@ -14,7 +14,7 @@ from stages.command import with_params
 def command(cfg):
     """Export the plain model to ONNX, make the reduced-precision variants and gate each on validation."""
     result = export_all(
-        paths.require(paths.deployable(cfg.model.arch), "strip"),
+        paths.require(paths.stripped(cfg.model.arch), "strip"),
         paths.require(paths.PREPARED, "prepare"),
         paths.ONNX,
         paths.EXPORT_REPORT,

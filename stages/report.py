@@ -20,7 +20,7 @@ def command(cfg):
         runtime=paths.RUNTIME,
         serving=paths.SERVING,
         engine_info=paths.ENGINE_INFO,
-        metadata=paths.metadata(paths.deployable(cfg.model.arch)),
+        metadata=paths.metadata(paths.stripped(cfg.model.arch)),
         study=paths.STUDY,
         masks=paths.MASKS,
         report=paths.REPORT,

@@ -15,7 +15,7 @@ def score_files(arch: str, root: Path = Path(".")) -> ScoreFiles:
     """pipeline/core/paths.py's table under `root` (the repository, where DVC runs the stage)."""
     return ScoreFiles(
         prepared=root / paths.PREPARED,
-        weights=root / paths.deployable(arch),
+        weights=root / paths.stripped(arch),
         onnx={precision: root / path for precision, path in paths.ONNX.items()},
         export_report=root / paths.EXPORT_REPORT,
         runtime=root / paths.RUNTIME,

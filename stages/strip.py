@@ -12,6 +12,6 @@ from stages.command import with_params
 @with_params(ArchParams)
 def command(cfg):
     """Strip the heads and prove the result is a plain torchvision model."""
-    out = paths.deployable(cfg.model.arch)
+    out = paths.stripped(cfg.model.arch)
     checks = strip(paths.TRAINED, paths.PREPARED, out, paths.PARITY)
     click.echo(f"parity passed ({', '.join(c.name for c in checks)}); wrote {out} and {paths.metadata(out)}")

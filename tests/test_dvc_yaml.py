@@ -80,8 +80,8 @@ def _table() -> dict[str, str]:
     arch = yaml.safe_load((ROOT / "params.yaml").read_text())["model"]["arch"]
     table = {k: v.as_posix() for k, v in vars(paths).items() if isinstance(v, Path)}
     table |= {f"ONNX[{p}]": v.as_posix() for p, v in paths.ONNX.items()}
-    weights = paths.deployable(arch)
-    return table | {"deployable": weights.as_posix(), "metadata": paths.metadata(weights).as_posix()}
+    weights = paths.stripped(arch)
+    return table | {"stripped": weights.as_posix(), "metadata": paths.metadata(weights).as_posix()}
 
 
 def _within(path: str, folder: str) -> bool:

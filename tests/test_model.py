@@ -104,11 +104,11 @@ def test_eval_is_the_bare_backbone_bit_for_bit():
     torch.manual_seed(0)
     model = LIOModel("resnet50", 5).eval()
     plain = build_backbone("resnet50", 5).eval()
-    plain.load_state_dict(model.deployable().state_dict())
+    plain.load_state_dict(model.plain().state_dict())
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(model(x), plain(x))
-    assert model.deployable() is model.backbone
+    assert model.plain() is model.backbone
 
 
 def test_baseline_has_no_heads_and_only_the_classification_loss():

@@ -4,6 +4,7 @@ their own nodes."""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -148,3 +149,22 @@ def test_the_report_row_shows_a_rejected_candidate_with_its_reason():
     text = "\n".join(runtime_lines(choice))
     assert "rejected: missed its gate" in text and "3.00x" in text
     assert np.isclose(rejected.throughput or 0, 300)
+
+
+def test_where_the_bundled_server_cannot_run_it_says_why_in_one_line(monkeypatch):
+    """glibc older than the wheel's 2.35, or no stub for this Python: ServerUnavailable, one line each."""
+    import platform
+
+    from pipeline.serve import server
+
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("glibc", "2.31"))
+    with pytest.raises(server.ServerUnavailable, match=r"needs glibc >= 2\.35, this machine has glibc 2\.31") as e:
+        server.bundle()
+    assert "\n" not in str(e.value)
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("glibc", "2.36"))
+    if importlib.util.find_spec("pytriton") is not None:
+        import pytriton  # noqa: F401  (imported before Python's version is faked)
+
+        monkeypatch.setattr(sys, "version_info", type("V", (), {"major": 3, "minor": 99})())
+        with pytest.raises(server.ServerUnavailable, match="no Python-backend stub for Python 3.99"):
+            server.bundle()

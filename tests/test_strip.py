@@ -27,7 +27,7 @@ def trained_model(arch="resnet18", k=4):
 
 def run(model, k=4):
     images = torch.randn(3, 3, 64, 64)
-    return prove_parity(model, model.deployable(), lambda: build_backbone("resnet18", k), images, 64)
+    return prove_parity(model, model.plain(), lambda: build_backbone("resnet18", k), images, 64)
 
 
 def by_name(checks):

@@ -67,7 +67,26 @@ def test_training_writes_model_metrics_plots_and_checkpoint(tmp_path, tiny_prepa
     state = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)
     assert state["epoch"] == 2 and state["best"]["epoch"] == summary.best.epoch
     blob = torch.load(tmp_path / "models/lio.pt", weights_only=True)
-    assert blob["model"]["arch"] == "resnet18" and blob["classes"] and "oel.layer2.conv.weight" in blob["state_dict"]
+    assert (
+        blob["training"]["model"]["arch"] == "resnet18"
+        and blob["classes"]
+        and "oel.layer2.conv.weight" in blob["state_dict"]
+    )
+    assert not {"model", "lio", "settings"} & set(blob), "keys nothing reads"
+
+
+def test_a_lio_pt_from_before_the_fifth_pass_still_loads(tmp_path, tiny_prepared):
+    """Its `model.num_classes` and `settings` keys are read as `num_classes` and `training`."""
+    from pipeline.lio.checkpoint import TrainedModel
+
+    workspace(tmp_path, tiny_prepared)
+    train(tiny_config(), tmp_path / "data/prepared", tmp_path / "lio.pt", tmp_path / "ck", tmp_path / "live")
+    blob = torch.load(tmp_path / "lio.pt", weights_only=True)
+    old = {k: v for k, v in blob.items() if k not in ("num_classes", "training")}
+    old |= {"model": {"num_classes": blob["num_classes"]}, "settings": blob["training"]}
+    torch.save(old, tmp_path / "old.pt")
+    trained, _ = TrainedModel.load(tmp_path / "old.pt")
+    assert trained.num_classes == 3 and trained.training.model.arch == "resnet18"
 
 
 def test_baseline_trains_through_the_same_code(tmp_path, tiny_prepared):

@@ -159,7 +159,7 @@ class Variant:
     layers: Layers | None = None  # INT8 variants: what the shipped graph's nodes compute in INT8
 
     @property
-    def deployable(self) -> bool:
+    def usable(self) -> bool:
         return self.status != "rejected"
 
 
@@ -177,7 +177,7 @@ class ExportReport(Artifact):
     variants: dict[str, Variant]  # precision -> result, in export order
     fused_preprocess: FusedCheck | None = None
 
-    def deployable(self, precision: str) -> bool:
+    def usable(self, precision: str) -> bool:
         """Exported and not rejected: FP32 (the reference) or a variant that passed its gate."""
         v = self.variants.get(precision)
-        return v is not None and v.deployable
+        return v is not None and v.usable

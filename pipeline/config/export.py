@@ -22,7 +22,7 @@ class Gate:
     The accuracy rule is the field's: MLPerf Inference accepts an INT8 ResNet-50 whose top-1 is at
     least 99% of FP32's, on the point estimate. Agreement with FP32 (the share of images whose top-1
     class is FP32's) is only a floor against broken quantization: rounding noise flips a few
-    low-margin images both ways without costing accuracy (docs/measured.md, "INT8 by the field's rule")."""
+    low-margin images both ways without costing accuracy (docs/measured-log.md, "INT8 by the field's rule")."""
 
     RENAMED: ClassVar[dict[str, str]] = {
         "max_top1_drop": "min_top1_ratio (MLPerf's rule: top-1 >= ratio x FP32's top-1; e.g. min_top1_ratio: 0.99)"
@@ -65,7 +65,7 @@ class QATConfig:
     """Quantization-aware fine-tuning before INT8 (pipeline/deploy/qat.py): ModelOpt's INT8 fake
     quantization on every Conv and the classifier, trained towards the FP32 logits on training images.
     Off by default: on the embedded set it did not lower the INT8 error at any setting measured
-    (docs/measured.md, "Quantization-aware fine-tuning")."""
+    (docs/measured-log.md, "Quantization-aware fine-tuning")."""
 
     method: Literal["modelopt", "none"] = "none"  # modelopt: through ModelOpt's fake quantization | none: PTQ only
     epochs: int = 2  # passes over the training split (0: calibrate only)

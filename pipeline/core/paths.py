@@ -51,7 +51,7 @@ REPORT = Path("reports/report.md")
 MODEL_CARD = Path("models/MODEL_CARD.md")
 
 
-def deployable(arch: str) -> Path:
+def stripped(arch: str) -> Path:
     """The stripped plain model's weights; its metadata is the .json beside it."""
     return Path("models") / f"{arch}.pt"
 

@@ -22,7 +22,7 @@ class ChoiceError(PipelineError, RuntimeError):
 def engine_precision(wanted: str, export: ExportReport) -> tuple[str, str | None]:
     """`wanted`, or the next more precise variant whose gate passed; and why it fell back."""
     precision, notes = wanted, []
-    while not export.deployable(precision):
+    while not export.usable(precision):
         notes.append(f"{precision} was {'rejected by its gate' if precision in export.variants else 'not exported'}")
         if precision not in FALLBACK:
             raise ChoiceError(f"no ONNX variant passed its gate ({'; '.join(notes)}); see reports/export.json")

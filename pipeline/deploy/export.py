@@ -55,7 +55,7 @@ __all__ = ["ExportError", "export_all"]
 
 
 def export_all(
-    deployable: Path,
+    weights: Path,
     prepared: Path,
     onnx_files: dict[str, Path],
     report: Path,
@@ -65,7 +65,7 @@ def export_all(
     fused: Path | None = None,
 ) -> ExportReport:
     """Every variant of `cfg.precisions`, gated; the results, also written to `report`."""
-    model, meta = load_deployable(deployable)
+    model, meta = load_deployable(weights)
     rows, _ = read_manifest(prepared)
     held_out = HeldOut.of(rows, cfg.calib_images, seed)
     check_gate_images(cfg.gates, cfg.precisions, len(held_out.gate), held_out.gate_source)

@@ -9,7 +9,7 @@ through the fine-tuning and are folded afterwards (`fold`, exact for per-channel
 fine-tuned student exports as a QDQ graph for TensorRT, and without its quantizers as the FP32
 weights ONNX Runtime's static quantization takes for the CPU.
 
-Measured on the embedded set (docs/measured.md, "Quantization-aware fine-tuning"): no setting
+Measured on the embedded set (docs/measured-log.md, "Quantization-aware fine-tuning"): no setting
 lowered the INT8 logit error, so `export.qat.method` defaults to `none`. Most of that error behaves
 as noise: a float-rounding change (folding the batch norms) alone moves the fake-quantized logits by
 a third of it, which gradient steps cannot follow.

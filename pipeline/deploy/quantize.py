@@ -21,7 +21,7 @@ from pipeline.deploy import onnx_runtime
 
 #: int8_cpu candidates: ONNX Runtime (format, calibration method); the fastest that passes its gate is kept.
 #: Which format runs faster depends on the CPU; MinMax agreed with FP32 at least as well as Percentile,
-#: Entropy and moving-average calibration on every run measured (docs/measured.md, "INT8 at 0.99").
+#: Entropy and moving-average calibration on every run measured (docs/measured-log.md, "INT8 at 0.99").
 CPU_INT8_CANDIDATES = (("QOperator", "MinMax"), ("QDQ", "MinMax"))
 
 

@@ -38,7 +38,7 @@ def localise(files: ExtentFiles, mask_images: int, threshold: float, seed: int) 
     trained, model = TrainedModel.load(require(files.trained, "train"))
     rows, _ = read_manifest(require(files.prepared, "prepare"))
     preset = eval_preset(trained.preprocess)
-    P = trained.settings.lio.P
+    P = trained.training.lio.P
     test = [r for r in rows if r.split == "test"]
     masked = [r for r in test if r.mask]
     draw_masks(mask_images, seed, files.masks, model, masked or test, preset, P, threshold, bool(masked))

@@ -65,7 +65,7 @@ def backends(
         found.append(Backend("pytorch-cuda", cuda_run, files.weights, "cuda", sync=torch.cuda.synchronize))
     for precision, path in files.onnx.items():
         variant = export.variants.get(precision) if export else None
-        if variant is not None and not variant.deployable and variant.gate is not None:
+        if variant is not None and not variant.usable and variant.gate is not None:
             g = variant.gate  # a variant its gate rejected is not a backend
             skipped[f"onnxruntime-{precision}"] = (
                 f"rejected by its gate (top-1 drop {g.top1_drop:+.4f}, agreement {g.agreement:.4f} on "

@@ -13,12 +13,13 @@ COLUMNS = [
     ("concurrency", "concurrency", ""),
     ("requests", "requests", ""),
     ("errors", "errors", ""),
+    ("lost", "lost", ""),
     ("swapped", "swapped", ""),
     ("p50_ms", "p50 ms", ".1f"),
     ("p90_ms", "p90 ms", ".1f"),
     ("p99_ms", "p99 ms", ".1f"),
     ("req_s", "req/s", ".0f"),
-    ("vs", "vs in process (batch 8)", ""),
+    ("vs", "vs in process, batch 8", ""),
 ]
 
 

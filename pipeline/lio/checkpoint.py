@@ -33,16 +33,16 @@ class TrainedModel:
     num_classes: int
     classes: list[str]
     preprocess: Preprocess
-    settings: TrainParams  # seed, data, model, lio, train, as the run had them
+    training: TrainParams  # seed, data, model, lio, train, as the run had them (`Deployable.training` too)
     summary: TrainingSummary
 
     @property
     def arch(self) -> str:
-        return self.settings.model.arch
+        return self.training.model.arch
 
     def model(self) -> LIOModel:
         """The trained LIOModel, heads included, in eval mode."""
-        model = LIOModel.from_config(self.settings.lio, self.arch, self.num_classes)
+        model = LIOModel.from_config(self.training.lio, self.arch, self.num_classes)
         try:
             model.load_state_dict(self.state_dict)
         except RuntimeError as e:
@@ -50,19 +50,18 @@ class TrainedModel:
         return model.eval()
 
     @classmethod
-    def of(cls, model: nn.Module, settings: TrainParams, classes: list[str], preprocess: Preprocess, summary):
+    def of(cls, model: nn.Module, training: TrainParams, classes: list[str], preprocess: Preprocess, summary):
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        return cls(state, len(classes), list(classes), preprocess, settings, summary)
+        return cls(state, len(classes), list(classes), preprocess, training, summary)
 
     def save(self, path: Path) -> None:
         save_torch(
             {
                 "state_dict": self.state_dict,
-                "model": {"num_classes": self.num_classes, **dataclasses.asdict(self.settings.model)},
-                "lio": dataclasses.asdict(self.settings.lio),
+                "num_classes": self.num_classes,
                 "classes": self.classes,
                 "preprocess": dataclasses.asdict(self.preprocess),
-                "settings": to_dict(self.settings),
+                "training": to_dict(self.training),
                 "metrics": self.summary.to_json(),
             },
             path,
@@ -78,10 +77,11 @@ class TrainedModel:
         try:
             trained = cls(
                 state_dict=blob["state_dict"],
-                num_classes=blob["model"]["num_classes"],
+                # a lio.pt from before the fifth pass holds `model.num_classes` and `settings`
+                num_classes=blob["num_classes"] if "num_classes" in blob else blob["model"]["num_classes"],
                 classes=blob["classes"],
                 preprocess=Preprocess.of(blob["preprocess"]),
-                settings=build(TrainParams, blob["settings"], str(path), "settings"),
+                training=build(TrainParams, blob.get("training", blob.get("settings")), str(path), "training"),
                 summary=TrainingSummary.from_json(blob["metrics"], f"{path}: metrics"),
             )
             model = trained.model()

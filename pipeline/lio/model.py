@@ -186,7 +186,7 @@ class LIOModel(nn.Module):
             out[s] = maps
         return out
 
-    def deployable(self) -> nn.Module:
+    def plain(self) -> nn.Module:
         """The classification path: the plain torchvision backbone, heads left behind."""
         return self.backbone
 

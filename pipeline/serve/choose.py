@@ -71,7 +71,7 @@ def measure(
     """One candidate: unavailable (with why), or gated and timed."""
     path = onnx[c.precision]
     record = CpuCandidate(c.name, c.runtime, c.precision, str(path), c.hint, "unavailable")  # type: ignore[arg-type]
-    if not export.deployable(c.precision) or not path.exists():
+    if not export.usable(c.precision) or not path.exists():
         why = "rejected by its gate in export" if c.precision in export.variants else "not exported"
         return replace(record, reason=f"{path}: {why} (reports/export.json)")
     try:

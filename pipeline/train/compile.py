@@ -15,7 +15,7 @@ from torch import nn
 
 
 def wants_compile(setting: str, device: torch.device) -> bool:
-    """auto compiles on CUDA only: on a 2-core CPU the compile time outweighs the gain (docs/measured.md)."""
+    """auto compiles on CUDA only: on a 2-core CPU the compile time outweighs the gain (docs/measured-log.md)."""
     return setting == "true" or (setting == "auto" and device.type == "cuda")
 
 

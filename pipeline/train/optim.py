@@ -25,7 +25,7 @@ def build_optimizer(t: TrainConfig, model: LIOModel) -> torch.optim.Optimizer:
         for (is_new, flat), ps in sorted(groups.items())
     ]
     # fused: one kernel over every tensor instead of a Python loop over 160 of them (AdamW's step on a
-    # 2-core CPU: 12 ms against 69 ms, docs/measured.md); CPU and CUDA both have it
+    # 2-core CPU: 12 ms against 69 ms, docs/measured-log.md); CPU and CUDA both have it
     if t.optimizer == "sgd":
         return torch.optim.SGD(param_groups, lr=t.lr, momentum=t.momentum, nesterov=True, fused=True)
     return torch.optim.AdamW(param_groups, lr=t.lr, fused=True)

@@ -1,7 +1,7 @@
 """`train.amp`: bf16 autocast where the hardware computes bf16 natively, fp32 elsewhere.
 
 On a CPU only native bf16 pays: AVX512-BF16 or AMX run bf16 convolutions at up to twice fp32's
-rate (docs/measured.md), while a CPU without them emulates bf16 and runs slower than fp32. So the
+rate (docs/measured-log.md), while a CPU without them emulates bf16 and runs slower than fp32. So the
 CPU's own flags decide (Linux /proc/cpuinfo), never its vendor or model.
 """
 
