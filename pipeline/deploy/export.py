@@ -192,55 +192,61 @@ class Made:
 
     def variant(self, precision: str, out: Path) -> Variant:
         """The file lands at `out` only when the gate passed it; its numbers stay in the report either way."""
-        recipe, inputs = self.recipe, self.inputs
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-            candidates = list(recipe.candidates(inputs, Path(tmp)))
+            candidates = list(self.recipe.candidates(self.inputs, Path(tmp)))
             speeds = {c.label: self.speed(c.path) for c in candidates} if len(candidates) > 1 else {}
-            chosen = max(candidates, key=lambda c: speeds[c.label]) if speeds else candidates[0]  # on speed alone
-            tries: list[SelectionTry] = []
-            first, fallback = chosen, None
-            if recipe.calibrated:
-                tries.append(self.select(chosen, precision))
-                if not tries[-1].passed and recipe.keep_fp32 and inputs.ranking and inputs.fallback_layers:
-                    chosen = self.fallback(chosen, precision, Path(tmp), tries)
-                    if recipe.runs_here:  # what the layers kept cost in speed, on this CPU
-                        every = speeds.get(first.label) or self.speed(first.path)
-                        fallback = FallbackSpeed(every, self.speed(chosen.path), self.batch)
-            candidate_backend = onnx_backend(f"onnxruntime-{precision}", chosen.path)
-            verdict = self.judge.gate(candidate_backend, precision)
-            reason = tries[-1].reason if tries else None
-            if reason:  # a fine-tuning that did not converge ships nothing, whatever the gate says
+            first = max(candidates, key=lambda c: speeds[c.label]) if speeds else candidates[0]  # on speed alone
+            chosen, tries = self.selected(first, precision, Path(tmp))
+            backend = onnx_backend(f"onnxruntime-{precision}", chosen.path)
+            verdict = self.judge.gate(backend, precision)
+            if tries and tries[-1].reason:  # a fine-tuning that did not converge ships nothing, whatever the gate says
                 verdict = replace(verdict, passed=False)
-            layers = layer_precision(onnx.load(str(chosen.path))) if recipe.calibrated else None
+            cost = self.fallback_cost(first, chosen, speeds)
+            layers = layer_precision(onnx.load(str(chosen.path))) if self.recipe.calibrated else None
             if verdict.passed:
                 os.replace(chosen.path, out)
-        ranked = inputs.ranking() if inputs.ranking and len(tries) > 1 else []
+        timed = [
+            CandidateSpeed(c.label, c.format, c.calibration, speeds[c.label], self.batch) for c in candidates if speeds
+        ]
         return Variant(
             precision=precision,
             file=str(out),
             status="passed" if verdict.passed else "rejected",
             test_top1=verdict.test_top1,
-            provider=candidate_backend.device,
+            provider=backend.device,
             gate=verdict,
-            calibration_images=len(inputs.calibration) if recipe.calibrated else None,
+            calibration_images=len(self.inputs.calibration) if self.recipe.calibrated else None,
             format=chosen.format,
             calibration=chosen.calibration,
             qat=chosen.qat,
             parity_vs_fake_quant=chosen.parity_vs_fake_quant,
             failed=chosen.failed,
-            candidates=[
-                CandidateSpeed(c.label, c.format, c.calibration, speeds[c.label], self.batch) for c in candidates
-            ]
-            if speeds
-            else [],
+            candidates=timed,
             selection=tries,
-            sensitivity=ranked,
+            sensitivity=self.inputs.ranking() if self.inputs.ranking and len(tries) > 1 else [],
             kept_in_fp32=list(chosen.kept_in_fp32),
             inputs_in_fp32=list(chosen.inputs_in_fp32),
-            fallback_speed=fallback,
-            rejected_because=reason,
+            fallback_speed=cost,
+            rejected_because=tries[-1].reason if tries else None,
             layers=layers,
         )
+
+    def selected(self, first: Candidate, precision: str, scratch: Path) -> tuple[Candidate, list[SelectionTry]]:
+        """A calibrated variant's candidate on the selection images, and the fallback when it falls short;
+        the one that goes to the gate, and every try."""
+        recipe, inputs = self.recipe, self.inputs
+        if not recipe.calibrated:
+            return first, []
+        tries = [self.select(first, precision)]
+        if not tries[-1].passed and recipe.keep_fp32 and inputs.ranking and inputs.fallback_layers:
+            return self.fallback(first, precision, scratch, tries), tries
+        return first, tries
+
+    def fallback_cost(self, first: Candidate, chosen: Candidate, speeds: dict[str, float]) -> FallbackSpeed | None:
+        """What the layers the fallback kept cost in speed, on this CPU (for a file that runs here)."""
+        if chosen is first or not self.recipe.runs_here:
+            return None
+        return FallbackSpeed(speeds.get(first.label) or self.speed(first.path), self.speed(chosen.path), self.batch)
 
     def fallback(self, failed: Candidate, precision: str, scratch: Path, tries: list[SelectionTry]) -> Candidate:
         """The fewest of the most INT8-sensitive layers kept in FP32 that meet the rule on the selection
