@@ -351,7 +351,7 @@ def test_the_default_recipe_reaches_the_optimizer_the_schedule_and_the_checkpoin
 
     shipped = yaml.safe_load(Path("params.yaml").read_text())["train"]
     t = build(TrainConfig, shipped, "params.yaml", "train")
-    assert (t.epochs, t.label_smoothing, t.checkpoint_every) == (18, 0.1, 4)
+    assert (t.epochs, t.label_smoothing, t.checkpoint_every) == (18, 0.1, 6)
     cfg = tiny_config(**{f"train.{k}": shipped[k] for k in ("lr", "label_smoothing", "warmup_epochs", "epochs")})
     model = loop.build_model(cfg, 3)
     assert model.label_smoothing == t.label_smoothing

@@ -7,7 +7,7 @@ from pipeline.artifacts.runtime import CpuCandidate, RuntimeChoice
 from pipeline.core.markdown import table
 
 COLUMNS = [
-    ("name", "candidate", ""),
+    ("name", "candidate (shipped in bold)", ""),
     ("graph", "graph", ""),
     ("device", "runs as", ""),
     ("status", "gate", ""),
@@ -18,9 +18,9 @@ COLUMNS = [
 ]
 
 
-def _row(c: CpuCandidate, fp32: CpuCandidate) -> dict:
+def _row(c: CpuCandidate, fp32: CpuCandidate, chosen: str) -> dict:
     return {
-        "name": f"**{c.name}**" if c.status != "unavailable" else c.name,
+        "name": f"**{c.name}**" if c.name == chosen else c.name,
         "graph": f"`{c.graph}`",
         "device": c.device or "—",
         "status": c.status + (f": {c.reason}" if c.reason else ""),
@@ -40,7 +40,7 @@ def runtime_lines(choice: RuntimeChoice) -> list[str]:
         f"{choice.threads} threads, {choice.streams} OpenVINO stream; throughput at batch {choice.batch}. Each "
         "candidate is gated by its ONNX variant's rule on the same held-out images as the export.",
         "",
-        table([_row(c, fp32) for c in choice.candidates], COLUMNS),
+        table([_row(c, fp32, choice.chosen) for c in choice.candidates], COLUMNS),
         "",
         f"Chosen: **{choice.chosen}**, {choice.why}.",
     ]

@@ -50,5 +50,5 @@ def openvino(name: str, path: Path, hint: str | None = None) -> Backend:
     def run(images: np.ndarray) -> np.ndarray:
         return np.asarray(request.infer([np.ascontiguousarray(images, dtype=np.float32)])[output], dtype=np.float32)
 
-    arithmetic = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
-    return Backend(name, run, Path(path), f"OpenVINO {ov.__version__} CPU, {arithmetic}")
+    arithmetic = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # "bf16" | "f32"
+    return Backend(name, run, Path(path), f"OpenVINO {ov.__version__.split('-')[0]} CPU, {arithmetic}")
