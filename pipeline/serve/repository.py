@@ -120,6 +120,8 @@ def write_front(
         )
     )
     (root / ENSEMBLE / "1").mkdir(parents=True)
+    # Triton needs the ensemble's version folder, and neither git nor DVC keeps an empty one
+    (root / ENSEMBLE / "1" / "ensemble.txt").write_text("The `lio` ensemble has no model file: config.pbtxt is it.\n")
     (root / ENSEMBLE / "labels.txt").write_text("\n".join(classes) + "\n")
     (root / ENSEMBLE / "config.pbtxt").write_text(ensemble_config(classifier, tensors, max_batch, len(classes)))
 

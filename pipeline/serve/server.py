@@ -82,7 +82,7 @@ def backend_directory(parts: Bundle, into: Path) -> Path:
 def stub_environment(parts: Bundle, project: Path) -> dict[str, str]:
     """The server's environment: the bundle's libraries and this interpreter's own libpython first; the
     virtual environment as if activated (the stub reads VIRTUAL_ENV and PATH, not PYTHONPATH alone)."""
-    env = dict(os.environ)
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")  # no __pycache__ inside the (DVC-tracked) repository
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(parts.libs), libdir, env.get("LD_LIBRARY_PATH", "")) if p)
     if sys.prefix != sys.base_prefix:
@@ -178,11 +178,13 @@ class Server:
         raise ServerUnavailable(f"tritonserver was not ready after {timeout:.0f} s: {self.last_error()}")
 
     def last_error(self) -> str:
+        """The server's first error line (a model's own failure comes before the summary), with the log."""
         lines = (
             [ln for ln in self.log.read_text(errors="replace").splitlines() if ln.strip()] if self.log.exists() else []
         )
-        errors = [ln for ln in lines if ln.startswith("E") or "error" in ln.lower()]
-        return (errors or lines or ["no output"])[-1].strip()[:400] + f" (log: {self.log})"
+        failed = [ln for ln in lines if "failed to load '" in ln or "Error" in ln]  # a model's own failure
+        errors = failed or [ln for ln in lines if ln.startswith("E") or "error" in ln.lower()]
+        return (errors or lines or ["no output"])[0].strip()[:600] + f" (log: {self.log})"
 
     def stubs(self) -> list[int]:
         """The Python-backend stub processes the server started (one per model instance)."""
