@@ -2,7 +2,7 @@
 the ONNX variant whose arithmetic it shares (its own arithmetic, so its own gate run), and timed.
 
 OpenVINO cannot read ONNX Runtime's QOperator graph (model.int8_cpu.onnx) and ONNX Runtime runs the QDQ
-graph made for TensorRT (model.int8.onnx) at half FP32's speed (docs/measured.md), so neither pairing
+graph made for TensorRT (model.int8.onnx) at about half FP32's speed (reports/report.md), so neither pairing
 is a candidate."""
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ import sys
 import sysconfig
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,11 +156,12 @@ class Server:
         self.regions = self.shared_memory()  # recorded now: a stub that dies takes its command line with it
 
     def ready(self) -> bool:
+        """Triton's own readiness endpoint, through tritonclient (loopback; false while it cannot answer)."""
+        import tritonclient.http as http
+
         try:
-            url = f"http://{self.ports.http_url}/v2/health/ready"
-            with urllib.request.urlopen(url, timeout=1) as r:
-                return r.status == 200
-        except OSError:
+            return bool(http.InferenceServerClient(self.ports.http_url, connection_timeout=1).is_server_ready())
+        except Exception:  # refused, closed or timed out: not ready yet
             return False
 
     def wait_ready(self, timeout: float) -> None:
