@@ -191,12 +191,12 @@ def _meta():
 
 def export_onnx(folder: Path) -> tuple[Path, torch.nn.Module]:
     from pipeline.backbone import build_backbone
-    from pipeline.deploy.convert import export_fp32
+    from pipeline.deploy.convert import export_module
 
     torch.manual_seed(0)
     model = build_backbone("resnet50", CLASSES).eval()
     path = folder / "model.onnx"
-    export_fp32(model, path, SIZE, 18, _meta())
+    export_module(model, path, 18, _meta())
     return path, model
 
 

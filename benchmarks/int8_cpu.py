@@ -28,7 +28,7 @@ from pipeline.data.dataset import stack_images
 from pipeline.data.manifest import read_manifest
 from pipeline.data.transforms import eval_preset
 from pipeline.deploy import onnx_runtime
-from pipeline.deploy.quantize import export_int8_cpu
+from pipeline.deploy.convert import export_int8_cpu
 
 SETTINGS = (("QOperator", "MinMax"), ("QDQ", "MinMax"))
 
@@ -72,7 +72,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for fmt, method in SETTINGS:
             made = export_int8_cpu(fp32, Path(tmp), calibration, meta, ((fmt, method),))[fmt, method]
-            if isinstance(made, Path):  # else ONNX Runtime's quantizer failed on this format (the message)
+            if isinstance(made, Path):  # else ONNX Runtime's quantizer failed on this format (`Failed`, why)
                 files[f"int8, every layer, {fmt}"] = made
         if paths.ONNX["int8_cpu"].exists():
             files["int8_cpu (shipped)"] = paths.ONNX["int8_cpu"]

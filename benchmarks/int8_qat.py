@@ -26,13 +26,13 @@ import torch
 from pipeline.config.export import QATConfig
 from pipeline.config.params import load_config
 from pipeline.core import markdown, paths
-from pipeline.core.machine import cpu  # noqa: E402  (standard library only)
+from pipeline.core.machine import cpu
 from pipeline.data.dataset import ManifestDataset, stack_images
 from pipeline.data.manifest import read_manifest
 from pipeline.data.transforms import ClassificationPresetTrain, eval_preset
 from pipeline.deploy import onnx_runtime, qat
-from pipeline.deploy.convert import export_fp32, export_qdq
-from pipeline.deploy.quantize import export_int8_cpu
+from pipeline.deploy.convert import export_int8_cpu, export_module, export_qdq
+from pipeline.deploy.quantize import Failed
 from pipeline.deploy.runners import load_deployable
 
 SETTING = ("QOperator", "MinMax")
@@ -92,16 +92,19 @@ def main() -> None:
             with torch.no_grad():
                 fake = student.model(images).numpy()
             qdq = Path(tmp) / f"qdq-{epochs}-{lr}.onnx"
-            export_qdq(student.model, qdq, meta.preprocess.crop, 18, meta)
+            export_qdq(student.model, qdq, 18, meta)
             plain = Path(tmp) / f"plain-{epochs}-{lr}.onnx"
-            export_fp32(qat.plain(student.model), plain, meta.preprocess.crop, 18, meta)
+            export_module(qat.plain(student.model), plain, 18, meta)
             cpu_file = export_int8_cpu(plain, Path(tmp) / f"cpu-{epochs}-{lr}", calibration.numpy(), meta, (SETTING,))
+            int8 = cpu_file[SETTING]
+            if isinstance(int8, Failed):
+                raise SystemExit(f"ONNX Runtime could not quantize the student's network ({SETTING}): {int8.reason}")
             name = "post-training (calibration only)" if epochs == 0 else f"{epochs} epochs at lr {lr:g}"
             row = {"name": name, "seconds": seconds}
             for key, logits in (
                 ("student", fake),
                 ("qdq", onnx_runtime.run(onnx_runtime.session(qdq), images.numpy())),
-                ("cpu", onnx_runtime.run(onnx_runtime.session(cpu_file[SETTING]), images.numpy())),
+                ("cpu", onnx_runtime.run(onnx_runtime.session(int8), images.numpy())),
             ):
                 row[key], row[f"{key}_error"] = compare(logits, reference)
             lines.append(row)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,9 +17,9 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.artifacts.deployable import Deployable
+from pipeline.artifacts.parity import Check, ParityProof
 from pipeline.backbone import build_backbone
 from pipeline.core.errors import PipelineError
-from pipeline.core.io import write_json
 from pipeline.core.paths import metadata, require
 from pipeline.data.dataset import load_image
 from pipeline.data.manifest import read_manifest
@@ -31,14 +30,6 @@ from pipeline.weights import save_torch
 
 class ParityError(PipelineError, RuntimeError):
     pass
-
-
-@dataclass
-class Check:
-    name: str
-    passed: bool
-    detail: dict = field(default_factory=dict)
-    diff: list[str] = field(default_factory=list)
 
 
 class ClassificationPath(nn.Module):
@@ -171,23 +162,7 @@ def prove_parity(
     return checks, stripped
 
 
-def parity_result(checks: list[Check]) -> dict:
-    return {
-        "passed": all(c.passed for c in checks),
-        "checks": {c.name: {"passed": c.passed, **c.detail, **({"diff": c.diff} if c.diff else {})} for c in checks},
-    }
-
-
-def explain(checks: list[Check]) -> str:
-    lines = []
-    for c in checks:
-        if not c.passed:
-            lines.append(f"[FAIL] {c.name}")
-            lines += [f"    {d}" for d in (c.diff or [str(c.detail)])]
-    return "\n".join(lines)
-
-
-def strip(trained: Path, prepared: Path, out: Path, parity_path: Path, test_images: int = 8) -> list[Check]:
+def strip(trained: Path, prepared: Path, out: Path, parity_path: Path, test_images: int = 8) -> ParityProof:
     """models/lio.pt -> the plain deployable `out` (+ its metadata), if and only if parity holds.
 
     The parity report is written either way; a failure leaves no deployable file.
@@ -200,11 +175,11 @@ def strip(trained: Path, prepared: Path, out: Path, parity_path: Path, test_imag
     images = torch.stack([preset(load_image(r.path, r.crop_bottom)) for r in test])
     arch, k = record.arch, record.num_classes
     checks, stripped = prove_parity(model, model.plain(), lambda: build_backbone(arch, k), images, spec.crop)
-    result = parity_result(checks)
-    write_json(parity_path, result)
-    if not result["passed"]:
+    proof = ParityProof.of(checks)
+    proof.save(parity_path)
+    if not proof.passed:
         Path(out).unlink(missing_ok=True)
-        raise ParityError(f"parity failed, no deployable model written (details in {parity_path}):\n{explain(checks)}")
+        raise ParityError(f"parity failed, no deployable model written (details in {parity_path}):\n{proof.explain()}")
     meta = Deployable(
         arch=arch,
         num_classes=k,
@@ -215,4 +190,4 @@ def strip(trained: Path, prepared: Path, out: Path, parity_path: Path, test_imag
     )
     save_torch(stripped, out)
     meta.save(metadata(out))
-    return checks
+    return proof

@@ -13,5 +13,5 @@ from stages.command import with_params
 def command(cfg):
     """Strip the heads and prove the result is a plain torchvision model."""
     out = paths.stripped(cfg.model.arch)
-    checks = strip(paths.TRAINED, paths.PREPARED, out, paths.PARITY)
-    click.echo(f"parity passed ({', '.join(c.name for c in checks)}); wrote {out} and {paths.metadata(out)}")
+    proof = strip(paths.TRAINED, paths.PREPARED, out, paths.PARITY)
+    click.echo(f"parity passed ({', '.join(c.name for c in proof.checks)}); wrote {out} and {paths.metadata(out)}")

@@ -24,20 +24,20 @@ PRESET = click.option(
 
 @click.group("study")
 def command():
-    """The paper's variants x seeds, as `dvc exp run --queue` experiments, paired by seed."""
+    """The paper's arms x seeds, as `dvc exp run --queue` experiments, paired by seed."""
 
 
 @command.command("queue")
 @PRESET
 @click.option("--seeds", type=int, help="Seeds for the baseline and LIO [the preset's: structure 18, others 8].")
-@click.option("--other-seeds", type=int, help="Seeds for the other variants [the preset's: structure 18, others 3].")
-@click.option("--variants", default="", help="Comma-separated subset of the variants (default: all).")
-def queue_command(preset, seeds, other_seeds, variants):
+@click.option("--other-seeds", type=int, help="Seeds for the other arms [the preset's: structure 18, others 3].")
+@click.option("--arms", default="", help="Comma-separated subset of the arms (default: all).")
+def queue_command(preset, seeds, other_seeds, arms):
     """Queue every run not yet recorded; start them with `dvc queue start --jobs 1`."""
     with one_line_errors():
         seeds = PRESETS[preset].seeds if seeds is None else seeds
         other_seeds = PRESETS[preset].other_seeds if other_seeds is None else other_seeds
-        names = queue(preset, seeds, other_seeds, [v for v in variants.split(",") if v] or None)
+        names = queue(preset, seeds, other_seeds, [v for v in arms.split(",") if v] or None)
     click.echo(f"queued {len(names)} experiments: {', '.join(names)}\nrun them: dvc queue start --jobs 1")
 
 

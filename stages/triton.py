@@ -17,10 +17,10 @@ from stages.command import with_params
 def command(cfg):
     """Write the model repositories: models/triton for NGC's container, models/triton_cpu for `lio serve`."""
     runtime = RuntimeChoice.load(paths.RUNTIME)
-    client = build_repository(
+    guide = build_repository(
         paths.TRITON, paths.ONNX["fp32"], paths.ENGINE_INFO, paths.ENGINE, paths.FUSED, paths.ONNX["int8_cpu"], runtime
     )
-    click.echo(f"wrote {paths.TRITON}: {', '.join(client['models'])}")
+    click.echo(f"wrote {paths.TRITON}: {', '.join(guide.models)}")
     meta = read_meta(paths.ONNX["fp32"])
     shipped = runtime.shipped
     served = write_cpu_repository(

@@ -311,7 +311,7 @@ def test_prepare_writes_manifest_with_stratified_val(tmp_path):
     cfg = tiny_config()
     summary = prepare(cfg, tmp_path / "prepared")
     rows, names = read_manifest(tmp_path / "prepared")
-    assert len(names) == 3 and summary["images"] == 48 + 60 and summary["gate"] == 60
+    assert len(names) == 3 and summary.images == 48 + 60 and summary.splits["gate"] == 60
     by = {s: [r for r in rows if r.split == s] for s in ("train", "val", "test", "gate")}
     assert len(by["test"]) == 12 and all(len([r for r in by["val"] if r.label == c]) == 2 for c in range(3))
     assert all(len([r for r in by["gate"] if r.label == c]) == 20 for c in range(3))  # extra_gate_per_class
@@ -358,7 +358,7 @@ def test_truncated_image_fails_or_is_skipped(tmp_path):
     assert not out.exists() and [p.name for p in out.parent.iterdir()] == [".prepared.lock"]  # nothing half-written
     cfg.data.on_bad_image = "skip"
     summary = prepare(cfg, out)
-    assert summary["skipped"] == 1 and str(bad) in (out / BAD_IMAGES).read_text()
+    assert summary.skipped == 1 and str(bad) in (out / BAD_IMAGES).read_text()
     rows, _ = read_manifest(out)
     assert str(bad) not in {r.path for r in rows}
     with pytest.raises(ImageError, match="cannot decode"):
@@ -456,7 +456,7 @@ def test_held_out_images_change_nothing_before_them(tmp_path, split):
         got, _ = read_manifest(tmp_path / str(extra))
         rows[extra] = [(r.path.relative_to(tmp_path / str(extra)), r.label, r.split, r.path.read_bytes()) for r in got]
     held = [r for r in rows[20] if r[2] == split]
-    assert len(held) == 60 and summary[split] == 60 and [r for r in rows[20] if r[2] != split] == rows[0]
+    assert len(held) == 60 and summary.splits[split] == 60 and [r for r in rows[20] if r[2] != split] == rows[0]
     assert all(len([r for r in held if r[1] == c]) == 20 for c in range(3))
 
 

@@ -1,14 +1,17 @@
 """ONNX export parity, the ModelOpt variants in ONNX Runtime, and `lio predict`."""
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
 import torch
 from click.testing import CliRunner
 
+from pipeline.artifacts.deployable import Deployable, Preprocess
 from pipeline.artifacts.export import ExportReport
 from pipeline.deploy import onnx_runtime
-from pipeline.deploy.convert import export_fp32
+from pipeline.deploy.convert import export_module
 from pipeline.deploy.judge import check_parity
 from pipeline.deploy.predict import predict
 from pipeline.deploy.runners import load_deployable
@@ -127,8 +130,8 @@ def test_the_fallback_keeps_exactly_the_named_layers_in_fp32_and_quantizes_the_r
     """Layers are found by the module scopes torch's exporter writes into the graph (a folded batch norm's
     Conv is its conv's); both quantizers (ModelOpt and ONNX Runtime, for real) then leave exactly those
     nodes in FP32."""
-    from pipeline.deploy.convert import export_int8
-    from pipeline.deploy.quantize import export_int8_cpu, input_sources, layer_nodes
+    from pipeline.deploy.convert import export_int8, export_int8_cpu
+    from pipeline.deploy.quantize import input_sources, layer_nodes
 
     fp32 = exported / "models/onnx/model.onnx"
     model = onnx.load(str(fp32))
@@ -192,7 +195,8 @@ def test_parity_failure_leaves_no_onnx(tmp_path):
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):
-        export_fp32(Broken(), tmp_path / "model.onnx", 32, 17, {})
+        meta = Deployable("resnet18", 2, ["a", "b"], Preprocess(36, 32, [0.5] * 3, [0.5] * 3))
+        export_module(Broken(), tmp_path / "model.onnx", 17, meta)
     assert list(tmp_path.iterdir()) == []  # no file, not even the temporary one
 
 
@@ -332,8 +336,8 @@ def test_the_fallback_keeps_the_fewest_sensitive_layers_that_selection_accepts(e
 
     from pipeline.artifacts.export import Sensitivity
     from pipeline.config.export import Gate
-    from pipeline.deploy.export import Made
     from pipeline.deploy.judge import Judge
+    from pipeline.deploy.made import Made
     from pipeline.deploy.recipes import Candidate, Inputs, Recipe
 
     fp32 = exported / "models/onnx/model.onnx"
@@ -604,8 +608,8 @@ def test_an_onnx_runtime_format_that_fails_is_recorded_and_the_other_ships(expor
     the per-channel weight per tensor: "operands could not be broadcast"); seen on a trained model in the
     end-to-end test. Made real here: layer4.0.conv2's first channel scaled to almost nothing under a
     large bias. The export keeps the QDQ candidate and records why QOperator is missing."""
-    from pipeline.deploy.convert import export_fp32
-    from pipeline.deploy.quantize import export_int8_cpu
+    from pipeline.deploy.convert import export_int8_cpu
+    from pipeline.deploy.quantize import Failed
     from pipeline.deploy.recipes import Inputs, _int8_cpu
 
     model, meta = load_deployable(exported / "models/resnet18.pt")
@@ -614,9 +618,10 @@ def test_an_onnx_runtime_format_that_fails_is_recorded_and_the_other_ships(expor
         block.conv2.weight[0] *= 1e-6
         block.bn2.bias[0] = 1e4
     fp32 = tmp_path / "model.onnx"
-    export_fp32(model, fp32, 32, 18, meta)
+    export_module(model, fp32, 18, meta)
     calibration = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
     made = export_int8_cpu(fp32, tmp_path / "direct", calibration, meta)
-    assert "broadcast" in made["QOperator", "MinMax"] and made["QDQ", "MinMax"].exists()
+    failed, qdq = made["QOperator", "MinMax"], made["QDQ", "MinMax"]
+    assert isinstance(failed, Failed) and "broadcast" in failed.reason and isinstance(qdq, Path) and qdq.exists()
     (candidate,) = _int8_cpu(Inputs(fp32, calibration, meta, fallback_layers=0), tmp_path / "scratch")
     assert candidate.format == "QDQ" and "broadcast" in candidate.failed["QOperator/MinMax"]

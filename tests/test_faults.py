@@ -264,4 +264,4 @@ def test_a_second_prepare_is_refused_while_one_runs(tmp_path):
     assert not out.exists() and not leftovers(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert prepare(tiny_config(), out)["classes"] == 3  # the lock is released with its holder
+        assert prepare(tiny_config(), out).classes == 3  # the lock is released with its holder

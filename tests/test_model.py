@@ -127,7 +127,7 @@ def test_ablation_switches_and_pooling():
     assert set(scl_only.parts) == {"cls", "layer2/scl"}
     pooled = LIOModel("resnet18", 4, ["layer2"], pool=2, scl_channels=8)
     maps = pooled.extent_maps(x, pos)
-    assert maps["layer2"]["m'"].shape == maps["layer2"]["M"].shape == (8, 4, 4)  # 64 px -> 8x8 -> pooled 4x4
+    assert maps["layer2"].predicted.shape == maps["layer2"].M.shape == (8, 4, 4)  # 64 px -> 8x8 -> pooled 4x4
 
 
 @pytest.mark.parametrize("scl_weights", ["extent", "binary"])
@@ -148,14 +148,14 @@ def test_scl_only_takes_reference_and_weights_from_the_pseudo_mask(monkeypatch, 
     monkeypatch.setattr(model_module, "scl_loss", spy)
     torch.manual_seed(0)
     model(x, y, pos)
-    M = model.extent_maps(x, pos)["layer2"]["M"]
+    M = model.extent_maps(x, pos)["layer2"].M
     if scl_weights == "extent":  # relu(M), the paper's form
         assert torch.allclose(seen["weight"], M.clamp_min(0))
     else:  # M above its per-image mean, the released code's
         assert torch.equal(seen["weight"], (M > M.flatten(1).mean(1).view(-1, 1, 1)).float())
     ref = M.flatten(1).argmax(1)  # the distance target is zero exactly at the reference cell
     assert torch.all(seen["dist"].flatten(1).gather(1, ref[:, None]) == 0)
-    assert torch.equal(model.extent_maps(x, pos)["layer2"]["ref"], M)
+    assert torch.equal(model.extent_maps(x, pos)["layer2"].reference, M)
 
 
 def test_gt_mask_source_trains_oel_against_the_pooled_true_mask():

@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.evaluate.localisation import SCORES
+from pipeline.artifacts.extent import MAPS, Extent
+from pipeline.artifacts.parity import ParityProof
+from pipeline.artifacts.study import Study
+from pipeline.artifacts.training import TrainingSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {  # every stage runs, in about a minute
@@ -23,6 +26,7 @@ SMALL = {  # every stage runs, in about a minute
             "test_fraction": 0.25,
             "image_size": 32,
             "extra_gate_per_class": 10,
+            "extra_select_per_class": 10,
         },
         "transforms": {"resize": 36, "crop": 32},
         "workers": 0,
@@ -105,8 +109,8 @@ def test_dvc_repro_then_experiment(tmp_path):
     sh([*DVC, "repro"], repo, env)
 
     assert (repo / "data/prepared/manifest.csv").exists()
-    parity = json.loads((repo / "reports/parity.json").read_text())
-    assert parity["passed"] and all(c["passed"] for c in parity["checks"].values())
+    parity = ParityProof.load(repo / "reports/parity.json")
+    assert parity.passed and len(parity.checks) == 5 and all(c.passed for c in parity.checks)
     for rel in [
         "models/lio.pt",
         "models/resnet18.pt",
@@ -130,13 +134,12 @@ def test_dvc_repro_then_experiment(tmp_path):
     assert metrics["backends"]["onnxruntime-fp32"]["agreement"] == 1.0
     # TensorRT: measured where it is installed and a GPU runs it, else listed as skipped with why
     assert "tensorrt" in metrics["skipped"] or any(b.startswith("tensorrt-") for b in metrics["backends"])
-    extent = json.loads((repo / "reports/extent.json").read_text())
-    loc = extent["stages"]
-    assert set(loc) == {"layer2", "layer3"}
-    assert extent["model_md5"] == hashlib.md5((repo / "models/lio.pt").read_bytes()).hexdigest()
-    for stage in loc.values():  # m' and M beside every reference map, pointing beside its chance rate
-        assert {*SCORES, "N"} <= set(stage)
-        assert all(0 <= v <= 1 for k, v in stage.items() if k != "N" and k != "images")
+    extent = Extent.load(repo / "reports/extent.json")
+    assert set(extent.stages) == {"layer2", "layer3"}
+    assert extent.model_md5 == hashlib.md5((repo / "models/lio.pt").read_bytes()).hexdigest()
+    for stage in extent.stages.values():  # m' and M beside every reference map, pointing beside its chance rate
+        assert set(stage.iou) == set(MAPS)
+        assert all(0 <= v <= 1 for v in [*stage.iou.values(), stage.pointing, stage.pointing_chance])
     report = (repo / "reports/report.md").read_text()
     assert "| layer2 | 4 |" in report and "ceiling" in report and "## Per class" in report
     assert "## What to deploy" in report and "**CPU**" in report and "## CPU runtimes" in report
@@ -172,32 +175,32 @@ def test_dvc_repro_then_experiment(tmp_path):
     sh(["git", "add", "-A"], repo, env)  # the baseline: dvc.lock and the small metrics files
     sh(["git", "commit", "-qm", "baseline run"], repo, env)
 
-    out = sh([*DVC, "exp", "run", "--name", "study-cpu-lio-s5", "-S", "lio.P=5"], repo, env)
-    assert "Stage 'prepare' didn't change, skipping" in out and "Running stage 'train'" in out
-    # `lio study collect` finds a study-named experiment through the real `dvc exp list` / `exp show`
+    # The paper's variants, each one -S away: an experiment up to `localise` (the stages a study reads)
+    # trains and scores the heads it names; `lio study collect` finds them through the real `dvc exp show`.
+    # (each starts from the last one's params.yaml)
+    runs = {
+        "study-cpu-lio-gm-s0": ["lio.mask_source=gt"],
+        "study-cpu-scl-only-s0": ["lio.mask_source=pseudo", "lio.oel=false"],
+    }
+    for name, overrides in runs.items():
+        settings = [a for o in overrides for a in ("-S", o)]
+        out = sh([*DVC, "exp", "run", "localise", "--name", name, *settings], repo, env)
+        assert "Stage 'prepare' didn't change, skipping" in out and "Running stage 'train'" in out
+        assert "Running stage 'export'" not in out
     sh(["lio", "study", "collect", "--preset", "cpu", "--out", "collected"], repo, env)
-    (run,) = json.loads((repo / "collected/study.json").read_text())["presets"]["cpu"]["runs"]
-    test_top1 = json.loads((repo / "dvclive/metrics.json").read_text())["test"]["top1"]
-    assert run["name"] == "study-cpu-lio-s5" and run["test_top1"] == test_top1 and run["localisation"]
+    collected = Study.read(repo / "collected/study.json").presets["cpu"].runs
+    assert [r.name for r in collected] == ["study-cpu-scl-only-s0", "study-cpu-lio-gm-s0"]  # in ARMS order
+    for r in collected:  # m' exists only where OEL trained
+        assert set(r.localisation) == {"layer2", "layer3"} and ("m'" in r.localisation["layer2"].iou) is (
+            r.variant == "lio-gm"
+        )
+    # the workspace holds the last run's results (scl-only's)
+    assert collected[0].test_top1 == TrainingSummary.load(repo / "dvclive/metrics.json").test.top1
     shutil.rmtree(repo / "collected")
     shown = json.loads(sh([*DVC, "exp", "show", "--json"], repo, env))
-    with_metrics = {}  # P -> metrics, for the workspace and the experiment (the bare git commit has none)
-    for r in all_data(shown):
-        metrics = r["metrics"].get("reports/metrics.json", {}).get("data")
-        if metrics:
-            with_metrics[r["params"]["params.yaml"]["data"]["lio"]["P"]] = (metrics, r["metrics"])
-    assert {3, 5} <= set(with_metrics), shown
-    for metrics, everything in with_metrics.values():
-        assert 0 <= metrics["test_top1"] <= 1 and "test" in everything["dvclive/metrics.json"]["data"]
-
-
-@pytest.mark.slow
-def test_the_papers_variants_are_one_setting_away(tmp_path):
-    """LIO w/ GM and SCL only, each one -S away: an experiment up to `localise` (the stages it needs)
-    scores the heads it trained."""
-    repo, env = small_repo(tmp_path)
-    for overrides, oel in ((["lio.mask_source=gt"], True), (["lio.mask_source=pseudo", "lio.oel=false"], False)):
-        out = sh([*DVC, "exp", "run", "localise", *(a for o in overrides for a in ("-S", o))], repo, env)
-        assert "Running stage 'train'" in out and "Running stage 'export'" not in out
-        stage = json.loads((repo / "reports/extent.json").read_text())["stages"]["layer2"]
-        assert ("iou m'" in stage) is oel and "iou M" in stage and "pointing" in stage
+    seen = {  # (mask source, OEL) of every record with test metrics: the baseline and each experiment
+        (r["params"]["params.yaml"]["data"]["lio"]["mask_source"], r["params"]["params.yaml"]["data"]["lio"]["oel"])
+        for r in all_data(shown)
+        if "test" in (r["metrics"].get("dvclive/metrics.json", {}).get("data") or {})
+    }
+    assert {("pseudo", True), ("gt", True), ("pseudo", False)} <= seen, shown

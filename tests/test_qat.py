@@ -86,7 +86,7 @@ def test_the_qdq_graph_computes_what_the_fake_quantized_student_computes():
     meta = Deployable("resnet18", 3, ["a", "b", "c"], Preprocess(resize=36, crop=32, mean=[0.5] * 3, std=[0.5] * 3))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "qdq.onnx"
-        export_qdq(folded, path, 32, 18, meta)
+        export_qdq(folded, path, 18, meta)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

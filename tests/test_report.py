@@ -9,12 +9,13 @@ from pipeline.artifacts.deployable import Preprocess
 from pipeline.artifacts.engine import EngineInfo, Gpu, Profile
 from pipeline.artifacts.export import ExportReport, Layers, Variant
 from pipeline.artifacts.runtime import CpuCandidate, RuntimeChoice
-from pipeline.artifacts.scores import BackendScore, Scores
+from pipeline.artifacts.scores import BackendScore, Confusion, Scores
 from pipeline.core.markdown import table
-from pipeline.core.metrics import accuracy, confusions, per_class, wilson
+from pipeline.core.metrics import accuracy, wilson
 from pipeline.core.timing import latency, throughput
 from pipeline.evaluate.card import study_line
 from pipeline.evaluate.render import recommendations
+from pipeline.evaluate.score import confusions, per_class
 
 
 def test_accuracy_top1_top5():
@@ -27,12 +28,9 @@ def test_per_class_and_confusions_by_hand():
     labels = np.array([0, 0, 0, 1, 1, 2])
     predicted = np.array([0, 1, 1, 1, 1, 0])
     rows = per_class(predicted, labels, ["a", "b", "c"])
-    assert [r["top1"] for r in rows] == [1 / 3, 1.0, 0.0]
-    assert rows[0]["most_confused_with"] == "b" and rows[1]["most_confused_with"] is None
-    assert confusions(predicted, labels, ["a", "b", "c"]) == [
-        {"actual": "a", "predicted": "b", "images": 2},
-        {"actual": "c", "predicted": "a", "images": 1},
-    ]
+    assert [r.top1 for r in rows] == [1 / 3, 1.0, 0.0] and [r.images for r in rows] == [3, 2, 1]
+    assert rows[0].most_confused_with == "b" and rows[1].most_confused_with is None
+    assert confusions(predicted, labels, ["a", "b", "c"]) == [Confusion("a", "b", 2), Confusion("c", "a", 1)]
 
 
 def test_latency_excludes_warm_up_and_times_the_sync():
@@ -49,9 +47,9 @@ def test_latency_excludes_warm_up_and_times_the_sync():
 
     stats = latency(fn, None, warmup=3, iters=10, sync=lambda: time.sleep(0.004))
     assert calls["n"] == 13
-    assert 3.5 <= stats["p50_ms"] <= stats["p90_ms"] < 40  # 4 ms of sync, no 50 ms warm-up
-    assert stats["p99_ms"] is None  # 10 calls cannot mean a 99th percentile
-    assert latency(lambda x: None, None, warmup=0, iters=100)["p99_ms"] is not None
+    assert 3.5 <= stats.p50_ms <= stats.p90_ms < 40  # 4 ms of sync, no 50 ms warm-up
+    assert stats.p99_ms is None  # 10 calls cannot mean a 99th percentile
+    assert latency(lambda x: None, None, warmup=0, iters=100).p99_ms is not None
     rate = throughput(lambda x: time.sleep(0.002), np.zeros(8), iters=5, sync=lambda: time.sleep(0.02))
     assert rate < 8 * 5 / (5 * 0.002 + 0.02) * 1.05  # the final sync (20 ms) is counted
 
@@ -144,14 +142,14 @@ def test_markdown_table():
 
 def test_model_card_quotes_the_study_and_its_choice(tmp_path):
     """The card quotes LIO's interval and, when the study chose another variant as the default, that one's."""
-    from pipeline.artifacts.study import Choice, Paired, PresetStudy, Setting, Study, VariantSummary
+    from pipeline.artifacts.study import ArmSummary, Choice, Paired, PresetStudy, Setting, Study
 
     def variant(mean, lo, hi, n, wins):
         d = Paired({}, mean, 0.01, (lo, hi), wins, n)
-        return VariantSummary(list(range(n)), 0.8, None, None, d, d, None)
+        return ArmSummary(list(range(n)), 0.8, None, None, d, d, None)
 
-    def preset(variants, best):
-        return PresetStudy("p", Setting("d", []), "c", "m", variants, Choice([0], {}, best), [])
+    def preset(arms, best):
+        return PresetStudy("p", Setting("d", []), "c", "m", arms, Choice([0], {}, best), [])
 
     path = tmp_path / "reports/study.json"
     assert study_line(path) == "no study recorded (`lio study`)."

@@ -1,6 +1,5 @@
 """The parity proof passes on a trained model and fails readably on altered backbones."""
 
-import json
 import types
 
 import torch
@@ -8,9 +7,10 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from torch import nn
 
+from pipeline.artifacts.parity import ParityProof
 from pipeline.backbone import build_backbone
 from pipeline.lio import LIOModel, group_positives
-from pipeline.strip import explain, prove_parity
+from pipeline.strip import prove_parity
 
 
 def trained_model(arch="resnet18", k=4):
@@ -37,7 +37,7 @@ def by_name(checks):
 def test_parity_passes_on_a_trained_model():
     model = trained_model()
     checks, stripped = run(model)
-    assert all(c.passed for c in checks), explain(checks)
+    assert all(c.passed for c in checks), ParityProof.of(checks).explain()
     assert [c.name for c in checks] == ["strict_load", "names_shapes_dtypes", "graph", "logits_bitwise", "params_macs"]
     plain = build_backbone("resnet18", 4).eval()
     plain.load_state_dict(stripped, strict=True)
@@ -53,7 +53,7 @@ def test_extra_layer_fails():
     c = by_name(checks)
     assert not c["strict_load"].passed and not c["names_shapes_dtypes"].passed and not c["graph"].passed
     assert not c["params_macs"].passed and not c["logits_bitwise"].passed
-    text = explain(checks)
+    text = ParityProof.of(checks).explain()
     assert "+ fc.0.weight" in text and "- fc.weight" in text and "parameters:" in text and "multiply-adds:" in text
 
 
@@ -73,7 +73,7 @@ def test_renamed_parameter_fails():
     model.backbone.fc = RenamedLinear(model.backbone.fc)
     checks, _ = run(model)
     c = by_name(checks)
-    assert not c["strict_load"].passed and "fc.w" in explain(checks)
+    assert not c["strict_load"].passed and "fc.w" in ParityProof.of(checks).explain()
     assert "fc.weight" in " ".join(c["names_shapes_dtypes"].diff)
     assert not c["graph"].passed  # a functional linear instead of the fc module
 
@@ -121,9 +121,8 @@ def test_strip_stage_writes_nothing_deployable_on_failure(tmp_path, tiny_prepare
     record.save(tmp_path / "models/lio.pt")  # the file `lio train` writes
     result = CliRunner().invoke(strip.command, [])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "models/resnet18.pt").exists() and json.loads((tmp_path / "reports/parity.json").read_text())[
-        "passed"
-    ]
+    proof = ParityProof.load(tmp_path / "reports/parity.json")
+    assert (tmp_path / "models/resnet18.pt").exists() and proof.passed and len(proof.checks) == 5
     meta = Deployable.load(tmp_path / "models/resnet18.json")  # the settings and results travel with the weights
     assert meta.training == cfg and meta.summary == summary  # typed, all the way
 
@@ -132,4 +131,5 @@ def test_strip_stage_writes_nothing_deployable_on_failure(tmp_path, tiny_prepare
     result = CliRunner().invoke(strip.command, [])
     assert result.exit_code == 1 and "parity failed" in result.output and "[FAIL] strict_load" in result.output
     assert not (tmp_path / "models/resnet18.pt").exists()
-    assert json.loads((tmp_path / "reports/parity.json").read_text())["passed"] is False
+    proof = ParityProof.load(tmp_path / "reports/parity.json")
+    assert not proof.passed and not proof.checks[0].passed and proof.checks[0].name == "strict_load"

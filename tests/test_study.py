@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.artifacts.study import Paired, PresetStudy, Setting, Study, StudyRun, VariantSummary
+from pipeline.artifacts.base import typed
+from pipeline.artifacts.extent import StageExtent
+from pipeline.artifacts.study import ArmSummary, Paired, PresetStudy, Setting, Study, StudyRun
 from pipeline.study.aggregate import aggregate, choice, verdict
-from pipeline.study.presets import PRESETS, VARIANTS, StudyError, grid, override_text
+from pipeline.study.presets import ARMS, PRESETS, StudyError, grid, override_text
 from pipeline.study.report import collect, markdown
 from pipeline.study.runs import queue, records
 
@@ -17,18 +19,18 @@ from pipeline.study.runs import queue, records
 def test_grid_has_every_variant_at_the_same_budget():
     runs = grid("cpu", seeds=3, other_seeds=2)
     names = [n for n, _ in runs]
-    assert len(runs) == 3 * 2 + 2 * (len(VARIANTS) - 2) and len(set(names)) == len(names)
-    assert names[: len(VARIANTS)] == [f"study-cpu-{v}-s0" for v in VARIANTS]  # seed-major: a cut study stays paired
+    assert len(runs) == 3 * 2 + 2 * (len(ARMS) - 2) and len(set(names)) == len(names)
+    assert names[: len(ARMS)] == [f"study-cpu-{v}-s0" for v in ARMS]  # seed-major: a cut study stays paired
     budgets = {tuple(o for o in overrides if not o.startswith(("seed=", "lio."))) for _, overrides in runs}
     assert len(budgets) == 1  # epochs, images, resolution: identical for every run
     assert ("study-cpu-baseline-s2", ["seed=2", *next(iter(budgets)), "lio.stages=[]"]) in runs
-    # every LIO variant names its gradient setting, so it does not drift with params.yaml's default
+    # every LIO arm names its gradient setting, so it does not drift with params.yaml's default
     lio = dict(runs)["study-cpu-lio-s0"]
     assert "lio.target_grad=true" in lio and "lio.target_grad=false" in dict(runs)["study-cpu-lio-detached-s0"]
     with pytest.raises(StudyError, match="unknown study preset"):
         grid("tpu", 1, 1)
     assert [n for n, _ in grid("cpu", 2, 1, ["lio-gm"])] == ["study-cpu-lio-gm-s0"]
-    with pytest.raises(StudyError, match="unknown variant"):
+    with pytest.raises(StudyError, match="unknown arm"):
         grid("cpu", 1, 1, ["lio-v2"])
 
 
@@ -99,12 +101,22 @@ def test_queue_skips_recorded_runs(tmp_path):
         os.chdir(cwd)
 
 
+def stage(iou_m: float) -> dict:
+    """One stage's row of reports/extent.json."""
+    return {"cells": 4, "images": 8, "iou": {"m'": iou_m, "M": 0.2}, "pointing": 1.0, "pointing_chance": 0.5}
+
+
 def exp(name, top1, loc=None, seconds=100.0, localised="md5-of-this-model"):
     """One experiment as `dvc exp show --json` gives it; `localised` is the hash of the model its
     reports/extent.json was computed from (this run's models/lio.pt hashes to md5-of-this-model)."""
     metrics = {
         "dvclive/metrics.json": {
-            "data": {"test": {"top1": top1}, "best": {"val_top1": top1, "epoch": 3}, "train_seconds": seconds}
+            "data": {
+                "test": {"top1": top1, "top5": 1.0},
+                "best": {"val_top1": top1, "epoch": 3},
+                "train_seconds": seconds,
+                "chance": 0.25,
+            }
         }
     }
     if loc is not None:
@@ -123,13 +135,13 @@ def test_aggregate_pairs_seeds_with_the_baseline():
             "experiments": [
                 exp("study-cpu-baseline-s0", 0.80),
                 exp("study-cpu-baseline-s1", 0.70),
-                exp("study-cpu-lio-s0", 0.85, {"layer2": {"iou m'": 0.3}}),
-                exp("study-cpu-lio-s1", 0.72, {"layer2": {"iou m'": 0.5}}),
+                exp("study-cpu-lio-s0", 0.85, {"layer2": stage(0.3)}),
+                exp("study-cpu-lio-s1", 0.72, {"layer2": stage(0.5)}),
                 exp("study-gpu-lio-s0", 0.99),
                 exp("other-experiment", 0.1),
                 exp("study-cpu-lio-detached-s0", 0.5),
                 # stopped before its localise stage: reports/extent.json is another model's, left out
-                exp("study-cpu-lio-detached-s1", 0.4, {"layer2": {"iou m'": 0.9}}, localised="md5-of-another"),
+                exp("study-cpu-lio-detached-s1", 0.4, {"layer2": stage(0.9)}, localised="md5-of-another"),
                 # a running experiment shows the queued snapshot's files (another run's metrics): left out
                 {
                     "revs": [
@@ -162,7 +174,7 @@ def test_aggregate_pairs_seeds_with_the_baseline():
         "study-cpu-lio-detached-s0",
         "study-cpu-lio-detached-s1",
     ]  # other presets, names and unfinished runs left out
-    assert runs[-1].localisation == {} and runs[2].localisation == {"layer2": {"iou m'": 0.3}}
+    assert runs[-1].localisation == {} and runs[2].localisation == {"layer2": typed(StageExtent, stage(0.3))}
     v = aggregate(runs)
     assert v["lio"].test_top1_mean == pytest.approx(0.785)
     d = v["lio"].test_vs_baseline
@@ -172,12 +184,12 @@ def test_aggregate_pairs_seeds_with_the_baseline():
     assert d.ci95 == pytest.approx((0.035 - 0.1906, 0.035 + 0.1906), abs=1e-3)
     assert verdict(v["lio"]) == "the interval includes zero: no difference shown"
     assert v["lio"].test_top1_std == pytest.approx(0.0919, abs=1e-4)
-    assert v["lio"].localisation["layer2"]["iou m'"] == pytest.approx(0.4)
+    assert v["lio"].localisation["layer2"].iou == {"m'": pytest.approx(0.4), "M": pytest.approx(0.2)}
 
 
 def test_choice_compares_validation_on_shared_seeds():
-    def run(variant, seed, val, test=0.5):
-        return StudyRun(f"study-cpu-{variant}-s{seed}", variant, seed, test, val, 3, 1.0)
+    def run(arm, seed, val, test=0.5):
+        return StudyRun(f"study-cpu-{arm}-s{seed}", arm, seed, test, val, 3, 1.0)
 
     runs = [
         *(run("baseline", s, 0.99) for s in range(3)),  # not a candidate, however good
@@ -197,7 +209,7 @@ def test_choice_compares_validation_on_shared_seeds():
 def test_verdict_names_the_side_of_zero():
     def v(ci):
         d = Paired({}, None, None, ci, 0, 0)
-        return VariantSummary([0, 1], 0.5, None, None, d, d, None)
+        return ArmSummary([0, 1], 0.5, None, None, d, d, None)
 
     assert "above zero" in verdict(v([0.01, 0.05])) and "below zero" in verdict(v([-0.05, -0.01]))
     assert "no interval" in verdict(v(None))
@@ -235,18 +247,18 @@ def test_default_and_readme_follow_the_recorded_study():
     study = json.loads(Path("reports/study.json").read_text())["presets"]
     lio = yaml.safe_load(Path("params.yaml").read_text())["lio"]
     chosen = study["cpu"]["choice"]["best"]  # the default trains from scratch: the cpu preset decides
-    for key, value in VARIANTS[chosen].items():
+    for key, value in ARMS[chosen].items():
         assert lio[key.removeprefix("lio.")] == value, (chosen, key)
     readme = " ".join(Path("README.md").read_text().split())  # line breaks inside a quoted interval
 
     def interval(ci):
         return "[" + ", ".join(f"{x:+.3f}".replace("-", "−") for x in ci) + "]"
 
-    quoted = [("cpu", v) for v in study["cpu"]["variants"] if v != "baseline"] + [("transfer", "lio")]
-    quoted += [("structure", v) for v in study["structure"]["variants"] if v != "baseline"]
-    for preset, variant in quoted:
-        ci = study[preset]["variants"][variant]["test_vs_baseline"]["ci95"]
-        assert interval(ci) in readme, (preset, variant, interval(ci))
+    quoted = [("cpu", v) for v in study["cpu"]["arms"] if v != "baseline"] + [("transfer", "lio")]
+    quoted += [("structure", v) for v in study["structure"]["arms"] if v != "baseline"]
+    for preset, arm in quoted:
+        ci = study[preset]["arms"][arm]["test_vs_baseline"]["ci95"]
+        assert interval(ci) in readme, (preset, arm, interval(ci))
 
 
 @pytest.mark.slow
@@ -266,13 +278,15 @@ def test_collect_leaves_out_a_real_failed_experiment(tmp_path):
         subprocess.run(cmd, cwd=repo, check=True)
     (repo / "params.yaml").write_text(Path("params.yaml").read_text())
     (repo / "dvclive").mkdir()  # the snapshot's metrics: what a failed run's ref still holds
-    snapshot = {"test": {"top1": 0.9}, "best": {"val_top1": 0.9, "epoch": 1}, "train_seconds": 1.0}
+    snapshot = {"test": {"top1": 0.9, "top5": 1.0}, "best": {"val_top1": 0.9, "epoch": 1}, "train_seconds": 1.0}
+    snapshot["chance"] = 0.5
     (repo / "dvclive/metrics.json").write_text(json.dumps(snapshot))
     script = (
         "import json, sys, yaml\n"
         "seed = yaml.safe_load(open('params.yaml'))['seed']\n"
         "if seed == 1:\n    sys.exit(1)\n"
-        "json.dump({'test': {'top1': 0.5}, 'best': {'val_top1': 0.6, 'epoch': 1}, 'train_seconds': 1.0},"
+        "json.dump({'test': {'top1': 0.5, 'top5': 1.0}, 'best': {'val_top1': 0.6, 'epoch': 1}, 'train_seconds': 1.0,"
+        " 'chance': 0.5},"
         " open('dvclive/metrics.json', 'w'))\n"
     )
     (repo / "run.py").write_text(script)
@@ -310,8 +324,8 @@ def test_collect_leaves_out_a_real_failed_experiment(tmp_path):
 
 
 def test_lio_batch_is_compared_with_lio_paired_by_seed():
-    def run(variant, seed, test):
-        return StudyRun(f"study-cpu-{variant}-s{seed}", variant, seed, test, test, 1, 1.0)
+    def run(arm, seed, test):
+        return StudyRun(f"study-cpu-{arm}-s{seed}", arm, seed, test, test, 1, 1.0)
 
     runs = [run("baseline", s, 0.5) for s in range(3)]
     runs += [run("lio", s, t) for s, t in enumerate([0.60, 0.70, 0.80])]
@@ -413,7 +427,7 @@ def test_last_fifth_gain_reads_the_runs_own_validation_curve(tmp_path, monkeypat
 
 def test_structure_study_queues_the_seeds_its_resolution_goal_needs(monkeypatch):
     """`lio study queue` without --seeds takes the preset's: for structure, the 18 paired seeds that
-    make a 95% interval +-0.01 at a spread of 0.02, for all four variants (72 runs); flags still win.
+    make a 95% interval +-0.01 at a spread of 0.02, for all four arms (72 runs); flags still win.
     The library's queue is replaced here only to read what the command passes it (it runs for real
     in test_queue_skips_recorded_runs)."""
     from click.testing import CliRunner
@@ -428,3 +442,46 @@ def test_structure_study_queues_the_seeds_its_resolution_goal_needs(monkeypatch)
     assert len(grid("structure", 18, 18)) == 72
     assert CliRunner().invoke(cli.command, ["queue", "--preset", "cpu", "--seeds", "2"]).exit_code == 0
     assert seen == {"p": "cpu", "s": 2, "o": 3}
+
+
+def test_a_study_recorded_before_arms_and_typed_localisation_reads_the_same(tmp_path):
+    """reports/study.json as earlier versions wrote it (a run's "variant", a section's "variants", flat
+    localisation rows keyed "iou M", "N", "pointing chance") is read as the current shape."""
+    old = {
+        "presets": {
+            "cpu": {
+                "preset": "cpu",
+                "setting": {"description": "d", "set": []},
+                "command": "c",
+                "machine": "m",
+                "variants": {},
+                "choice": None,
+                "runs": [
+                    {
+                        "name": "study-cpu-lio-s0",
+                        "variant": "lio",
+                        "seed": 0,
+                        "test_top1": 0.9,
+                        "best_val_top1": 0.9,
+                        "best_epoch": 3,
+                        "train_seconds": 1.0,
+                        "localisation": {
+                            "layer2": {
+                                "iou m'": 0.4,
+                                "iou M": 0.3,
+                                "pointing": 1.0,
+                                "pointing chance": 0.5,
+                                "N": 8.0,
+                                "images": 16.0,
+                            }
+                        },
+                    }
+                ],
+            }
+        }
+    }
+    (tmp_path / "study.json").write_text(json.dumps(old))
+    (run,) = Study.read(tmp_path / "study.json").presets["cpu"].runs
+    assert run.arm == "lio" and run.localisation["layer2"] == StageExtent(
+        cells=8, images=16, iou={"m'": 0.4, "M": 0.3}, pointing=1.0, pointing_chance=0.5
+    )

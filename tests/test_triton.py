@@ -8,13 +8,12 @@ stand-in file: TensorRT cannot be installed here (its plan is copied, never pars
 
 from __future__ import annotations
 
-import json
-
 import onnx
 import pytest
 from google.protobuf import text_format
 
 from pipeline.artifacts.engine import EngineInfo
+from pipeline.artifacts.triton import ClientGuide
 from pipeline.serve.triton import FUSED_MODEL, INT8_MODEL, ONNX_MODEL, TRT_MODEL, build_repository, write_repository
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
@@ -69,9 +68,9 @@ def test_onnx_model_config_matches_the_onnx_graph(tmp_path, exported):
     assert config.instance_group[0].kind == KIND.KIND_CPU
     assert (folder / "1/model.onnx").read_bytes() == onnx_path.read_bytes()
     assert not (tmp_path / "triton" / TRT_MODEL).exists()
-    saved = json.loads((tmp_path / "triton/preprocess.json").read_text())
-    assert saved == client and saved["preprocess"]["crop"] == 32 and saved["models"] == [ONNX_MODEL]
-    assert "TensorRT is not installed" in saved["tensorrt_not_served"]
+    saved = ClientGuide.load(tmp_path / "triton/preprocess.json")
+    assert saved == client and saved.preprocess.crop == 32 and saved.models == [ONNX_MODEL]
+    assert saved.tensorrt_not_served is not None and "TensorRT is not installed" in saved.tensorrt_not_served
 
 
 def test_tensorrt_model_config_matches_engine_json(tmp_path, exported):
@@ -87,8 +86,12 @@ def test_tensorrt_model_config_matches_engine_json(tmp_path, exported):
     assert list(config.input[0].dims) == [3, 32, 32] and list(config.output[0].dims) == [3]
     assert config.instance_group[0].kind == KIND.KIND_GPU and (folder / "1/model.plan").read_bytes() == b"PLAN"
     assert parse(tmp_path / "triton" / ONNX_MODEL / "config.pbtxt").max_batch_size == 16
-    needs = json.loads((tmp_path / "triton/preprocess.json").read_text())["tensorrt_plan_needs"]
-    assert needs.startswith("TensorRT 10.13.0 exactly") and "Triton Inference Server container" in needs
+    needs = ClientGuide.load(tmp_path / "triton/preprocess.json").tensorrt_plan_needs
+    assert (
+        needs is not None
+        and needs.startswith("TensorRT 10.13.0 exactly")
+        and "Triton Inference Server container" in needs
+    )
 
 
 def test_fused_preprocessing_model_takes_uint8_nhwc(tmp_path, exported):
@@ -99,7 +102,8 @@ def test_fused_preprocessing_model_takes_uint8_nhwc(tmp_path, exported):
     config = parse(tmp_path / "triton" / FUSED_MODEL / "config.pbtxt")
     (inp,) = config.input
     assert inp.name == "images" and inp.data_type == DT.TYPE_UINT8 and list(inp.dims) == [32, 32, 3]
-    assert client["models"] == [ONNX_MODEL, FUSED_MODEL] and client["fused_input"]["shape"] == ["batch", 32, 32, 3]
+    assert client.models == [ONNX_MODEL, FUSED_MODEL] and client.fused_input is not None
+    assert client.fused_input.shape == ["batch", 32, 32, 3]
 
 
 def test_the_repository_is_replaced_whole(tmp_path, exported):
@@ -127,7 +131,7 @@ def test_the_gated_cpu_int8_model_is_served_beside_fp32(tmp_path, exported):
     assert list(config.input[0].dims) == [3, 32, 32] and config.input[0].data_type == DT.TYPE_FP32
     assert (folder / "1/model.onnx").read_bytes() == int8.read_bytes()
     assert any(n.op_type in ("QLinearConv", "QuantizeLinear") for n in onnx.load(str(int8)).graph.node)
-    assert client["models"] == [ONNX_MODEL, INT8_MODEL]
+    assert client.models == [ONNX_MODEL, INT8_MODEL]
 
     rejected = tmp_path / "gone" / "model.int8_cpu.onnx"  # what a rejected variant leaves: nothing
     client = build_repository(
@@ -138,4 +142,4 @@ def test_the_gated_cpu_int8_model_is_served_beside_fp32(tmp_path, exported):
         None,
         rejected,
     )
-    assert client["models"] == [ONNX_MODEL] and not (tmp_path / "triton" / INT8_MODEL).exists()
+    assert client.models == [ONNX_MODEL] and not (tmp_path / "triton" / INT8_MODEL).exists()

@@ -49,9 +49,11 @@ class Artifact:
 
 
 def typed(hint, value):
-    """`value` (parsed JSON) as type `hint`, recursively; TypeError when it does not fit."""
+    """`value` (parsed JSON) as type `hint`, recursively; TypeError when it does not fit. A dataclass
+    with a classmethod `upgrade` reads the shape an older version wrote, through it."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if dataclasses.is_dataclass(hint):
+        value = hint.upgrade(value) if hasattr(hint, "upgrade") else value  # an older file's keys, still read
         if not isinstance(value, dict):
             raise TypeError(f"expected an object for {hint.__name__}, got {type(value).__name__}")
         hints = typing.get_type_hints(hint)
@@ -64,7 +66,12 @@ def typed(hint, value):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return typed(inner[0], value)
+        for kind in inner[:-1]:  # the first member the value fits
+            try:
+                return typed(kind, value)
+            except (TypeError, ValueError, KeyError):
+                continue
+        return typed(inner[-1], value)
     if origin is Literal:
         if value not in args:
             raise ValueError(f"{value!r} is not one of {args}")

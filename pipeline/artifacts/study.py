@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pipeline.artifacts.base import Artifact
+from pipeline.artifacts.extent import StageExtent
 
 
 @dataclass(frozen=True)
@@ -13,22 +14,27 @@ class StudyRun:
     """One finished experiment, as `dvc exp show` gave it on the machine that ran it."""
 
     name: str
-    variant: str
+    arm: str
     seed: int
     test_top1: float
     best_val_top1: float | None
     best_epoch: int | None
     train_seconds: float | None
-    localisation: dict[str, dict[str, float]] = field(default_factory=dict)  # stage -> map scores
+    localisation: dict[str, StageExtent] = field(default_factory=dict)  # its reports/extent.json stages
     train_top1_last: float | None = None  # the last epoch's training top-1 (runs before this field: None)
     epochs: int | None = None
     machine: str | None = None  # the CPU it ran on
     val_curve: list[float] | None = None  # validation top-1 of every epoch (runs before this field: None)
 
+    @classmethod
+    def upgrade(cls, value: Any) -> Any:
+        """A run recorded when an arm was called a variant."""
+        return _renamed(value, "variant", "arm")
+
 
 @dataclass(frozen=True)
 class Paired:
-    """A variant's per-seed differences to another's (same seed: same data, same initialisation)."""
+    """A arm's per-seed differences to another's (same seed: same data, same initialisation)."""
 
     per_seed: dict[str, float]
     mean: float | None
@@ -44,7 +50,7 @@ class Paired:
 
 @dataclass(frozen=True)
 class Convergence:
-    """Whether a variant's runs converged: best validation epoch before the last fifth of the
+    """Whether a arm's runs converged: best validation epoch before the last fifth of the
     schedule, training top-1 at the last epoch, and what the last fifth added to validation top-1
     (a best epoch that is late by one validation image is not a run still learning)."""
 
@@ -59,7 +65,7 @@ class Convergence:
 
 
 @dataclass(frozen=True)
-class VariantSummary:
+class ArmSummary:
     seeds: list[int]
     test_top1_mean: float | None
     test_top1_std: float | None
@@ -67,8 +73,8 @@ class VariantSummary:
     test_vs_baseline: Paired
     val_vs_baseline: Paired
     train_seconds_min: float | None
-    localisation: dict[str, dict[str, float | None]] = field(default_factory=dict)
-    reference: str | None = None  # the variant it differs from in one setting
+    localisation: dict[str, StageExtent] = field(default_factory=dict)  # per stage, the mean over seeds
+    reference: str | None = None  # the arm it differs from in one setting
     test_vs_reference: Paired | None = None
     convergence: Convergence | None = None
 
@@ -94,9 +100,20 @@ class PresetStudy:
     setting: Setting
     command: str
     machine: str  # the machine of the latest collected runs (each run records its own)
-    variants: dict[str, VariantSummary]
+    arms: dict[str, ArmSummary]
     choice: Choice | None
     runs: list[StudyRun]
+
+    @classmethod
+    def upgrade(cls, value: Any) -> Any:
+        """A section recorded when its arms were called variants."""
+        return _renamed(value, "variants", "arms")
+
+
+def _renamed(value: Any, old: str, new: str) -> Any:
+    if isinstance(value, dict) and old in value and new not in value:
+        return {new if k == old else k: v for k, v in value.items()}
+    return value
 
 
 @dataclass(frozen=True)

@@ -31,3 +31,15 @@ class TrainingSummary(Artifact):
     train_seconds: float
     images: dict[str, int] = field(default_factory=dict)  # per split: train, val, test
     ddp_replicas_identical: bool | None = None
+
+
+@dataclass(frozen=True)
+class LastEpoch:
+    top1: float
+
+
+@dataclass(frozen=True)
+class LiveMetrics(TrainingSummary):
+    """dvclive/metrics.json: the summary, beside dvclive's last logged epoch (what the study reads)."""
+
+    train: LastEpoch | None = None  # the last epoch's training metrics

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.config.schema import need
+from pipeline.config.schema import need, need_number
 from pipeline.core.arch import STAGES
 
 
@@ -40,11 +39,5 @@ class LIOConfig:
         )
         need(self.pool >= 1, where, "lio.pool", f"must be >= 1, got {self.pool}")
         for name in ("alpha", "beta"):
-            value = getattr(self, name)
-            need(
-                math.isfinite(value) and value >= 0,
-                where,
-                f"lio.{name}",
-                f"must be a finite number >= 0, got {value}; e.g. 0.1",
-            )
+            need_number(getattr(self, name), where, f"lio.{name}", "0.1")
         need(self.scl_channels >= 1, where, "lio.scl_channels", "must be >= 1; e.g. 512")

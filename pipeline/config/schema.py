@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -29,6 +30,12 @@ class ConfigError(PipelineError, ValueError):
 def need(ok: bool, where: str, name: str, fix: str) -> None:
     if not ok:
         raise ConfigError(f"{where}: {name}: {fix}")
+
+
+def need_number(value: float, where: str, name: str, example: str, low: float = 0.0, above: bool = False) -> None:
+    """A finite number >= `low` (> `low` when `above`), or ConfigError naming the field and an example."""
+    ok = math.isfinite(value) and (value > low if above else value >= low)
+    need(ok, where, name, f"must be a finite number {'>' if above else '>='} {low:g}, got {value}; e.g. {example}")
 
 
 @dataclasses.dataclass

@@ -8,10 +8,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.config.data import DataConfig
+from pipeline.config.data import PrepareParams
 from pipeline.config.lio import LIOConfig
 from pipeline.config.model import ModelConfig
-from pipeline.config.schema import Params, need
+from pipeline.config.schema import need, need_number
 from pipeline.core.arch import stage_size
 
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -47,38 +47,17 @@ class TrainConfig:
             f"{self.device!r} is not a device; use auto, cpu, cuda or cuda:N",
         )
         need(self.epochs >= 1, where, "train.epochs", "must be >= 1")
-        need(
-            math.isfinite(self.lr) and self.lr > 0,
-            where,
-            "train.lr",
-            f"must be a finite number > 0, got {self.lr}; e.g. 1.0e-3",
-        )
-        for name in ("weight_decay", "warmup_epochs"):
-            value = getattr(self, name)
-            need(
-                math.isfinite(value) and value >= 0,
-                where,
-                f"train.{name}",
-                f"must be a finite number >= 0, got {value}",
-            )
-        need(
-            math.isfinite(self.head_lr_mult) and self.head_lr_mult > 0,
-            where,
-            "train.head_lr_mult",
-            "must be a finite number > 0",
-        )
+        need_number(self.lr, where, "train.lr", "1.0e-3", above=True)
+        need_number(self.weight_decay, where, "train.weight_decay", "1.0e-4")
+        need_number(self.warmup_epochs, where, "train.warmup_epochs", "1")
+        need_number(self.head_lr_mult, where, "train.head_lr_mult", "10", above=True)
         need(
             math.isfinite(self.momentum) and 0 <= self.momentum < 1,
             where,
             "train.momentum",
             "must be in [0, 1); e.g. 0.9",
         )
-        need(
-            math.isfinite(self.step_gamma) and self.step_gamma > 0,
-            where,
-            "train.step_gamma",
-            "must be a finite number > 0; e.g. 0.1",
-        )
+        need_number(self.step_gamma, where, "train.step_gamma", "0.1", above=True)
         need(
             self.eval_batch_size >= 1,
             where,
@@ -101,9 +80,9 @@ class TrainConfig:
 
 
 @dataclass
-class TrainParams(Params):
-    seed: int = 0
-    data: DataConfig = field(default_factory=DataConfig)
+class TrainParams(PrepareParams):
+    """PrepareParams' sections (seed, data), then the model's, LIO's and training's."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     lio: LIOConfig = field(default_factory=LIOConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -53,31 +53,3 @@ def images_needed(tolerance: float) -> int:
 def agreement(logits, reference) -> float:
     """Share of images where two models' top-1 classes agree."""
     return float((np.asarray(logits).argmax(1) == np.asarray(reference).argmax(1)).mean())
-
-
-def per_class(predicted: np.ndarray, labels: np.ndarray, classes: list[str]) -> list[dict]:
-    """Per class: test images, top-1, and the class it is most often mistaken for."""
-    rows = []
-    for k, name in enumerate(classes):
-        mine = labels == k
-        wrong = predicted[mine & (predicted != k)]
-        confused = np.bincount(wrong, minlength=len(classes)) if len(wrong) else None
-        rows.append(
-            {
-                "class": name,
-                "images": int(mine.sum()),
-                "top1": float((predicted[mine] == k).mean()) if mine.any() else None,
-                "most_confused_with": classes[int(confused.argmax())] if confused is not None else None,
-            }
-        )
-    return rows
-
-
-def confusions(predicted: np.ndarray, labels: np.ndarray, classes: list[str], top: int = 5) -> list[dict]:
-    """The most frequent (actual, predicted) mistakes, most frequent first."""
-    pairs: dict[tuple[int, int], int] = {}
-    for a, p in zip(labels.tolist(), predicted.tolist()):
-        if a != p:
-            pairs[(a, p)] = pairs.get((a, p), 0) + 1
-    ranked = sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
-    return [{"actual": classes[a], "predicted": classes[p], "images": n} for (a, p), n in ranked]

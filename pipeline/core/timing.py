@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,7 +17,14 @@ import numpy as np
 P99_CALLS = 100
 
 
-def latency(fn: Callable, x, warmup: int, iters: int, sync: Callable = lambda: None) -> dict:
+@dataclass(frozen=True)
+class Latency:
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float | None  # None from fewer than P99_CALLS calls
+
+
+def latency(fn: Callable, x, warmup: int, iters: int, sync: Callable = lambda: None) -> Latency:
     """p50 and p90 of `iters` timed calls after `warmup`; p99 only from at least P99_CALLS calls
     (None otherwise)."""
     for _ in range(warmup):
@@ -29,7 +37,7 @@ def latency(fn: Callable, x, warmup: int, iters: int, sync: Callable = lambda: N
         sync()
         times.append((time.perf_counter() - start) * 1000)
     p50, p90, p99 = np.percentile(times, [50, 90, 99])
-    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99) if iters >= P99_CALLS else None}
+    return Latency(float(p50), float(p90), float(p99) if iters >= P99_CALLS else None)
 
 
 def throughput(fn: Callable, x, iters: int, sync: Callable = lambda: None) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +56,22 @@ def _stored(path: Path, folder: Path) -> str:
         return str(path)
 
 
-def prepare(cfg: PrepareParams, out: Path) -> dict:
-    """Build `out` (e.g. data/prepared); returns a summary for the log."""
+@dataclass(frozen=True)
+class Prepared:
+    """What `prepare` wrote, for the log: classes, images kept and skipped, images per split."""
+
+    classes: int
+    images: int
+    skipped: int
+    splits: dict[str, int]
+
+    def __str__(self) -> str:
+        counts = ", ".join(f"{n} {s}" for s, n in self.splits.items())
+        return f"{self.classes} classes, {self.images} images ({counts}), {self.skipped} skipped"
+
+
+def prepare(cfg: PrepareParams, out: Path) -> Prepared:
+    """Build `out` (e.g. data/prepared); returns what it wrote."""
     data = cfg.data
     with exclusive(out, "`lio prepare`"), atomic_dir(out) as tmp:
         root = Path(data.root)
@@ -93,4 +108,4 @@ def prepare(cfg: PrepareParams, out: Path) -> dict:
         write_json(tmp / CLASSES, {str(i): n for i, n in enumerate(names)})
     counts = {s: splits.count(s) for s in ("train", "val", "test")}
     counts |= {s: splits.count(s) for s in ("gate", "select") if s in splits}  # the embedded set's held-out images
-    return {"classes": len(names), "images": len(records), "skipped": len(bad), **counts}
+    return Prepared(len(names), len(records), len(bad), counts)

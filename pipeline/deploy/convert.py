@@ -1,8 +1,13 @@
-"""The converters: pure file-in, file-out steps (as mmdeploy's torch2onnx), each written
-atomically and checked before it lands. Precision is decided in the ONNX graph (docs/method.md,
-"Precision"), so that TensorRT can build every GPU variant strongly typed: FP16 by ModelOpt
-AutoCast, INT8 by ModelOpt post-training quantization (QDQ, made for TensorRT); the CPU's INT8 is
-ONNX Runtime's own (pipeline/deploy/quantize.py)."""
+"""The converters: file in, file out (as mmdeploy's torch2onnx), each written atomically and checked
+before it lands: the deployable (models/<arch>.pt and its .json) -> FP32 ONNX and the fused-preprocessing
+ONNX; FP32 ONNX -> FP16, INT8 (QDQ) and the CPU's INT8. Precision is decided in the ONNX graph
+(docs/method.md, "Precision"), so that TensorRT can build every GPU variant strongly typed: FP16 by
+ModelOpt AutoCast, INT8 by ModelOpt post-training quantization (QDQ, made for TensorRT); the CPU's INT8
+is ONNX Runtime's own, which runs in a fresh interpreter (pipeline/deploy/quantize.py). A format
+ONNX Runtime cannot make comes back as `Failed`, beside the files it made.
+
+Two steps take a module, because what they convert has no file form: the QAT student, fake-quantized
+and BN-folded by ModelOpt (`export_qdq`), and its plain network (`export_module`)."""
 
 from __future__ import annotations
 
@@ -20,14 +25,25 @@ from torch import nn
 
 from pipeline.artifacts.deployable import Deployable
 from pipeline.core.io import atomic_path
-from pipeline.deploy import onnx_runtime
+from pipeline.deploy import onnx_runtime, quantize
+from pipeline.deploy.quantize import CPU_INT8_CANDIDATES, Failed
+from pipeline.deploy.runners import load_deployable
 
 INPUT, OUTPUT = "input", "logits"
 
 
-def export_fp32(model: nn.Module, path: Path, input_size: int, opset: int, meta: Deployable) -> None:
-    """One self-contained file with a symbolic batch axis, from torch.export (opset >= 18)."""
-    _export(model.eval(), torch.randn(2, 3, input_size, input_size), INPUT, path, opset, meta)
+def export_fp32(weights: Path, path: Path, opset: int) -> Deployable:
+    """The deployable -> one self-contained FP32 file with a symbolic batch axis, from torch.export
+    (opset >= 18); returns the metadata it carries."""
+    model, meta = load_deployable(weights)
+    export_module(model, path, opset, meta)
+    return meta
+
+
+def export_module(model: nn.Module, path: Path, opset: int, meta: Deployable) -> None:
+    """An in-memory network (the QAT student's plain one) -> FP32 ONNX, as `export_fp32`."""
+    size = meta.preprocess.crop
+    _export(model.eval(), torch.randn(2, 3, size, size), INPUT, path, opset, meta)
 
 
 def _export(
@@ -52,7 +68,7 @@ def _export(
         onnx.checker.check_model(str(tmp), full_check=True)
 
 
-def export_qdq(student: nn.Module, path: Path, input_size: int, opset: int, meta: Deployable) -> None:
+def export_qdq(student: nn.Module, path: Path, opset: int, meta: Deployable) -> None:
     """The fake-quantized student as a QDQ graph (QuantizeLinear/DequantizeLinear with its scales): what
     TensorRT builds as INT8. ModelOpt's quantizers export through torch's TorchScript-based exporter
     (torch.export cannot trace their range checks)."""
@@ -60,7 +76,7 @@ def export_qdq(student: nn.Module, path: Path, input_size: int, opset: int, meta
         warnings.simplefilter("ignore")
         torch.onnx.export(
             student.eval(),
-            (torch.randn(2, 3, input_size, input_size),),
+            (torch.randn(2, 3, meta.preprocess.crop, meta.preprocess.crop),),
             str(tmp),
             dynamo=False,
             opset_version=opset,
@@ -91,9 +107,10 @@ class FusedPreprocess(nn.Module):
         return self.model((x - self.mean) / self.std)
 
 
-def export_fused(model: nn.Module, path: Path, opset: int, meta: Deployable) -> None:
-    """The fused-preprocessing variant: input `images`, uint8 [batch, crop, crop, 3]
+def export_fused(weights: Path, path: Path, opset: int) -> None:
+    """The deployable -> the fused-preprocessing variant: input `images`, uint8 [batch, crop, crop, 3]
     (resized and centre-cropped RGB: pipeline.deploy.preprocess.resize_and_crop)."""
+    model, meta = load_deployable(weights)
     spec = meta.preprocess
     fused = FusedPreprocess(model, spec.mean, spec.std).eval()
     meta = replace(meta, input="images", preprocess=replace(spec, layout="NHWC RGB uint8, resized and cropped"))
@@ -137,3 +154,25 @@ def export_int8(
         onnx_runtime.write_meta(proto, meta)
         onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(tmp))
+
+
+def export_int8_cpu(
+    fp32: Path,
+    out_dir: Path,
+    calibration: np.ndarray,
+    meta: Deployable,
+    settings: tuple[tuple[str, str], ...] = CPU_INT8_CANDIDATES,
+    keep_layers: tuple[str, ...] = (),
+) -> dict[tuple[str, str], Path | Failed]:
+    """ONNX Runtime static quantization for its CPU provider, one file per (format, calibration)
+    in `settings` under `out_dir`: per-channel int8 weights, uint8 activations (the u8 x s8 kernels
+    that AVX2, AVX-512 VNNI and AMX run), calibrated on training images; `keep_layers` (torchvision
+    module names) stay in FP32, with the nodes that compute their inputs. `out_dir` is a scratch
+    folder for this FP32 file: the graph ONNX Runtime pre-processes for quantization is kept there
+    for the next call.
+
+    Runs in a fresh interpreter: ModelOpt's INT8 quantization patches `onnxruntime.quantization`
+    in the process that ran it, after which ONNX Runtime's own quantizer fails.
+    """
+    job = (fp32, out_dir, calibration, meta, settings, keep_layers)
+    return quantize.fresh_interpreter().submit(quantize.quantize_static_cpu, *job).result()

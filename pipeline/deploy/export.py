@@ -13,9 +13,7 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
-from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -27,28 +25,25 @@ from tqdm import tqdm
 
 from pipeline.artifacts.deployable import Deployable
 from pipeline.artifacts.export import (
-    CandidateSpeed,
     ExportReport,
-    FallbackSpeed,
     FusedCheck,
     Parity,
-    SelectionTry,
     Variant,
 )
 from pipeline.config.data import TransformConfig
 from pipeline.config.export import ExportConfig
-from pipeline.core.timing import throughput
 from pipeline.data.dataset import ManifestDataset, run_batches
 from pipeline.data.heldout import HeldOut, ImageSets
 from pipeline.data.manifest import Record, read_manifest
 from pipeline.data.transforms import ClassificationPresetTrain, eval_preset
 from pipeline.deploy import qat
-from pipeline.deploy.convert import export_fp32, export_fused
-from pipeline.deploy.int8_fallback import fewest, rank_layers
+from pipeline.deploy.convert import export_fp32, export_fused, export_module
+from pipeline.deploy.int8_fallback import rank_layers
 from pipeline.deploy.judge import ExportError, Judge, check_gate_images, check_parity
+from pipeline.deploy.made import Made
 from pipeline.deploy.preprocess import resize_and_crop
-from pipeline.deploy.quantize import layer_nodes, layer_precision
-from pipeline.deploy.recipes import RECIPES, Candidate, Inputs, Recipe
+from pipeline.deploy.quantize import layer_nodes
+from pipeline.deploy.recipes import RECIPES, Inputs
 from pipeline.deploy.runners import Backend, load_deployable, onnx_backend, torch_runner
 
 __all__ = ["ExportError", "export_all"]
@@ -72,7 +67,7 @@ def export_all(
     for path in [*onnx_files.values(), *([fused] if fused else [])]:
         path.unlink(missing_ok=True)  # no variant of an earlier, wider export outlives this one
     sets = held_out.decode(eval_preset(meta.preprocess))
-    fp32, parity = export_checked_fp32(model, meta, onnx_files["fp32"], cfg.opset, sets)
+    fp32, parity = export_checked_fp32(weights, model, onnx_files["fp32"], cfg.opset, sets)
     judge = Judge.of(fp32, sets, cfg.gates)
     variants = {"fp32": reference_variant(fp32, parity, judge)}
     with tempfile.TemporaryDirectory(dir=fp32.file.parent) as work:
@@ -82,7 +77,7 @@ def export_all(
             variants[precision] = made.variant(precision, onnx_files[precision])
     fused_check = None
     if cfg.fuse_preprocess and fused is not None:
-        fused_check = export_fused_checked(model, fused, meta, cfg.opset, held_out.test, judge.reference["test"])
+        fused_check = export_fused_checked(weights, fused, meta, cfg.opset, held_out.test, judge.reference["test"])
     result = ExportReport(
         decided_on=f"{held_out.gate_source}, against onnxruntime-fp32 on {fp32.device}; INT8 settings chosen on "
         f"{held_out.select_source}",
@@ -94,10 +89,11 @@ def export_all(
 
 
 def export_checked_fp32(
-    model: nn.Module, meta: Deployable, path: Path, opset: int, sets: ImageSets
+    weights: Path, model: nn.Module, path: Path, opset: int, sets: ImageSets
 ) -> tuple[Backend, Parity]:
-    """The FP32 file on ONNX Runtime's best provider here, once it matches PyTorch on the test images."""
-    export_fp32(model, path, meta.preprocess.crop, opset, meta)
+    """The FP32 file on ONNX Runtime's best provider here, once it matches PyTorch (`model`, loaded from
+    `weights`) on the test images."""
+    export_fp32(weights, path, opset)
     fp32 = onnx_backend("onnxruntime-fp32", path, "cuda" if torch.cuda.is_available() else "cpu")
     images = sets.test.pixels
     parity = check_parity(run_batches(fp32.run, images), run_batches(torch_runner(model), images))
@@ -145,7 +141,7 @@ def recipe_inputs(
         train_set = ManifestDataset(rows, "train", ClassificationPresetTrain(transforms))
         made = qat.train_student(model, train_set, torch.from_numpy(sets.calibration), cfg.qat, seed)
         made.fp32 = work / "qat.onnx"
-        export_fp32(qat.plain(made.model), made.fp32, spec.crop, cfg.opset, meta)
+        export_module(qat.plain(made.model), made.fp32, cfg.opset, meta)
         return made
 
     named = bool(layer_nodes(onnx.load(str(fp32))))  # a graph without torch's scopes names no layer
@@ -161,119 +157,14 @@ def recipe_inputs(
     )
 
 
-@dataclass
-class Made:
-    """One variant being made: its recipe's candidates -> the fastest -> (INT8) the selection tries
-    and the fallback -> the gate, once."""
-
-    recipe: Recipe
-    inputs: Inputs
-    judge: Judge
-    batch: int  # the batch its CPU speed is timed at: engine.max_batch, the report's
-
-    def speed(self, path: Path) -> float:
-        """Images per second at `batch` on this machine's ONNX Runtime CPU provider."""
-        x = np.resize(self.inputs.calibration, (self.batch, *self.inputs.calibration.shape[1:])).astype(np.float32)
-        return throughput(onnx_backend("", path).run, x, 3)
-
-    def select(self, candidate: Candidate, precision: str) -> SelectionTry:
-        """One selection try; a QAT run that did not converge falls short with its reason."""
-        tried = self.judge.select(
-            onnx_backend("", candidate.path), precision, candidate.label, list(candidate.kept_in_fp32)
-        )
-        q = candidate.qat
-        if q is not None and not q.converged:
-            reason = (
-                "quantization-aware fine-tuning did not converge: relative logit error vs FP32 on the calibration "
-                f"images {q.relative_error_before:.4f} before, {q.relative_error_after:.4f} after"
-            )
-            tried = replace(tried, passed=False, reason=reason)
-        return tried
-
-    def variant(self, precision: str, out: Path) -> Variant:
-        """The file lands at `out` only when the gate passed it; its numbers stay in the report either way."""
-        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-            candidates = list(self.recipe.candidates(self.inputs, Path(tmp)))
-            speeds = {c.label: self.speed(c.path) for c in candidates} if len(candidates) > 1 else {}
-            first = max(candidates, key=lambda c: speeds[c.label]) if speeds else candidates[0]  # on speed alone
-            chosen, tries = self.selected(first, precision, Path(tmp))
-            backend = onnx_backend(f"onnxruntime-{precision}", chosen.path)
-            verdict = self.judge.gate(backend, precision)
-            if tries and tries[-1].reason:  # a fine-tuning that did not converge ships nothing, whatever the gate says
-                verdict = replace(verdict, passed=False)
-            cost = self.fallback_cost(first, chosen, speeds)
-            layers = layer_precision(onnx.load(str(chosen.path))) if self.recipe.calibrated else None
-            if verdict.passed:
-                os.replace(chosen.path, out)
-        timed = [
-            CandidateSpeed(c.label, c.format, c.calibration, speeds[c.label], self.batch) for c in candidates if speeds
-        ]
-        return Variant(
-            precision=precision,
-            file=str(out),
-            status="passed" if verdict.passed else "rejected",
-            test_top1=verdict.test_top1,
-            provider=backend.device,
-            gate=verdict,
-            calibration_images=len(self.inputs.calibration) if self.recipe.calibrated else None,
-            format=chosen.format,
-            calibration=chosen.calibration,
-            qat=chosen.qat,
-            parity_vs_fake_quant=chosen.parity_vs_fake_quant,
-            failed=chosen.failed,
-            candidates=timed,
-            selection=tries,
-            sensitivity=self.inputs.ranking() if self.inputs.ranking and len(tries) > 1 else [],
-            kept_in_fp32=list(chosen.kept_in_fp32),
-            inputs_in_fp32=list(chosen.inputs_in_fp32),
-            fallback_speed=cost,
-            rejected_because=tries[-1].reason if tries else None,
-            layers=layers,
-        )
-
-    def selected(self, first: Candidate, precision: str, scratch: Path) -> tuple[Candidate, list[SelectionTry]]:
-        """A calibrated variant's candidate on the selection images, and the fallback when it falls short;
-        the one that goes to the gate, and every try."""
-        recipe, inputs = self.recipe, self.inputs
-        if not recipe.calibrated:
-            return first, []
-        tries = [self.select(first, precision)]
-        if not tries[-1].passed and recipe.keep_fp32 and inputs.ranking and inputs.fallback_layers:
-            return self.fallback(first, precision, scratch, tries), tries
-        return first, tries
-
-    def fallback_cost(self, first: Candidate, chosen: Candidate, speeds: dict[str, float]) -> FallbackSpeed | None:
-        """What the layers the fallback kept cost in speed, on this CPU (for a file that runs here)."""
-        if chosen is first or not self.recipe.runs_here:
-            return None
-        return FallbackSpeed(speeds.get(first.label) or self.speed(first.path), self.speed(chosen.path), self.batch)
-
-    def fallback(self, failed: Candidate, precision: str, scratch: Path, tries: list[SelectionTry]) -> Candidate:
-        """The fewest of the most INT8-sensitive layers kept in FP32 that meet the rule on the selection
-        images (`fewest`: doubling, then bisecting; each try quantizes for real and is recorded in
-        `tries`); when even `fallback_layers` miss it, the try that kept the most goes to the gate."""
-        keep_fp32, ranking = self.recipe.keep_fp32, self.inputs.ranking
-        assert keep_fp32 is not None and ranking is not None
-        ranked = ranking()
-        made: dict[int, Candidate] = {}
-
-        def accepts(k: int) -> bool:
-            made[k] = keep_fp32(self.inputs, scratch, failed, tuple(s.layer for s in ranked[:k]))
-            tries.append(self.select(made[k], precision))
-            return tries[-1].passed
-
-        k = fewest(accepts, min(self.inputs.fallback_layers, len(ranked)))
-        return made[k if k is not None else max(made)]
-
-
 def export_fused_checked(
-    model: nn.Module, path: Path, meta: Deployable, opset: int, rows: list[Record], reference: np.ndarray
+    weights: Path, path: Path, meta: Deployable, opset: int, rows: list[Record], reference: np.ndarray
 ) -> FusedCheck:
     """The fused variant, fed the client's uint8 crops of the test images, must give FP32's top-1
     and logits within 1e-4 of the largest (else it is removed and the stage fails)."""
     from pipeline.deploy import onnx_runtime
 
-    export_fused(model, path, opset, meta)
+    export_fused(weights, path, opset)
     sess = onnx_runtime.session(path)
     crops = np.concatenate([resize_and_crop(r.path, meta.preprocess) for r in rows])
     logits = np.concatenate([sess.run(None, {"images": crops[i : i + 32]})[0] for i in range(0, len(crops), 32)])

@@ -1,6 +1,7 @@
-"""INT8 helpers that import no torch: ONNX Runtime's static quantization for its CPU provider,
-and the graph's node for each layer the INT8 fallback keeps in FP32. The quantization runs in a fresh interpreter (see
-`export_int8_cpu`), which starts in about 2 s without torch instead of 5 to 8 s with it.
+"""INT8 helpers that import no torch: ONNX Runtime's static quantization for its CPU provider (the
+work of pipeline.deploy.convert.export_int8_cpu, in a fresh interpreter, which starts in about 2 s
+without torch instead of 5 to 8 s with it), and which layers compute in INT8: the graph's node for
+each layer, and the layers the INT8 fallback keeps in FP32.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import concurrent.futures
 import functools
 import multiprocessing
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,13 @@ from pipeline.deploy import onnx_runtime
 #: Which format runs faster depends on the CPU; MinMax agreed with FP32 at least as well as Percentile,
 #: Entropy and moving-average calibration on every run measured (docs/measured-log.md, "INT8 at 0.99").
 CPU_INT8_CANDIDATES = (("QOperator", "MinMax"), ("QDQ", "MinMax"))
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A format ONNX Runtime could not make, and why (in place of its file)."""
+
+    reason: str
 
 
 def _scopes(node: onnx.NodeProto) -> list[str]:
@@ -92,44 +101,22 @@ def input_sources(model: onnx.ModelProto, layers: tuple[str, ...]) -> list[str]:
     return found
 
 
-def export_int8_cpu(
-    fp32: Path,
-    out_dir: Path,
-    calibration: np.ndarray,
-    meta: Deployable,
-    settings: tuple[tuple[str, str], ...] = CPU_INT8_CANDIDATES,
-    keep_layers: tuple[str, ...] = (),
-) -> dict[tuple[str, str], Path | str]:
-    """ONNX Runtime static quantization for its CPU provider, one file per (format, calibration)
-    in `settings` under `out_dir`: per-channel int8 weights, uint8 activations (the u8 x s8 kernels
-    that AVX2, AVX-512 VNNI and AMX run), calibrated on training images; `keep_layers` (torchvision
-    module names, `layer_nodes`) stay in FP32, with the nodes that compute their inputs
-    (`input_sources`). `out_dir` is a scratch folder for this FP32 file: the graph ONNX Runtime
-    pre-processes for quantization is kept there for the next call.
-
-    Runs in a fresh interpreter: ModelOpt's INT8 quantization patches `onnxruntime.quantization`
-    in the process that ran it, after which ONNX Runtime's own quantizer fails.
-    """
-    return (
-        _fresh_interpreter().submit(_export_int8_cpu, fp32, out_dir, calibration, meta, settings, keep_layers).result()
-    )
-
-
 @functools.cache
-def _fresh_interpreter() -> concurrent.futures.ProcessPoolExecutor:
+def fresh_interpreter() -> concurrent.futures.ProcessPoolExecutor:
     """One spawned interpreter that runs only ONNX Runtime's quantizer, started once per process and
     kept for every later call (each start costs about 2 s)."""
     return concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
 
 
-def _export_int8_cpu(
+def quantize_static_cpu(
     fp32: Path,
     out_dir: Path,
     calibration: np.ndarray,
     meta: Deployable,
     settings: tuple[tuple[str, str], ...],
     keep_layers: tuple[str, ...],
-) -> dict[tuple[str, str], Path | str]:
+) -> dict[tuple[str, str], Path | Failed]:
+    """pipeline.deploy.convert.export_int8_cpu's work, in the fresh interpreter."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import CalibrationDataReader
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -154,7 +141,7 @@ def _export_int8_cpu(
     graph = onnx.load(str(pre))
     nodes = layer_nodes(graph)
     exclude = list(dict.fromkeys([nodes[name] for name in keep_layers] + input_sources(graph, keep_layers)))
-    made: dict[tuple[str, str], Path | str] = {}
+    made: dict[tuple[str, str], Path | Failed] = {}
     for fmt, method in settings:
         path = out_dir / f"{fmt}-{method}{f'-fp32-{len(keep_layers)}' if keep_layers else ''}.onnx"
         try:
@@ -173,7 +160,7 @@ def _export_int8_cpu(
             # ONNX Runtime 1.24's QOperator quantizer fails on some trained weights: when a bias would
             # overflow int32 it re-quantizes the weight per tensor with per-channel scales ("operands could
             # not be broadcast"). The other format still runs; the caller records why this one is missing.
-            made[(fmt, method)] = f"{type(e).__name__}: {e}".strip()
+            made[(fmt, method)] = Failed(f"{type(e).__name__}: {e}".strip())
             continue
         proto = onnx.load(str(path))
         onnx_runtime.write_meta(proto, meta)

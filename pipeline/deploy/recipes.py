@@ -14,9 +14,9 @@ import onnx
 from pipeline.artifacts.deployable import Deployable
 from pipeline.artifacts.export import FakeQuantParity, QatSummary, Sensitivity
 from pipeline.deploy import onnx_runtime, qat
-from pipeline.deploy.convert import export_fp16, export_int8, export_qdq
+from pipeline.deploy.convert import export_fp16, export_int8, export_int8_cpu, export_qdq
 from pipeline.deploy.judge import ExportError
-from pipeline.deploy.quantize import export_int8_cpu, input_sources, layer_nodes
+from pipeline.deploy.quantize import Failed, input_sources, layer_nodes
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def _int8(inputs: Inputs, scratch: Path) -> Iterator[Candidate]:
         yield Candidate("", path)
         return
     student = inputs.student()
-    export_qdq(student.model, path, inputs.meta.preprocess.crop, inputs.opset, inputs.meta)
+    export_qdq(student.model, path, inputs.opset, inputs.meta)
     sess = onnx_runtime.session(path)
     parity = qat.parity(student.model, lambda x: onnx_runtime.run(sess, x), inputs.calibration)
     yield Candidate("QAT", path, qat=student.log.summary(), parity_vs_fake_quant=parity)
@@ -96,7 +96,7 @@ def _int8_cpu(inputs: Inputs, scratch: Path) -> Iterator[Candidate]:
     source = inputs.fp32 if student is None or student.fp32 is None else student.fp32
     summary = student.log.summary() if student is not None else None
     made = export_int8_cpu(source, scratch, inputs.calibration, inputs.meta)
-    failed = {f"{fmt}/{method}": why for (fmt, method), why in made.items() if isinstance(why, str)}
+    failed = {f"{fmt}/{method}": out.reason for (fmt, method), out in made.items() if isinstance(out, Failed)}
     if len(failed) == len(made):
         raise ExportError(f"ONNX Runtime could not quantize {source} in any format: {failed}")
     for (fmt, method), path in made.items():
@@ -109,8 +109,9 @@ def _int8_cpu_keep(inputs: Inputs, scratch: Path, failed: Candidate, layers: tup
     assert failed.format is not None and failed.calibration is not None
     setting = (failed.format, failed.calibration)
     path = export_int8_cpu(inputs.fp32, scratch, inputs.calibration, inputs.meta, (setting,), layers)[setting]
-    if not isinstance(path, Path):
-        raise ExportError(f"ONNX Runtime could not quantize {inputs.fp32} with {len(layers)} layers in FP32: {path}")
+    if isinstance(path, Failed):
+        why = path.reason
+        raise ExportError(f"ONNX Runtime could not quantize {inputs.fp32} with {len(layers)} layers in FP32: {why}")
     graph = onnx.load(str(inputs.fp32))
     names = {node: layer for layer, node in layer_nodes(graph).items()}
     sources = tuple(names.get(n, n) for n in input_sources(graph, layers))

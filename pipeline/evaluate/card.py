@@ -118,7 +118,7 @@ def engine_sentence(engine: EngineInfo | None) -> str:
 
 
 def study_line(path: Path) -> str:
-    """The study's main comparison, and its choice of the default when that is another variant,
+    """The study's main comparison, and its choice of the default when that is another arm,
     with their intervals, from reports/study.json (when present)."""
     if not path.exists():
         return "no study recorded (`lio study`)."
@@ -126,7 +126,7 @@ def study_line(path: Path) -> str:
     for preset, section in Study.read(path).presets.items():
         chosen = section.choice.best if section.choice else None
         for name in dict.fromkeys(["lio", chosen]):
-            v = section.variants.get(name) if name else None
+            v = section.arms.get(name) if name else None
             d = v.test_vs_baseline if v is not None else None
             if d is None or d.ci95 is None or d.mean is None:
                 continue

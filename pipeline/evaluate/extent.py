@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.artifacts.extent import IOU, MAPS, Extent
+from pipeline.artifacts.extent import Extent
 from pipeline.core.io import atomic_path, md5, write_json
 from pipeline.core.paths import require
 from pipeline.data.dataset import load_image, load_pair
@@ -49,15 +49,8 @@ def localise(files: ExtentFiles, mask_images: int, threshold: float, seed: int) 
         stages = evaluate_maps(model, masked, preset, P, threshold, area, seed)
         result = Extent(stages=stages, train_mask_area=area, threshold=threshold, model_md5=result.model_md5)
     result.save(files.extent)
-    write_json(
-        files.plot,
-        [
-            {"map": f"{s} {name}", "iou": d[IOU + name]}
-            for s, d in result.stages.items()
-            for name in MAPS
-            if IOU + name in d
-        ],
-    )
+    plot = [{"map": f"{s} {name}", "iou": v} for s, d in result.stages.items() for name, v in d.iou.items()]
+    write_json(files.plot, plot)
     return result
 
 
@@ -89,7 +82,7 @@ def draw_masks(
     maps = model.extent_maps(torch.stack(images), group_positives(len(chosen), P))
     anchors = slice(0, len(images), P + 1)
     true = torch.stack([m for m in masks if m is not None]) if with_masks else None
-    columns = {f"{name} {s}": m[anchors] for s, d in maps.items() for name, m in d.items() if name != "ref"}
+    columns = {f"{name} {s}": m[anchors] for s, d in maps.items() for name, m in d.named().items()}
     ious = {title: iou(m, true, threshold) for title, m in columns.items()} if true is not None else {}
     with atomic_path(out) as tmp:
         extent_figure(tmp, torch.stack(images)[anchors], columns, true, ious)

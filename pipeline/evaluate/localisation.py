@@ -19,13 +19,15 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from pipeline.artifacts.extent import IOU, MAPS, SCORES
+from pipeline.artifacts.extent import MAPS, StageExtent
 from pipeline.data.dataset import load_pair
 from pipeline.data.manifest import Record
+from pipeline.lio.model import StageMaps
 from pipeline.lio.sampler import GroupBatchSampler, group_positives
 
 REFERENCES = ("all-ones", "centre prior", "random", "ceiling")
-__all__ = ["IOU", "MAPS", "REFERENCES", "SCORES", "evaluate_maps"]
+POINTING, CHANCE = "pointing", "pointing chance"  # per-image keys beside the maps' names
+__all__ = ["MAPS", "REFERENCES", "evaluate_maps"]
 
 
 def unit(maps: Tensor) -> Tensor:
@@ -94,32 +96,44 @@ def mean_area(rows: list[Record], transform, limit: int = 512, seed: int = 0) ->
     return float(np.mean([load_pair(rows[i], transform)[1].float().mean().item() for i in pick]))
 
 
+def score_stage(maps: StageMaps, masks: Tensor, threshold: float, area: float, seed: int) -> dict[str, Tensor]:
+    """Per image of one batch: the IoU of each trained and reference map, pointing and its chance."""
+    n = maps.M.shape[-1]
+    named = maps.named() | reference_maps(masks, n, area, seed)
+    scores = {name: iou(m, masks, threshold) for name, m in named.items()}
+    return scores | {POINTING: pointing(maps.reference, masks).float(), CHANCE: pointing_chance(masks, n)}
+
+
 @torch.no_grad()
 def evaluate_maps(
     model, rows: list[Record], transform, P: int, threshold: float, area: float, seed: int, batch_groups: int = 8
-) -> dict[str, dict[str, float]]:
+) -> dict[str, StageExtent]:
     """Per stage: mean IoU of m', M and each reference, pointing accuracy and its chance.
 
     Test images are grouped by class in groups of P+1 (each image is an anchor once, its
     positives the other members of its group), as in training, so M can be computed.
     """
     sampler = GroupBatchSampler([r.label for r in rows], P, batch_groups, seed)
-    sums: dict[str, dict[str, list[Tensor]]] = {s: {} for s in model.stages}
+    per_image: dict[str, dict[str, list[Tensor]]] = {s: {} for s in model.stages}
+    cells: dict[str, int] = {}
     done: set[int] = set()
     for batch in tqdm(list(sampler), desc="localisation", unit="batch", leave=False):
         pairs = [load_pair(rows[i], transform) for i in batch]
         images, masks = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
         keep = torch.tensor([i not in done for i in batch])  # groups topped up from their class repeat images
         done.update(batch)
-        maps = model.extent_maps(images, group_positives(len(batch) // (P + 1), P))
-        for s, stage_maps in maps.items():
-            n = stage_maps["ref"].shape[-1]
-            scores = {IOU + name: iou(m, masks, threshold) for name, m in stage_maps.items() if name != "ref"}
-            for name, m in reference_maps(masks, n, area, seed + len(done)).items():
-                scores[IOU + name] = iou(m, masks, threshold)
-            scores["pointing"] = pointing(stage_maps["ref"], masks).float()
-            scores["pointing chance"] = pointing_chance(masks, n)
-            scores["N"] = torch.full((len(batch),), float(n))
-            for key, v in scores.items():
-                sums[s].setdefault(key, []).append(v[keep])
-    return {s: {k: float(torch.cat(v).mean()) for k, v in d.items()} | {"images": len(done)} for s, d in sums.items()}
+        for s, maps in model.extent_maps(images, group_positives(len(batch) // (P + 1), P)).items():
+            cells[s] = maps.M.shape[-1]
+            for key, v in score_stage(maps, masks, threshold, area, seed + len(done)).items():
+                per_image[s].setdefault(key, []).append(v[keep])
+    means = {s: {k: float(torch.cat(v).mean()) for k, v in d.items()} for s, d in per_image.items()}
+    return {
+        s: StageExtent(
+            cells=cells[s],
+            images=len(done),
+            iou={m: d[m] for m in MAPS if m in d},
+            pointing=d[POINTING],
+            pointing_chance=d[CHANCE],
+        )
+        for s, d in means.items()
+    }

@@ -10,7 +10,7 @@ from pathlib import Path
 from pipeline.artifacts.deployable import Deployable
 from pipeline.artifacts.engine import EngineInfo
 from pipeline.artifacts.export import ExportReport
-from pipeline.artifacts.extent import IOU, MAPS, Extent
+from pipeline.artifacts.extent import MAPS, Extent
 from pipeline.artifacts.runtime import RuntimeChoice, ServingLoad
 from pipeline.artifacts.scores import Scores
 from pipeline.core.io import write_text
@@ -149,11 +149,14 @@ def extent_lines(extent: Extent, masks_file: str) -> list[str]:
     """The heads' maps against the true masks, beside reference maps at the same resolution."""
     if not extent.stages:
         return []
-    rows = [{"stage": s, **d} for s, d in extent.stages.items()]
+    rows = [
+        {"stage": s, "cells": d.cells, "images": d.images, **d.iou, "pointing": d.pointing, "chance": d.pointing_chance}
+        for s, d in extent.stages.items()
+    ]
     fmt = ".3f"
-    cols = [("stage", "stage", ""), ("N", "N", ".0f"), ("images", "images", "")]
-    cols += [(IOU + name, name, fmt) for name in MAPS if IOU + name in rows[0]]
-    cols += [("pointing", "pointing", fmt), ("pointing chance", "pointing chance", fmt)]
+    cols = [("stage", "stage", ""), ("cells", "N", ""), ("images", "images", "")]
+    cols += [(name, name, fmt) for name in MAPS if name in rows[0]]
+    cols += [("pointing", "pointing", fmt), ("chance", "pointing chance", fmt)]
     return [
         "## Object extent",
         "",

@@ -17,7 +17,7 @@ from pipeline.artifacts.export import ExportReport
 from pipeline.artifacts.runtime import RuntimeChoice
 from pipeline.artifacts.scores import BackendScore, ClassScore, Confusion, Scores
 from pipeline.core.io import write_json
-from pipeline.core.metrics import accuracy, agreement, confusions, per_class, wilson
+from pipeline.core.metrics import accuracy, agreement, wilson
 from pipeline.core.paths import require
 from pipeline.core.timing import latency, throughput
 from pipeline.data.dataset import batches, logits_over
@@ -123,7 +123,7 @@ def score(files: ScoreFiles, batch: int, warmup: int, iters: int, throughput_ite
                 top1_ci95=wilson(hits, len(labels)),
                 top5=top["top5"],
                 agreement=agreement(logits, scored["pytorch"]),
-                **latency(b.run, sample[:1], warmup, iters, b.sync),
+                **asdict(latency(b.run, sample[:1], warmup, iters, b.sync)),
                 throughput=throughput(b.run, big, throughput_iters, b.sync),
                 size_mb=Path(b.file).stat().st_size / 2**20,
             )
@@ -139,11 +139,8 @@ def score(files: ScoreFiles, batch: int, warmup: int, iters: int, throughput_ite
         backends=table,
         skipped=skipped,
         deployed=deployed,
-        per_class=[
-            ClassScore(r["class"], r["images"], r["top1"], r["most_confused_with"])
-            for r in per_class(predicted, labels, classes)
-        ],
-        confusions=[Confusion(**c) for c in confusions(predicted, labels, classes)],
+        per_class=per_class(predicted, labels, classes),
+        confusions=confusions(predicted, labels, classes),
         recommendations=recommend(table, export, engine, runtime) if export is not None else [],
     )
     result.save(files.scores)
@@ -161,3 +158,31 @@ def write_dvc_files(files: ScoreFiles, result: Scores, pairs: list[tuple[str, st
     write_json(files.latency, [{"backend": r.backend, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms} for r in table])
     write_json(files.per_class, {"backend": result.deployed, "classes": [asdict(c) for c in result.per_class]})
     write_json(files.confusion, [{"actual": a, "predicted": p} for a, p in pairs])
+
+
+def per_class(predicted: np.ndarray, labels: np.ndarray, classes: list[str]) -> list[ClassScore]:
+    """Per class: test images, top-1, and the class it is most often mistaken for."""
+    rows = []
+    for k, name in enumerate(classes):
+        mine = labels == k
+        wrong = predicted[mine & (predicted != k)]
+        confused = np.bincount(wrong, minlength=len(classes)) if len(wrong) else None
+        rows.append(
+            ClassScore(
+                name=name,
+                images=int(mine.sum()),
+                top1=float((predicted[mine] == k).mean()) if mine.any() else None,
+                most_confused_with=classes[int(confused.argmax())] if confused is not None else None,
+            )
+        )
+    return rows
+
+
+def confusions(predicted: np.ndarray, labels: np.ndarray, classes: list[str], top: int = 5) -> list[Confusion]:
+    """The most frequent (actual, predicted) mistakes, most frequent first."""
+    pairs: dict[tuple[int, int], int] = {}
+    for a, p in zip(labels.tolist(), predicted.tolist()):
+        if a != p:
+            pairs[(a, p)] = pairs.get((a, p), 0) + 1
+    ranked = sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    return [Confusion(classes[a], classes[p], n) for (a, p), n in ranked]

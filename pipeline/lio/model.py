@@ -24,6 +24,23 @@ MASK_SOURCES = ("pseudo", "gt")
 SCL_WEIGHTS = ("extent", "binary")
 
 
+@dataclass(frozen=True)
+class StageMaps:
+    """One stage's N x N maps [B, N, N]: the pseudo mask M and OEL's predicted extent m' (None without OEL)."""
+
+    M: Tensor
+    predicted: Tensor | None = None
+
+    @property
+    def reference(self) -> Tensor:
+        """The map SCL takes its reference cell from: m' with OEL, else M."""
+        return self.M if self.predicted is None else self.predicted
+
+    def named(self) -> dict[str, Tensor]:
+        """The trained maps by their names in the paper and in reports (m' first, as tables show them)."""
+        return {"m'": self.predicted, "M": self.M} if self.predicted is not None else {"M": self.M}
+
+
 @dataclass
 class LIOOutput:
     logits: Tensor
@@ -173,18 +190,13 @@ class LIOModel(nn.Module):
         return F.relu(guide)
 
     @torch.no_grad()
-    def extent_maps(self, images: Tensor, positives: Tensor | PairIndex) -> dict[str, dict[str, Tensor]]:
-        """Per stage, {"M": pseudo mask, "m'": predicted extent (OEL only), "ref": the map
-        SCL takes its reference cell from (m' with OEL, else M)}, each [B, N, N]."""
+    def extent_maps(self, images: Tensor, positives: Tensor | PairIndex) -> dict[str, StageMaps]:
+        """Per stage, the pseudo mask M and (OEL only) the predicted extent m'."""
         _, feats = self._run(images)
-        out = {}
-        for s in self.stages:
-            maps = {"M": pseudo_mask(feats[s], positives)}
-            if self.use_oel:
-                maps["m'"] = self.oel[s](feats[s]).float()
-            maps["ref"] = maps.get("m'", maps["M"])
-            out[s] = maps
-        return out
+        return {
+            s: StageMaps(pseudo_mask(feats[s], positives), self.oel[s](feats[s]).float() if self.use_oel else None)
+            for s in self.stages
+        }
 
     def plain(self) -> nn.Module:
         """The classification path: the plain torchvision backbone, heads left behind."""

@@ -99,4 +99,4 @@ def measure(
 def speed(backend: Backend, x: np.ndarray, timing: tuple[int, int, int]) -> tuple[float, float]:
     """Batch-1 p50 (ms) and img/s at len(x)."""
     warmup, iters, throughput_iters = timing
-    return latency(backend.run, x[:1], warmup, iters)["p50_ms"], throughput(backend.run, x, throughput_iters)
+    return latency(backend.run, x[:1], warmup, iters).p50_ms, throughput(backend.run, x, throughput_iters)

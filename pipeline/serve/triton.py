@@ -22,7 +22,6 @@ engine profile, and `labels.txt` (the class names) for Triton's classification e
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from pathlib import Path
 
@@ -31,8 +30,9 @@ import onnx
 from pipeline.artifacts.deployable import Deployable
 from pipeline.artifacts.engine import EngineInfo
 from pipeline.artifacts.runtime import CpuCandidate, RuntimeChoice
+from pipeline.artifacts.triton import BytesInput, ClientGuide, FusedInput, Output, Tensor
 from pipeline.core.errors import ArtifactError
-from pipeline.core.io import atomic_dir, write_json
+from pipeline.core.io import atomic_dir
 from pipeline.core.machine import threads
 from pipeline.core.paths import require
 from pipeline.deploy.onnx_runtime import read_meta
@@ -40,6 +40,7 @@ from pipeline.serve.repository import ENSEMBLE, IMAGE, LOGITS, PREPROCESS, write
 
 ONNX_MODEL, INT8_MODEL, TRT_MODEL, FUSED_MODEL = "lio_onnx", "lio_onnx_int8", "lio_tensorrt", "lio_onnx_uint8"
 OPENVINO_MODEL = "lio_openvino"
+GUIDE = "preprocess.json"  # the repository's summary for a client (ClientGuide)
 #: ONNX TensorProto element types -> Triton data types
 TRITON_TYPES: dict[int, str] = {
     onnx.TensorProto.FLOAT: "TYPE_FP32",
@@ -96,7 +97,7 @@ def build_repository(
     fused: Path | None = None,
     int8_cpu: Path | None = None,
     runtime: RuntimeChoice | None = None,
-) -> dict:
+) -> ClientGuide:
     """The triton stage: the repository from models/onnx and models/engine (a rejected variant left no
     file, so a file that exists passed its gate), and the CPU runtime chosen here."""
     info = EngineInfo.load(engine_info_path)
@@ -130,7 +131,7 @@ def write_repository(
     fused: Path | None = None,
     int8_cpu: Path | None = None,
     runtime: RuntimeChoice | None = None,
-) -> dict:
+) -> ClientGuide:
     """Writes the repository folder `out` whole (swapped in atomically); returns its preprocess.json."""
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     meta = read_meta(onnx_path)
@@ -158,9 +159,9 @@ def write_repository(
             tensors = (graph.input[0].name, graph.output[0].name)
             write_front(tmp, native, tensors, meta.preprocess, batch[0], meta.classes)
             served += [ENSEMBLE, PREPROCESS]
-        client = client_json(served, graph, meta, engine_info, fused is not None, runtime is not None)
-        write_json(tmp / "preprocess.json", client)
-    return client
+        guide = client_guide(served, graph, meta, engine_info, fused is not None, runtime is not None)
+        guide.save(tmp / GUIDE)
+    return guide
 
 
 def write_onnx(folder: Path, name: str, path: Path, batch: tuple[int, list[int]], labels: str) -> None:
@@ -186,42 +187,38 @@ def write_plan(folder: Path, info: EngineInfo, engine: Path, batch: tuple[int, l
     (folder / "labels.txt").write_text(labels)
 
 
-def client_json(
+def client_guide(
     served: list[str], graph: onnx.GraphProto, meta: Deployable, engine: EngineInfo, fused: bool, front: bool
-) -> dict:
+) -> ClientGuide:
     """preprocess.json: what a client sends to each model, and what the plan needs."""
     (name, _, dims), output = tensor_spec(graph.input[0]), graph.output[0].name
     spec = meta.preprocess
-    return {
-        "models": served,
-        "input": {"name": name, "datatype": "FP32", "shape": ["batch", *dims]},
-        "output": {"name": output, "classes": len(meta.classes)},
-        "preprocess": dataclasses.asdict(spec),
-        "steps": [
+    return ClientGuide(
+        models=served,
+        input=Tensor(name, "FP32", ["batch", *dims]),
+        output=Output(output, len(meta.classes)),
+        preprocess=spec,
+        steps=[
             "decode the image as RGB",
             f"resize the shorter side to {spec.resize} (bilinear, antialiased)",
             f"centre-crop {spec.crop} x {spec.crop}",
             "scale to [0, 1], subtract mean and divide by std per channel",
             "lay out as NCHW float32, batch first",
         ],
-        "client_function": "pipeline.deploy.preprocess.preprocess (the pipeline's own, bit for bit)",
-        "bytes_input": (
-            {"model": ENSEMBLE, "input": IMAGE, "datatype": "BYTES", "output": LOGITS, "top_k": "class_count"}
-            if front
-            else None
-        ),
-        "fused_input": {
-            "model": FUSED_MODEL,
-            "datatype": "UINT8",
-            "shape": ["batch", spec.crop, spec.crop, 3],
-            "client": "pipeline.deploy.preprocess.resize_and_crop (resize and crop only)",
-        }
+        client_function="pipeline.deploy.preprocess.preprocess (the pipeline's own, bit for bit)",
+        bytes_input=BytesInput(ENSEMBLE, IMAGE, "BYTES", LOGITS, "class_count") if front else None,
+        fused_input=FusedInput(
+            FUSED_MODEL,
+            "UINT8",
+            ["batch", spec.crop, spec.crop, 3],
+            "pipeline.deploy.preprocess.resize_and_crop (resize and crop only)",
+        )
         if fused
         else None,
-        "tensorrt": engine.tensorrt if engine.built else None,
-        "tensorrt_plan_needs": plan_needs(engine) if engine.built else None,
-        "tensorrt_not_served": None if engine.built else engine.reason,
-    }
+        tensorrt=engine.tensorrt if engine.built else None,
+        tensorrt_plan_needs=plan_needs(engine) if engine.built else None,
+        tensorrt_not_served=None if engine.built else engine.reason,
+    )
 
 
 def openvino_candidate(runtime: RuntimeChoice | None) -> CpuCandidate | None:

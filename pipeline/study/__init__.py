@@ -1,4 +1,4 @@
-"""The seeded ablation study (`lio study`): the paper's variants x seeds as DVC experiments,
+"""The seeded ablation study (`lio study`): the paper's arms x seeds as DVC experiments,
 aggregated into reports/study.json and reports/study.md. Not a pipeline stage: it drives
 `dvc exp run` and reads what the runs recorded.
 

@@ -1,4 +1,4 @@
-"""The study's statistics: per variant, top-1 over seeds and the paired difference to the baseline
+"""The study's statistics: per arm, top-1 over seeds and the paired difference to the baseline
 (same seed: same data, same initialisation) with its 95% t-interval; whether the runs converged;
 and the choice of the default, on validation only."""
 
@@ -9,8 +9,9 @@ import statistics
 
 from scipy import stats
 
-from pipeline.artifacts.study import Choice, Convergence, Paired, StudyRun, VariantSummary
-from pipeline.study.presets import CANDIDATES, REFERENCES, VARIANTS
+from pipeline.artifacts.extent import StageExtent
+from pipeline.artifacts.study import ArmSummary, Choice, Convergence, Paired, StudyRun
+from pipeline.study.presets import ARMS, CANDIDATES, REFERENCES
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -64,40 +65,34 @@ def convergence(runs: list[StudyRun]) -> Convergence | None:
     )
 
 
-def _localisation(runs: list[StudyRun]) -> dict[str, dict[str, float | None]]:
-    loc: dict[str, dict[str, float | None]] = {}
-    for stage in sorted({s for r in runs for s in r.localisation}):
-        keys = sorted({k for r in runs for k in r.localisation.get(stage, {})})
-        loc[stage] = {
-            k: _mean_std([r.localisation[stage][k] for r in runs if k in r.localisation.get(stage, {})])[0]
-            for k in keys
-        }
-    return loc
+def _localisation(runs: list[StudyRun]) -> dict[str, StageExtent]:
+    stages = sorted({s for r in runs for s in r.localisation})
+    return {s: StageExtent.mean([r.localisation[s] for r in runs if s in r.localisation]) for s in stages}
 
 
-def aggregate(runs: list[StudyRun]) -> dict[str, VariantSummary]:
-    """Per variant: top-1 mean/std over seeds, the paired difference to the baseline (same seed)
+def aggregate(runs: list[StudyRun]) -> dict[str, ArmSummary]:
+    """Per arm: top-1 mean/std over seeds, the paired difference to the baseline (same seed)
     on test and on validation with 95% t-intervals, localisation means per stage, training time."""
-    by_variant = {v: [r for r in runs if r.variant == v] for v in VARIANTS}
-    test = {v: {r.seed: r.test_top1 for r in mine} for v, mine in by_variant.items()}
-    val = {v: {r.seed: r.best_val_top1 for r in mine if r.best_val_top1 is not None} for v, mine in by_variant.items()}
+    by_arm = {v: [r for r in runs if r.arm == v] for v in ARMS}
+    test = {v: {r.seed: r.test_top1 for r in mine} for v, mine in by_arm.items()}
+    val = {v: {r.seed: r.best_val_top1 for r in mine if r.best_val_top1 is not None} for v, mine in by_arm.items()}
     out = {}
-    for variant, mine in by_variant.items():
+    for arm, mine in by_arm.items():
         if not mine:
             continue
         mean, std = _mean_std([r.test_top1 for r in mine])
-        reference = REFERENCES.get(variant)
-        out[variant] = VariantSummary(
+        reference = REFERENCES.get(arm)
+        out[arm] = ArmSummary(
             seeds=sorted(r.seed for r in mine),
             test_top1_mean=mean,
             test_top1_std=std,
-            val_top1_mean=_mean_std(list(val[variant].values()))[0],
-            test_vs_baseline=paired(test[variant], test["baseline"]),
-            val_vs_baseline=paired(val[variant], val["baseline"]),
+            val_top1_mean=_mean_std(list(val[arm].values()))[0],
+            test_vs_baseline=paired(test[arm], test["baseline"]),
+            val_vs_baseline=paired(val[arm], val["baseline"]),
             train_seconds_min=min((r.train_seconds for r in mine if r.train_seconds), default=None),
             localisation=_localisation(mine),
             reference=reference,
-            test_vs_reference=paired(test[variant], test[reference]) if reference else None,
+            test_vs_reference=paired(test[arm], test[reference]) if reference else None,
             convergence=convergence(mine),
         )
     return out
@@ -105,11 +100,9 @@ def aggregate(runs: list[StudyRun]) -> dict[str, VariantSummary]:
 
 def choice(runs: list[StudyRun]) -> Choice | None:
     """The default by the study's rule: the candidate with the best mean validation top-1 over
-    the seeds every candidate ran. Means over different seeds are not comparable (one variant's
+    the seeds every candidate ran. Means over different seeds are not comparable (one arm's
     validation top-1 spans 0.63 to 0.97 across seeds of the cpu preset); test never chooses."""
-    val = {
-        v: {r.seed: r.best_val_top1 for r in runs if r.variant == v and r.best_val_top1 is not None} for v in CANDIDATES
-    }
+    val = {v: {r.seed: r.best_val_top1 for r in runs if r.arm == v and r.best_val_top1 is not None} for v in CANDIDATES}
     val = {v: seeds for v, seeds in val.items() if seeds}
     shared = sorted(set.intersection(*(set(seeds) for seeds in val.values()))) if val else []
     if not shared:
@@ -123,7 +116,7 @@ def choice(runs: list[StudyRun]) -> Choice | None:
 PAPER_GAIN = 0.018
 
 
-def verdict(v: VariantSummary) -> str:
+def verdict(v: ArmSummary) -> str:
     """One sentence: does the 95% interval of the paired test difference exclude zero, and does it
     leave room for a gain of the paper's size?"""
     ci = v.test_vs_baseline.ci95

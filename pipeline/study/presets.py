@@ -1,6 +1,6 @@
-"""What a study runs: typed presets (the budget every run shares) and variants (the `lio`
+"""What a study runs: typed presets (the budget every run shares) and arms (the `lio`
 settings each one changes), as dotted params -> values. Every run has the same budget; only the
-variant's settings and the seed differ. The seed changes both the generated data and the
+arm's settings and the seed differ. The seed changes both the generated data and the
 initialisation."""
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ PRETRAINED_BACKBONE = "{pretrained}"
 
 _GRAD, _DETACHED = {"lio.target_grad": True}, {"lio.target_grad": False}
 _GROUP = {"lio.positives": "same_class"}  # M against the image's own group (the paper)
-#: variant -> its overrides (on top of the preset). Every LIO setting a variant depends on is
-#: spelled out, so a variant means the same thing whatever params.yaml's defaults are.
-VARIANTS: dict[str, dict[str, Any]] = {
+#: arm -> its overrides (on top of the preset). Every LIO setting a arm depends on is
+#: spelled out, so a arm means the same thing whatever params.yaml's defaults are.
+ARMS: dict[str, dict[str, Any]] = {
     "baseline": {"lio.stages": []},
     "lio": {**_GRAD, "lio.scl_weights": "extent", **_GROUP},  # multi-stage, gradient through M (released code)
     "lio-detached": {**_DETACHED, "lio.scl_weights": "extent", **_GROUP},  # M as a constant target
@@ -34,11 +34,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # LIO with M against the released code's batch rows (images of other groups), not the image's class
     "lio-batch": {**_GRAD, "lio.scl_weights": "extent", "lio.positives": "batch"},
 }
-#: variant -> the variant it differs from in one setting, compared paired by seed besides the baseline
+#: arm -> the arm it differs from in one setting, compared paired by seed besides the baseline
 REFERENCES = {"lio-batch": "lio"}
-#: variants that get the full seed count; the others get `other_seeds`
-MAIN_VARIANTS = ("baseline", "lio")
-#: variants that can become params.yaml's default: every LIO setting that needs no true masks
+#: arms that get the full seed count; the others get `other_seeds`
+MAIN_ARMS = ("baseline", "lio")
+#: arms that can become params.yaml's default: every LIO setting that needs no true masks
 CANDIDATES = ("lio", "lio-detached", "oel-only", "scl-only", "lio-binary", "lio-batch")
 
 
@@ -46,10 +46,10 @@ CANDIDATES = ("lio", "lio-detached", "oel-only", "scl-only", "lio-binary", "lio-
 class Preset:
     description: str
     overrides: dict[str, Any]  # dotted param -> value, the budget every run of the preset shares
-    variants: tuple[str, ...]
+    arms: tuple[str, ...]
     target: str = ""  # the dvc.yaml stage a run goes up to ("": the whole pipeline)
     seeds: int = 8  # `lio study queue`'s default seeds for the baseline and LIO
-    other_seeds: int = 3  # ... and for the other variants
+    other_seeds: int = 3  # ... and for the other arms
 
     def command(self, name: str) -> str:
         """The whole study of preset `name`, as the README gives it."""
@@ -169,7 +169,7 @@ PRESETS = {
             "train.epochs": 14,
             **_FAST_DEPLOY,
         },
-        tuple(VARIANTS),
+        tuple(ARMS),
     ),
     # The paper's regime: fine-tuning a pre-trained backbone with SGD, new layers at 10x the lr.
     "transfer": Preset(
@@ -215,7 +215,7 @@ PRESETS = {
             "data.workers": 8,
             **_FAST_DEPLOY,
         },
-        tuple(VARIANTS),
+        tuple(ARMS),
     ),
 }
 #: The pre-training run of the transfer preset: a plain ResNet-18 on classes the study never sees.
@@ -234,24 +234,22 @@ PRETRAIN = {
 
 
 def grid(
-    preset: str, seeds: int, other_seeds: int, variants: list[str] | None = None, pretrained: Path = PRETRAINED
+    preset: str, seeds: int, other_seeds: int, arms: list[str] | None = None, pretrained: Path = PRETRAINED
 ) -> list[tuple[str, list[str]]]:
-    """(experiment name, `-S` overrides) for every run of the study (of `variants`, default the preset's)."""
+    """(experiment name, `-S` overrides) for every run of the study (of `arms`, default the preset's)."""
     if preset not in PRESETS:
         raise StudyError(f"unknown study preset {preset!r}; use one of {', '.join(PRESETS)}")
-    allowed = PRESETS[preset].variants
-    unknown = sorted(set(variants or []) - set(allowed))
+    allowed = PRESETS[preset].arms
+    unknown = sorted(set(arms or []) - set(allowed))
     if unknown:
-        raise StudyError(
-            f"unknown variant(s) {', '.join(unknown)} for preset {preset}; use some of {', '.join(allowed)}"
-        )
+        raise StudyError(f"unknown arm(s) {', '.join(unknown)} for preset {preset}; use some of {', '.join(allowed)}")
     settings = PRESETS[preset].settings(pretrained)
-    runs = []  # seed-major, so that a study cut short still has paired runs of every variant
+    runs = []  # seed-major, so that a study cut short still has paired runs of every arm
     for seed in range(max(seeds, other_seeds)):
-        for variant in allowed:
-            if variants and variant not in variants:
+        for arm in allowed:
+            if arms and arm not in arms:
                 continue
-            if seed < (seeds if variant in MAIN_VARIANTS else other_seeds):
-                own = [override_text(k, v) for k, v in VARIANTS[variant].items()]
-                runs.append((f"study-{preset}-{variant}-s{seed}", [f"seed={seed}", *settings, *own]))
+            if seed < (seeds if arm in MAIN_ARMS else other_seeds):
+                own = [override_text(k, v) for k, v in ARMS[arm].items()]
+                runs.append((f"study-{preset}-{arm}-s{seed}", [f"seed={seed}", *settings, *own]))
     return runs

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.artifacts.extent import IOU, SCORES
-from pipeline.artifacts.study import Paired, PresetStudy, Setting, Study, VariantSummary
+from pipeline.artifacts.extent import MAPS
+from pipeline.artifacts.study import ArmSummary, Paired, PresetStudy, Setting, Study
 from pipeline.core.io import write_text
 from pipeline.core.markdown import cell, table
 from pipeline.study.aggregate import aggregate, choice, seeds_for, verdict
-from pipeline.study.presets import PRESETS, VARIANTS
+from pipeline.study.presets import ARMS, PRESETS
 from pipeline.study.runs import records, show
 
 #: the resolution the study aims at: a paired 95% interval at most this wide on each side (issue 42)
@@ -20,11 +20,11 @@ def _ci(d: Paired | None) -> str:
     return "n/a" if d is None or d.ci95 is None else f"[{d.ci95[0]:+.3f}, {d.ci95[1]:+.3f}]"
 
 
-def _variant_row(name: str, v: VariantSummary) -> dict:
+def _arm_row(name: str, v: ArmSummary) -> dict:
     t, val, base = v.test_vs_baseline, v.val_vs_baseline, name == "baseline"
     needed = seeds_for(RESOLUTION, t.std) if t.std else None
     return {
-        "variant": name,
+        "arm": name,
         "seeds": len(v.seeds),
         "test": v.test_top1_mean,
         "std": v.test_top1_std,
@@ -41,8 +41,8 @@ def _variant_row(name: str, v: VariantSummary) -> dict:
     }
 
 
-VARIANT_COLUMNS = [
-    ("variant", "variant", ""),
+ARM_COLUMNS = [
+    ("arm", "arm", ""),
     ("seeds", "seeds", ""),
     ("test", "test top-1", ".3f"),
     ("std", "std", ".3f"),
@@ -60,8 +60,8 @@ VARIANT_COLUMNS = [
 
 
 def markdown_section(preset: str, study: PresetStudy) -> list[str]:
-    """One preset's tables: variants with paired intervals, convergence, localisation, and every run."""
-    variants = study.variants
+    """One preset's tables: arms with paired intervals, convergence, localisation, and every run."""
+    arms = study.arms
     lines = [
         f"## {preset} preset",
         "",
@@ -72,20 +72,20 @@ def markdown_section(preset: str, study: PresetStudy) -> list[str]:
         "",
         "Test top-1 of the best-validation epoch. Differences to the baseline are paired by seed (same data, same "
         "initialisation seed): mean, 95% t-interval over seeds, its half-width and the paired seeds that would make "
-        f"it ±{RESOLUTION} at this spread, and the seeds where the variant beats the baseline. Val columns are the "
+        f"it ±{RESOLUTION} at this spread, and the seeds where the arm beats the baseline. Val columns are the "
         "same on the validation split (what a choice may use). Train s: the fastest run's training stage.",
         "",
-        table([_variant_row(name, v) for name, v in variants.items()], VARIANT_COLUMNS),
+        table([_arm_row(name, v) for name, v in arms.items()], ARM_COLUMNS),
     ]
-    for variant, v in variants.items():
+    for arm, v in arms.items():
         if v.test_vs_reference is not None:
             d = v.test_vs_reference
             lines += [
                 "",
-                f"{variant} against {v.reference} (one setting apart), paired by seed on test: "
+                f"{arm} against {v.reference} (one setting apart), paired by seed on test: "
                 f"{cell(d.mean, '+.3f')}, 95% CI {_ci(d)}, {d.wins}/{d.n} wins.",
             ]
-    lines += _convergence_lines(variants)
+    lines += _convergence_lines(arms)
     if study.choice is not None:
         c = study.choice
         ranked = sorted(c.val_top1_mean.items(), key=lambda kv: -kv[1])
@@ -96,12 +96,12 @@ def markdown_section(preset: str, study: PresetStudy) -> list[str]:
             + ", ".join(f"{v} {m:.3f}" for v, m in ranked)
             + f"; the best is **{c.best}**.",
         ]
-    return lines + _localisation_lines(variants) + _runs_lines(study)
+    return lines + _localisation_lines(arms) + _runs_lines(study)
 
 
-def _convergence_lines(variants: dict[str, VariantSummary]) -> list[str]:
+def _convergence_lines(arms: dict[str, ArmSummary]) -> list[str]:
     lines: list[str] = []
-    converged = {name: v.convergence for name, v in variants.items() if v.convergence is not None}
+    converged = {name: v.convergence for name, v in arms.items() if v.convergence is not None}
     if converged:
         lines += [
             "",
@@ -113,7 +113,7 @@ def _convergence_lines(variants: dict[str, VariantSummary]) -> list[str]:
             table(
                 [
                     {
-                        "variant": name,
+                        "arm": name,
                         "early": f"{c.best_before_last_fifth}/{c.runs}",
                         "mean": c.train_top1_last_mean,
                         "min": c.train_top1_last_min,
@@ -124,7 +124,7 @@ def _convergence_lines(variants: dict[str, VariantSummary]) -> list[str]:
                     for name, c in converged.items()
                 ],
                 [
-                    ("variant", "variant", ""),
+                    ("arm", "arm", ""),
                     ("early", "best epoch before the last fifth", ""),
                     ("mean", "last-epoch train top-1, mean", ".3f"),
                     ("min", "min", ".3f"),
@@ -137,26 +137,23 @@ def _convergence_lines(variants: dict[str, VariantSummary]) -> list[str]:
     return lines
 
 
-def _localisation_lines(variants: dict[str, VariantSummary]) -> list[str]:
-    lines: list[str] = []
+def _localisation_lines(arms: dict[str, ArmSummary]) -> list[str]:
     loc_rows = [
-        {"variant": name, "stage": stage, **scores}
-        for name, v in variants.items()
-        for stage, scores in v.localisation.items()
+        {"arm": name, "stage": stage, "cells": d.cells, **d.iou} | {"pointing": d.pointing, "chance": d.pointing_chance}
+        for name, v in arms.items()
+        for stage, d in v.localisation.items()
     ]
-    if loc_rows:
-        lines += [
-            "",
-            "Localisation on the test images (mean over seeds; IoU after min-max normalisation and "
-            "threshold 0.5; see reports/report.md of any run for the definitions):",
-            "",
-            table(
-                loc_rows,
-                [("variant", "variant", ""), ("stage", "stage", ""), ("N", "N", ".0f")]
-                + [(k, "IoU " + k.removeprefix(IOU) if k.startswith(IOU) else k, ".3f") for k in SCORES],
-            ),
-        ]
-    return lines
+    if not loc_rows:
+        return []
+    columns = [("arm", "arm", ""), ("stage", "stage", ""), ("cells", "N", "")]
+    columns += [(m, f"IoU {m}", ".3f") for m in MAPS] + [("pointing", "pointing", ".3f")]
+    return [
+        "",
+        "Localisation on the test images (mean over seeds; IoU after min-max normalisation and "
+        "threshold 0.5; see reports/report.md of any run for the definitions):",
+        "",
+        table(loc_rows, [*columns, ("chance", "pointing chance", ".3f")]),
+    ]
 
 
 def _runs_lines(study: PresetStudy) -> list[str]:
@@ -204,13 +201,13 @@ def collect(preset: str, out_dir: Path, command: str, machine: str, shown: list 
     old = study.presets.get(preset)
     found = records(shown, preset, machine)
     merged = {r.name: r for r in (old.runs if old else [])} | {r.name: r for r in found}
-    runs = sorted(merged.values(), key=lambda r: (list(VARIANTS).index(r.variant), r.seed))
+    runs = sorted(merged.values(), key=lambda r: (list(ARMS).index(r.arm), r.seed))
     study.presets[preset] = PresetStudy(
         preset=preset,
         setting=Setting(PRESETS[preset].description, PRESETS[preset].settings()),
         command=command,
         machine=machine if found or old is None else old.machine,  # nothing new: the same bytes
-        variants=aggregate(runs),
+        arms=aggregate(runs),
         choice=choice(runs),
         runs=runs,
     )

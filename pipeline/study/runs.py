@@ -17,23 +17,26 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from pipeline.artifacts.base import A
+from pipeline.artifacts.extent import Extent, StageExtent
 from pipeline.artifacts.study import Study, StudyRun
-from pipeline.artifacts.training import TrainingSummary
+from pipeline.artifacts.training import LiveMetrics, TrainingSummary
 from pipeline.config.schema import apply_overrides
 from pipeline.core import paths
+from pipeline.core.errors import ArtifactError
 from pipeline.core.io import write_text
-from pipeline.study.presets import PRESETS, PRETRAIN, PRETRAINED, VARIANTS, StudyError, grid
+from pipeline.study.presets import ARMS, PRESETS, PRETRAIN, PRETRAINED, StudyError, grid
 
 #: dvclive's plot of validation top-1, one row per epoch (kept in git, so in each experiment's commit)
 VAL_CURVE = paths.LIVE / "plots/metrics/val/top1.tsv"
-NAME = re.compile(r"^study-(?P<preset>[a-z0-9]+)-(?P<variant>[a-z0-9.-]+)-s(?P<seed>\d+)$")
+NAME = re.compile(r"^study-(?P<preset>[a-z0-9]+)-(?P<arm>[a-z0-9.-]+)-s(?P<seed>\d+)$")
 
 
 def queue(
     preset: str,
     seeds: int,
     other_seeds: int,
-    variants: list[str] | None = None,
+    arms: list[str] | None = None,
     pretrained: Path = PRETRAINED,
     recorded: Path | None = Path("reports/study.json"),
 ) -> list[str]:
@@ -49,7 +52,7 @@ def queue(
         done |= {r.name for p in Study.read(recorded).presets.values() for r in p.runs}
     names = []
     target = [PRESETS[preset].target] if PRESETS[preset].target else []
-    for name, overrides in grid(preset, seeds, other_seeds, variants, pretrained):
+    for name, overrides in grid(preset, seeds, other_seeds, arms, pretrained):
         if name in done:
             continue
         _dvc("exp", "run", "--queue", "--name", name, *(a for o in overrides for a in ("-S", o)), *target)
@@ -130,21 +133,22 @@ def experiments(shown) -> Iterator[tuple[str, str | None, dict]]:
             yield from experiments(v)
 
 
-def _metric(data: dict, file: str, *keys):
-    node = (data.get("metrics", {}).get(file) or {}).get("data") or {}
-    for k in keys:
-        if not isinstance(node, dict) or k not in node:
-            return None
-        node = node[k]
-    return node
+def _document(data: dict, file: Path, kind: type[A]) -> A | None:
+    """A run's metrics file, read through its artifact class; None when the run has none or an older
+    one this version cannot read (a run still going, or stopped before the stage that writes it)."""
+    node = (data.get("metrics", {}).get(str(file)) or {}).get("data")
+    try:
+        return kind.from_json(node, f"{file} of the experiment") if node else None
+    except ArtifactError:
+        return None
 
 
-def localisation(data: dict) -> dict:
+def localisation(data: dict) -> dict[str, StageExtent]:
     """The run's reports/extent.json stages, if it was computed from this run's models/lio.pt (a run
     stopped before its localise stage holds the queued snapshot's file, another model's)."""
     model = ((data.get("outs") or {}).get(str(paths.TRAINED)) or {}).get("hash")
-    extent = _metric(data, str(paths.EXTENT)) or {}
-    return extent.get("stages") or {} if model and extent.get("model_md5") == model else {}
+    extent = _document(data, paths.EXTENT, Extent)
+    return extent.stages if extent and model and extent.model_md5 == model else {}
 
 
 def read_curve(tsv: str) -> list[float]:
@@ -166,26 +170,26 @@ def records(shown, preset: str, machine: str | None = None) -> list[StudyRun]:
     out = {}
     for name, rev, data in experiments(shown):
         m = NAME.match(name)
-        if not m or m["preset"] != preset or m["variant"] not in VARIANTS:
+        if not m or m["preset"] != preset or m["arm"] not in ARMS:
             continue
         if data.get("timestamp") is None:  # still running: its files are still the queued snapshot's (seen here)
             continue
-        top1 = _metric(data, "dvclive/metrics.json", "test", "top1")
-        if top1 is None:
+        live = _document(data, paths.LIVE / "metrics.json", LiveMetrics)
+        if live is None:
             continue
         params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
         out[name] = StudyRun(
             name=name,
-            variant=m["variant"],
+            arm=m["arm"],
             seed=int(m["seed"]),
-            test_top1=top1,
-            best_val_top1=_metric(data, "dvclive/metrics.json", "best", "val_top1"),
-            best_epoch=_metric(data, "dvclive/metrics.json", "best", "epoch"),
-            train_seconds=_metric(data, "dvclive/metrics.json", "train_seconds"),
+            test_top1=live.test.top1,
+            best_val_top1=live.best.val_top1,
+            best_epoch=live.best.epoch,
+            train_seconds=live.train_seconds,
             localisation=localisation(data),
-            train_top1_last=_metric(data, "dvclive/metrics.json", "train", "top1"),  # the last epoch's
+            train_top1_last=live.train.top1 if live.train else None,
             epochs=(params.get("train") or {}).get("epochs"),
             machine=machine,
             val_curve=val_curve(rev),
         )
-    return sorted(out.values(), key=lambda r: (list(VARIANTS).index(r.variant), r.seed))
+    return sorted(out.values(), key=lambda r: (list(ARMS).index(r.arm), r.seed))
