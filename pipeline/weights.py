@@ -15,10 +15,13 @@ from pipeline.core.io import atomic_path, output_error
 
 
 def save_torch(obj, path: str | Path) -> None:
-    """torch.save, atomically; a full disk (torch reports "unexpected pos") becomes OutputError."""
+    """torch.save, atomically; a full disk (torch reports "unexpected pos") becomes OutputError. Saved
+    through an open file, so the archive's inner folder is torch's fixed "archive", not the temporary
+    file's random name: the same weights give the same bytes (and DVC the same hash) on every run."""
     with atomic_path(path) as tmp:
         try:
-            torch.save(obj, tmp)
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
         except RuntimeError as e:  # PytorchStreamWriter wraps the OS error
             raise output_error(Path(path), e) from e
 

@@ -143,8 +143,7 @@ def test_full_disk_while_saving_keeps_the_old_file(tmp_path, monkeypatch):
     before = path.read_bytes()
 
     def full_disk(obj, f, *args, **kwargs):  # what torch raises when the disk fills mid-write
-        with open(f, "wb") as out:
-            out.write(b"partial")
+        f.write(b"partial")
         raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4096 vs 4032")
 
     monkeypatch.setattr(torch, "save", full_disk)
@@ -154,6 +153,15 @@ def test_full_disk_while_saving_keeps_the_old_file(tmp_path, monkeypatch):
         e.value
     )
     assert path.read_bytes() == before and not leftovers(tmp_path)
+
+
+def test_the_same_weights_are_the_same_bytes(tmp_path):
+    """torch names a file's archive after the file: saved through the random temporary name, the same
+    weights made other bytes (another DVC hash) on every run."""
+    weights = {"conv.weight": torch.arange(12.0).view(3, 4)}
+    save_torch(weights, tmp_path / "a.pt")
+    save_torch(weights, tmp_path / "b.pt")
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
 
 
 def test_read_only_folder_says_what_could_not_be_written(tmp_path, monkeypatch):

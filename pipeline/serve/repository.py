@@ -17,15 +17,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import onnx
 
-from pipeline.artifacts.base import Artifact
 from pipeline.artifacts.deployable import Preprocess
-from pipeline.core.errors import ArtifactError
+from pipeline.artifacts.triton import Repository
 from pipeline.core.io import atomic_dir, sha256, write_json
 from pipeline.deploy.preprocess import MAX_PIXELS
 
@@ -35,29 +32,6 @@ MODELS_SOURCE = Path(__file__).with_name("triton_models")
 FILES = "files.json"
 #: the largest encoded image a request may carry (a 448 px JPEG is about 50 KB; a 24 MP photo about 10 MB)
 MAX_IMAGE_BYTES = 16 * 2**20
-
-
-@dataclass(frozen=True)
-class Repository(Artifact):
-    """What a repository serves: its models, the CPU candidate behind `lio_cpu`, and each file's hash."""
-
-    STAGE: ClassVar[str] = "triton"
-    models: list[str]
-    candidate: str
-    max_batch: int
-    files: dict[str, str]  # path inside the repository -> SHA-256
-
-    def verify(self, root: Path) -> None:
-        """Every listed file present and unchanged; ArtifactError naming the first that is not."""
-        for name, digest in self.files.items():
-            path = root / name
-            if not path.exists():
-                raise ArtifactError(f"{path}: missing from the model repository; rerun `dvc repro triton`")
-            if sha256(path) != digest:
-                raise ArtifactError(
-                    f"{path}: changed on disk since `lio triton` wrote it (SHA-256 differs); refusing to serve it. "
-                    "Restore it with `dvc checkout` or rerun `dvc repro triton`"
-                )
 
 
 def _tensor(name: str, dtype: str, dims: list[int], labels: bool = False) -> str:
