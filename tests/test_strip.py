@@ -1,5 +1,6 @@
 """The parity proof passes on a trained model and fails readably on altered backbones."""
 
+import json
 import types
 
 import torch
@@ -133,3 +134,21 @@ def test_strip_stage_writes_nothing_deployable_on_failure(tmp_path, tiny_prepare
     assert not (tmp_path / "models/resnet18.pt").exists()
     proof = ParityProof.load(tmp_path / "reports/parity.json")
     assert not proof.passed and not proof.checks[0].passed and proof.checks[0].name == "strict_load"
+
+
+def test_a_parity_report_from_before_typed_checks_still_reads(tmp_path):
+    """reports/parity.json as earlier versions wrote it: checks keyed by name, each flat."""
+    old = {
+        "passed": False,
+        "checks": {
+            "strict_load": {"passed": True, "keys": 320},
+            "graph": {"passed": False, "nodes": 177, "diff": ["- relu", "+ gelu"]},
+        },
+    }
+    (tmp_path / "parity.json").write_text(json.dumps(old))
+    proof = ParityProof.load(tmp_path / "parity.json")
+    assert [(c.name, c.passed, c.detail, c.diff) for c in proof.checks] == [
+        ("strict_load", True, {"keys": 320}, []),
+        ("graph", False, {"nodes": 177}, ["- relu", "+ gelu"]),
+    ]
+    assert "[FAIL] graph" in proof.explain() and "strict_load" not in proof.explain()

@@ -66,6 +66,15 @@ def untimed(node):
     return node
 
 
+def differences(a, b, path: str = "") -> list[str]:
+    """The paths at which two JSON documents differ, with both values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in dict.fromkeys([*a, *b]) for d in differences(a.get(k), b.get(k), f"{path}/{k}")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{path}[{i}]")]
+    return [] if a == b else [f"{path}: {a} -> {b}"]
+
+
 def compare(before: Path, after: Path) -> list[str]:
     from pipeline.artifacts.extent import Extent
     from pipeline.artifacts.parity import ParityProof
@@ -80,16 +89,15 @@ def compare(before: Path, after: Path) -> list[str]:
     diffs += [f"models/onnx/{name}: another graph" for name in same_graphs(old["models/onnx"], after / "models/onnx")]
     for name in ("export.json", "scores.json"):
         a, b = (untimed(json.loads((d / "reports" / name).read_text())) for d in (before, after))
-        diffs += [f"reports/{name} differs beyond timings"] if a != b else []
+        diffs += [f"reports/{name}{d}" for d in differences(a, b)]
     a, b = (json.loads((d / "reports/runtime.json").read_text()) for d in (before, after))
     gates = [[(c["name"], c["status"], c["gate"]) for c in r["candidates"]] for r in (a, b)]
     diffs += ["reports/runtime.json: the gates differ"] if gates[0] != gates[1] else []
     diffs += [f"runtime chosen: {a['chosen']} -> {b['chosen']}"] if a["chosen"] != b["chosen"] else []
     old_maps, maps = (replace(Extent.load(d / "reports/extent.json"), model_md5="") for d in (before, after))
     diffs += ["reports/extent.json: other scores"] if old_maps != maps else []  # lio.pt's hash: its seconds
-    proof = ParityProof.load(after / "reports/parity.json")
-    checks = {c.name: {"passed": c.passed, **c.detail} for c in proof.checks}
-    old_checks = json.loads((before / "reports/parity.json").read_text())["checks"]
+    proofs = [ParityProof.load(d / "reports/parity.json") for d in (before, after)]
+    old_checks, checks = ({c.name: c for c in p.checks} for p in proofs)  # (an older file lists them by name)
     return diffs + (["reports/parity.json: a check changed"] if checks != old_checks else [])
 
 

@@ -27,6 +27,18 @@ class ParityProof(Artifact):
     checks: list[Check]
 
     @classmethod
+    def upgrade(cls, value: Any) -> Any:
+        """parity.json as it was before this shape: checks keyed by name, each flat ({"passed", ...})."""
+        if not isinstance(value, dict) or not isinstance(value.get("checks"), dict):
+            return value
+        checks = [
+            {"name": name, "passed": c["passed"], "diff": c.get("diff", [])}
+            | {"detail": {k: v for k, v in c.items() if k not in ("passed", "diff")}}
+            for name, c in value["checks"].items()
+        ]
+        return {**value, "checks": checks}
+
+    @classmethod
     def of(cls, checks: list[Check]) -> ParityProof:
         return cls(all(c.passed for c in checks), checks)
 
