@@ -192,7 +192,7 @@ def test_dvc_repro_then_experiment(tmp_path):
     assert [r.name for r in collected] == ["study-cpu-scl-only-s0", "study-cpu-lio-gm-s0"]  # in ARMS order
     for r in collected:  # m' exists only where OEL trained
         assert set(r.localisation) == {"layer2", "layer3"} and ("m'" in r.localisation["layer2"].iou) is (
-            r.variant == "lio-gm"
+            r.arm == "lio-gm"
         )
     # the workspace holds the last run's results (scl-only's)
     assert collected[0].test_top1 == TrainingSummary.load(repo / "dvclive/metrics.json").test.top1
