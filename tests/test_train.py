@@ -117,7 +117,7 @@ def test_device_augmentation_and_the_released_codes_positives_train(tmp_path, ti
 
 @pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, tiny_prepared):
-    overrides = {"train.epochs": 4}
+    overrides = {"train.epochs": 3}
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     for folder in (straight, broken):
         workspace(folder, tiny_prepared, **overrides)
@@ -131,7 +131,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, tiny_prepared):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     interrupted_at = torch.load(checkpoint, weights_only=True)["epoch"]
-    assert interrupted_at < 4, "the run finished before it could be interrupted"
+    assert interrupted_at < 3, "the run finished before it could be interrupted"
     assert not (broken / "models/lio.pt").exists()
 
     resumed = lio(broken, "train")
