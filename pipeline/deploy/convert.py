@@ -32,12 +32,11 @@ from pipeline.deploy.runners import load_deployable
 INPUT, OUTPUT = "input", "logits"
 
 
-def export_fp32(weights: Path, path: Path, opset: int) -> Deployable:
+def export_fp32(weights: Path, path: Path, opset: int) -> None:
     """The deployable -> one self-contained FP32 file with a symbolic batch axis, from torch.export
-    (opset >= 18); returns the metadata it carries."""
+    (opset >= 18), its metadata inside."""
     model, meta = load_deployable(weights)
     export_module(model, path, opset, meta)
-    return meta
 
 
 def export_module(model: nn.Module, path: Path, opset: int, meta: Deployable) -> None:
